@@ -1,0 +1,66 @@
+"""The ``boltzdiff`` command.
+
+Each subcommand lives in ``boltzdiff/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (called with the parsed ``argparse.Namespace``; returns an exit status or None).
+User errors (:class:`~boltzdiff.errors.BoltzdiffError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from boltzdiff.errors import BoltzdiffError
+
+#: subcommand modules, in the order they are listed in ``--help``
+COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="boltzdiff",
+        description="Energy-based diffusion models (DSM + DiffCLF) as Boltzmann generators.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"boltzdiff.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"boltzdiff.commands.{name}":
+                continue  # not built yet
+            raise
+        mod.register(sub)
+    return p
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    warnings.formatwarning = _format_warning
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except BoltzdiffError as e:
+        if args.verbose:
+            raise
+        print(f"boltzdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"boltzdiff {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The Target protocol: a reduced energy u(x) = U(x)/kT on configurations.
+
+Conventions (bgflow-compatible):
+
+- positions are in nm (for molecules); energies are *reduced* (units of kT) and have shape ``(B,)``;
+- ``log_prob(x) = -energy(x)`` (unnormalised unless the target says otherwise);
+- ``force(x) = -grad_x energy(x)``, derived once here by autograd.
+
+Subclasses implement :meth:`Target._energy` on a flat batch ``(B, dim)``; the public :meth:`Target.energy`
+checks and reshapes inputs. Any object with a bgflow-style ``energy(x)`` method returning ``(B,)`` or
+``(B, 1)`` can be wrapped with :func:`as_target`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from boltzdiff.errors import ConfigError
+
+
+class Target:
+    """Base class of all targets.
+
+    Parameters
+    ----------
+    dim : int
+        Number of degrees of freedom ``d`` (``3 n`` for ``n`` particles in 3-D).
+    event_shape : tuple of int, optional
+        Natural shape of one configuration, e.g. ``(n, 3)``; defaults to ``(dim,)``.
+    """
+
+    #: True when ``log_prob`` is normalised (``-energy`` integrates to one).
+    normalized: bool = False
+
+    def __init__(self, dim: int, event_shape: tuple[int, ...] | None = None):
+        self.dim = int(dim)
+        self.event_shape = tuple(event_shape) if event_shape is not None else (self.dim,)
+        if math.prod(self.event_shape) != self.dim:
+            raise ConfigError(f"event_shape {self.event_shape} does not have dim={self.dim} entries")
+
+    # -- shape handling ---------------------------------------------------------------------------------
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` as ``(B, dim)``; accepts ``(B, dim)``, ``(B, *event_shape)`` or one configuration."""
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+        if x.shape == torch.Size(self.event_shape) or (x.dim() == 1 and x.shape[0] == self.dim):
+            x = x.reshape(1, self.dim)
+        if x.dim() >= 2 and math.prod(x.shape[1:]) == self.dim:
+            return x.reshape(x.shape[0], self.dim)
+        raise ConfigError(
+            f"{type(self).__name__}: expected positions of shape (B, {self.dim}) or (B, "
+            f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
+        )
+
+    # -- the protocol -----------------------------------------------------------------------------------
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Reduced energy of a flat batch ``x: (B, dim)`` -> ``(B,)``."""
+        raise NotImplementedError
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduced energy u(x) in kT, shape ``(B,)``."""
+        u = self._energy(self.flatten(x))
+        if u.dim() == 2 and u.shape[1] == 1:
+            u = u[:, 0]
+        return u
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``-energy(x)``, shape ``(B,)``."""
+        return -self.energy(x)
+
+    def force(self, x: torch.Tensor) -> torch.Tensor:
+        """``-grad_x energy(x)`` with the shape of ``x`` (kT per unit length)."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            u = self.energy(xr)
+            (g,) = torch.autograd.grad(u.sum(), xr)
+        return -g
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact samples ``(n, dim)`` where the target has them."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
+
+    @property
+    def has_exact_samples(self) -> bool:
+        return type(self).sample is not Target.sample
+
+
+class WrappedTarget(Target):
+    """Adapts any object with a bgflow-style ``energy(x)`` (returning ``(B,)`` or ``(B, 1)``)."""
+
+    def __init__(self, obj: Any, dim: int | None = None, event_shape: tuple[int, ...] | None = None):
+        dim = dim if dim is not None else getattr(obj, "dim", None)
+        if dim is None:
+            raise ConfigError("as_target: the wrapped object has no `dim`; pass dim= explicitly")
+        if event_shape is None:
+            es = getattr(obj, "event_shapes", None) or getattr(obj, "event_shape", None)
+            if es is not None and not isinstance(es, int):
+                es = es[0] if isinstance(es[0], (tuple, list, torch.Size)) else es
+                event_shape = tuple(es)
+        super().__init__(int(dim), event_shape)
+        self.obj = obj
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x.reshape(x.shape[0], *self.event_shape) if len(self.event_shape) > 1 else x
+        u = self.obj.energy(inp)
+        if u.dim() == 2 and u.shape[1] == 1:
+            u = u[:, 0]
+        if u.shape != (x.shape[0],):
+            raise ConfigError(
+                f"{type(self.obj).__name__}.energy returned shape {tuple(u.shape)}; expected ({x.shape[0]},) "
+                f"or ({x.shape[0]}, 1)"
+            )
+        return u
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not hasattr(self.obj, "sample"):
+            return super().sample(n, generator)
+        return self.flatten(self.obj.sample(n))
+
+
+def as_target(obj: Any, dim: int | None = None) -> Target:
+    """Return ``obj`` if it is a :class:`Target`, else wrap a bgflow-style energy object."""
+    if isinstance(obj, Target):
+        return obj
+    if not hasattr(obj, "energy"):
+        raise ConfigError(f"as_target: {type(obj).__name__} has no energy(x) method")
+    return WrappedTarget(obj, dim=dim)
