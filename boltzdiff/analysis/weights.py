@@ -1,0 +1,139 @@
+"""Importance weights: Kish effective sample size, self-normalised weights, weighted moments.
+
+All functions take *log*-weights (float64, any unnormalised offset) and never exponentiate raw log-weights:
+normalisation goes through ``logsumexp``. A log-weight of ``-inf`` is a particle with weight zero (e.g. a
+clashing configuration whose target energy overflowed); NaN or ``+inf`` log-weights are errors, see
+:func:`clean_log_weights` to map them to zero weight and count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+
+def as_float64(a) -> np.ndarray:
+    """A numpy float64 copy-or-view of an array-like or (CPU/GPU, grad or not) torch tensor."""
+    if hasattr(a, "detach"):  # torch.Tensor without importing torch
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _check_log_w(log_w_n) -> np.ndarray:
+    lw = as_float64(log_w_n)
+    if lw.ndim != 1:
+        raise ValueError(f"log-weights must be 1-D (n,), got shape {lw.shape}")
+    if lw.size == 0:
+        raise ValueError("log-weights are empty")
+    if np.isnan(lw).any() or np.isposinf(lw).any():
+        raise ValueError("log-weights contain NaN or +inf; map them with clean_log_weights() first")
+    return lw
+
+
+@dataclass(frozen=True)
+class CleanLogWeights:
+    """Result of :func:`clean_log_weights`.
+
+    Attributes
+    ----------
+    log_w_n : (n,) float64
+        Log-weights with every non-finite entry (NaN, +inf) set to ``-inf`` (weight zero).
+    n_invalid : int
+        How many entries were NaN or +inf.
+    n_zero : int
+        How many entries have weight zero after cleaning (``-inf``; includes ``n_invalid``).
+    """
+
+    log_w_n: np.ndarray
+    n_invalid: int
+    n_zero: int
+
+
+def clean_log_weights(log_w_n) -> CleanLogWeights:
+    """Give NaN / +inf log-weights weight zero and count them.
+
+    Parameters
+    ----------
+    log_w_n : (n,) array-like
+
+    Returns
+    -------
+    CleanLogWeights
+    """
+    lw = as_float64(log_w_n).reshape(-1).copy()
+    bad = np.isnan(lw) | np.isposinf(lw)
+    lw[bad] = -np.inf
+    return CleanLogWeights(lw, int(bad.sum()), int(np.isneginf(lw).sum()))
+
+
+def normalized_weights(log_w_n) -> np.ndarray:
+    """Self-normalised weights ``w_n / sum(w)``, ``(n,)`` float64, computed with ``logsumexp``.
+
+    Raises
+    ------
+    ValueError
+        If every weight is zero (all ``-inf``), or on NaN/+inf input.
+    """
+    lw = _check_log_w(log_w_n)
+    lse = logsumexp(lw)
+    if not np.isfinite(lse):
+        raise ValueError("all log-weights are -inf: no particle carries weight")
+    return np.exp(lw - lse)
+
+
+def kish_ess(log_w_n) -> float:
+    """Normalised Kish effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[1/n, 1]``.
+
+    Computed as ``exp(2 lse(log w) - lse(2 log w) - ln n)``. Equal weights give 1, a single non-zero weight
+    ``1/n``; zero weights (``-inf``) count in ``n``. All weights zero gives 0.
+
+    Parameters
+    ----------
+    log_w_n : (n,) array-like
+        Unnormalised log-weights (float64 recommended).
+
+    Returns
+    -------
+    float
+    """
+    lw = _check_log_w(log_w_n)
+    lse1 = logsumexp(lw)
+    if not np.isfinite(lse1):
+        return 0.0
+    lse2 = logsumexp(2.0 * lw)
+    return float(np.exp(2.0 * lse1 - lse2 - np.log(lw.size)))
+
+
+def kish_ess_trace(log_w_tn) -> np.ndarray:
+    """Normalised Kish ESS for each row of a ``(T, n)`` array of log-weights, ``(T,)``."""
+    lw = as_float64(log_w_tn)
+    if lw.ndim != 2:
+        raise ValueError(f"expected (T, n) log-weights, got shape {lw.shape}")
+    return np.array([kish_ess(row) for row in lw])
+
+
+def weighted_mean(a_n, log_w_n=None) -> float:
+    """Self-normalised weighted mean ``sum_n w_n a_n / sum_n w_n`` of a ``(n,)`` sample.
+
+    Entries of ``a_n`` with weight zero are ignored even if they are inf/NaN (e.g. overflowed energies).
+    ``log_w_n=None`` means equal weights.
+    """
+    a = as_float64(a_n).reshape(-1)
+    w = np.full(a.size, 1.0 / a.size) if log_w_n is None else normalized_weights(log_w_n)
+    if w.size != a.size:
+        raise ValueError(f"values ({a.size}) and log-weights ({w.size}) differ in length")
+    keep = w > 0
+    return float(np.sum(w[keep] * a[keep]))
+
+
+def weighted_var(a_n, log_w_n=None) -> float:
+    """Self-normalised weighted variance ``sum_n w_n (a_n - mean)^2`` (no small-sample correction)."""
+    a = as_float64(a_n).reshape(-1)
+    w = np.full(a.size, 1.0 / a.size) if log_w_n is None else normalized_weights(log_w_n)
+    if w.size != a.size:
+        raise ValueError(f"values ({a.size}) and log-weights ({w.size}) differ in length")
+    keep = w > 0
+    m = np.sum(w[keep] * a[keep])
+    return float(np.sum(w[keep] * (a[keep] - m) ** 2))
