@@ -1,0 +1,537 @@
+"""OpenMM-backed targets: a batched bridge to OpenMM and the ``kind: openmm`` system builder.
+
+Units (stated once, used everywhere here):
+
+- positions in **nm**, as torch tensors ``(B, n_atoms, 3)`` or ``(B, 3 n_atoms)``;
+- energies returned as **reduced** energies ``u = U / kT`` (dimensionless), shape ``(B,)``;
+- forces returned in **kT/nm**, ``-grad_x u``, shape ``(B, n_atoms, 3)``;
+- ``kT = R T`` with ``R = openmm.unit.MOLAR_GAS_CONSTANT_R`` (kJ/mol/K), i.e. ``kT`` in kJ/mol.
+
+Bad configurations: an energy that is NaN/inf or above ``energy_cap`` (in kT, default 1e9) is logged as a
+warning (with the count) and returned as ``+inf`` with a zero force, so that Metropolis steps reject it and
+importance weights give it zero weight; a NaN is never passed on. Pass ``bad_energy="cap"`` to get
+``energy_cap`` instead of ``+inf`` (a finite value, e.g. for a loss).
+
+Workers: ``n_workers=0`` (default) evaluates in the calling process with one Context; ``n_workers >= 1``
+starts that many persistent worker processes (``spawn`` start method, each with its own Context) on first use.
+A batch is cut into one contiguous chunk per worker, so each call costs one message per worker, not per
+configuration. Call :meth:`OpenMMBridge.close` (or use the bridge/target as a context manager) to stop the
+workers; an ``atexit`` hook stops any left running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boltzdiff.errors import ConfigError
+from boltzdiff.targets.base import Target
+
+log = logging.getLogger(__name__)
+
+#: default cap on the reduced energy (kT) above which a configuration is reported as bad
+DEFAULT_ENERGY_CAP = 1e9
+
+
+def kT_kjmol(temperature: float) -> float:
+    """``k_B T`` in kJ/mol for ``temperature`` in K."""
+    import openmm.unit as unit
+
+    r = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    return float(r * temperature)
+
+
+def _make_context(system_xml: str, platform: str, platform_properties: dict | None):
+    import openmm
+
+    system = openmm.XmlSerializer.deserialize(system_xml)
+    try:
+        plat = openmm.Platform.getPlatformByName(platform)
+    except Exception:  # noqa: BLE001 - OpenMMException is not importable uniformly
+        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+        raise ConfigError(f"platform: unknown OpenMM platform {platform!r}; available: {names}") from None
+    integ = openmm.VerletIntegrator(0.001)
+    ctx = openmm.Context(system, integ, plat, platform_properties or {})
+    return ctx, integ
+
+
+def _evaluate(ctx, pos: np.ndarray, forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Energies ``(m,)`` in kJ/mol and forces ``(m, n, 3)`` in kJ/mol/nm of ``pos: (m, n, 3)`` nm."""
+    import openmm.unit as unit
+
+    m = pos.shape[0]
+    e = np.empty(m)
+    f = np.empty(pos.shape) if forces else None
+    kj = unit.kilojoule_per_mole
+    kjnm = unit.kilojoule_per_mole / unit.nanometer
+    for k in range(m):
+        try:
+            ctx.setPositions(pos[k])
+            st = ctx.getState(getEnergy=True, getForces=forces)
+            e[k] = st.getPotentialEnergy().value_in_unit(kj)
+            if forces:
+                f[k] = st.getForces(asNumpy=True).value_in_unit(kjnm)
+        except Exception:  # noqa: BLE001 - e.g. NaN coordinates raise OpenMMException
+            e[k] = np.nan
+            if forces:
+                f[k] = 0.0
+    return e, f
+
+
+def _worker_main(conn, system_xml: str, platform: str, platform_properties: dict | None) -> None:
+    """Worker loop: build a Context, then answer ``(positions, forces?)`` requests until ``None``."""
+    try:
+        ctx, integ = _make_context(system_xml, platform, platform_properties)
+    except BaseException as e:  # noqa: BLE001
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        pos, want_forces = msg
+        try:
+            conn.send(("ok", _evaluate(ctx, pos, want_forces)))
+        except BaseException as e:  # noqa: BLE001
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+_LIVE_BRIDGES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for b in list(_LIVE_BRIDGES):
+        b.close()
+
+
+@dataclass
+class BridgeResult:
+    """Output of :meth:`OpenMMBridge.evaluate`.
+
+    Attributes
+    ----------
+    energy : numpy.ndarray (B,)
+        Reduced energies (kT); bad configurations are ``+inf`` (or the cap, see the module docstring).
+    forces : numpy.ndarray (B, n_atoms, 3) or None
+        Forces in kT/nm (zero for bad configurations).
+    bad : numpy.ndarray (B,) of bool
+        Configurations whose energy was NaN/inf or above the cap.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray | None
+    bad: np.ndarray
+
+
+class OpenMMBridge:
+    """Evaluate an OpenMM ``System`` on batches of positions, in-process or on a pool of workers.
+
+    Parameters
+    ----------
+    system : openmm.System
+    temperature : float
+        Kelvin; sets ``kT`` for the reduced energies.
+    platform : str
+        OpenMM platform name: ``"Reference"`` (default; fastest for ~20 atoms), ``"CPU"``, ``"CUDA"``, ...
+    n_workers : int
+        0: evaluate in this process; ``k >= 1``: ``k`` persistent worker processes.
+    energy_cap : float
+        Reduced energies above this (kT) are reported as bad.
+    bad_energy : {"inf", "cap"}
+        What a bad configuration's energy becomes.
+    platform_properties : dict, optional
+        e.g. ``{"Threads": "1"}`` for the CPU platform.
+    """
+
+    def __init__(
+        self,
+        system: Any,
+        temperature: float,
+        platform: str = "Reference",
+        n_workers: int = 0,
+        energy_cap: float = DEFAULT_ENERGY_CAP,
+        bad_energy: str = "inf",
+        platform_properties: dict | None = None,
+    ):
+        import openmm
+
+        if bad_energy not in ("inf", "cap"):
+            raise ConfigError(f"bad_energy: expected 'inf' or 'cap', got {bad_energy!r}")
+        if n_workers < 0:
+            raise ConfigError(f"n_workers: expected an integer >= 0, got {n_workers}")
+        self.n_atoms = system.getNumParticles()
+        self.temperature = float(temperature)
+        self.kT = kT_kjmol(temperature)
+        self.platform = platform
+        self.platform_properties = dict(platform_properties or {})
+        self.n_workers = int(n_workers)
+        self.energy_cap = float(energy_cap)
+        self.bad_energy = bad_energy
+        self._xml = openmm.XmlSerializer.serialize(system)
+        self._ctx = None
+        self._integ = None
+        self._procs: list = []
+        self._conns: list = []
+        _LIVE_BRIDGES.add(self)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the Context (in-process) or start the worker processes; called lazily on first use."""
+        if self.n_workers == 0:
+            if self._ctx is None:
+                self._ctx, self._integ = _make_context(self._xml, self.platform, self.platform_properties)
+            return
+        if self._procs:
+            return
+        import multiprocessing as mp
+
+        mpctx = mp.get_context("spawn")
+        for _ in range(self.n_workers):
+            parent, child = mpctx.Pipe()
+            p = mpctx.Process(
+                target=_worker_main, args=(child, self._xml, self.platform, self.platform_properties), daemon=True
+            )
+            p.start()
+            child.close()
+            self._procs.append(p)
+            self._conns.append(parent)
+        for conn in self._conns:
+            status, msg = conn.recv()
+            if status != "ready":
+                self.close()
+                raise ConfigError(f"OpenMM worker failed to start: {msg}")
+
+    def close(self) -> None:
+        """Stop the workers (if any) and drop the Context. Safe to call twice."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for p in self._procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=1)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        self._ctx = self._integ = None
+
+    def __enter__(self) -> OpenMMBridge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_ctx=None, _integ=None, _procs=[], _conns=[])
+        return state
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def evaluate_kjmol(self, pos: np.ndarray, forces: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw energies ``(B,)`` kJ/mol and forces ``(B, n, 3)`` kJ/mol/nm (NaN energy where OpenMM failed)."""
+        pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, self.n_atoms, 3)
+        self.start()
+        if self.n_workers == 0 or pos.shape[0] == 0:
+            if self._ctx is None:
+                self._ctx, self._integ = _make_context(self._xml, self.platform, self.platform_properties)
+            return _evaluate(self._ctx, pos, forces)
+        chunks = [c for c in np.array_split(pos, min(self.n_workers, pos.shape[0])) if c.shape[0]]
+        for conn, c in zip(self._conns, chunks):
+            conn.send((c, forces))
+        es, fs, err = [], [], None
+        for conn, _ in zip(self._conns, chunks):
+            status, out = conn.recv()
+            if status != "ok":
+                err = out
+                continue
+            es.append(out[0])
+            fs.append(out[1])
+        if err is not None:
+            raise RuntimeError(f"OpenMM worker failed: {err}")
+        return np.concatenate(es), (np.concatenate(fs) if forces else None)
+
+    def evaluate(self, pos: np.ndarray, forces: bool = True) -> BridgeResult:
+        """Reduced energies and forces of ``pos: (B, n_atoms, 3)`` or ``(B, 3 n_atoms)`` in nm.
+
+        Returns
+        -------
+        BridgeResult
+            ``energy (B,)`` in kT, ``forces (B, n_atoms, 3)`` in kT/nm (if requested), ``bad (B,)``.
+        """
+        pos = np.asarray(pos, dtype=np.float64)
+        if pos.size % (3 * self.n_atoms) or (pos.ndim >= 2 and pos.shape[-1] not in (3, 3 * self.n_atoms)):
+            raise ConfigError(
+                f"positions: expected shape (B, {self.n_atoms}, 3) or (B, {3 * self.n_atoms}) in nm, "
+                f"got {tuple(pos.shape)}"
+            )
+        e, f = self.evaluate_kjmol(pos, forces)
+        u = e / self.kT
+        bad = ~np.isfinite(u) | (u > self.energy_cap)
+        if bad.any():
+            log.warning(
+                "OpenMM: %d of %d configurations had a NaN/inf energy or one above the cap %.3g kT; "
+                "returning %s for them",
+                int(bad.sum()), u.shape[0], self.energy_cap, "+inf" if self.bad_energy == "inf" else "the cap",
+            )
+            u = u.copy()
+            u[bad] = np.inf if self.bad_energy == "inf" else self.energy_cap
+        if forces:
+            f = f / self.kT
+            f[bad] = 0.0
+        return BridgeResult(energy=u, forces=f, bad=bad)
+
+
+class _BridgeEnergy(torch.autograd.Function):
+    """``u(x)`` through the bridge; the backward pass uses the forces computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bridge: OpenMMBridge, need_forces: bool):  # type: ignore[override]
+        res = bridge.evaluate(x.detach().cpu().numpy(), forces=need_forces)
+        if need_forces:
+            ctx.save_for_backward(torch.as_tensor(res.forces.reshape(x.shape), dtype=x.dtype, device=x.device))
+        ctx.need_forces = need_forces
+        return torch.as_tensor(res.energy, dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def backward(ctx, grad_u: torch.Tensor):  # type: ignore[override]
+        if not ctx.need_forces:  # pragma: no cover - only when grad was not required at forward time
+            raise RuntimeError("OpenMM energy: forces were not computed in the forward pass")
+        (f,) = ctx.saved_tensors
+        return -f * grad_u[:, None], None, None
+
+
+class OpenMMTarget(Target):
+    """A Target backed by an OpenMM ``System`` (reduced energies; see the module docstring for units).
+
+    Parameters
+    ----------
+    system : openmm.System
+    temperature : float
+        Kelvin.
+    platform, n_workers, energy_cap, bad_energy, platform_properties
+        Passed to :class:`OpenMMBridge`.
+
+    Notes
+    -----
+    ``energy(x)`` is differentiable: gradients w.r.t. ``x`` are ``-force/kT`` (OpenMM's analytic forces).
+    Forces are computed only when ``x.requires_grad`` (or by :meth:`force`).
+    """
+
+    def __init__(
+        self,
+        system: Any,
+        temperature: float,
+        platform: str = "Reference",
+        n_workers: int = 0,
+        energy_cap: float = DEFAULT_ENERGY_CAP,
+        bad_energy: str = "inf",
+        platform_properties: dict | None = None,
+    ):
+        n = system.getNumParticles()
+        super().__init__(3 * n, (n, 3))
+        self.n_atoms = n
+        self.temperature = float(temperature)
+        self.openmm_system = system
+        self.bridge = OpenMMBridge(
+            system, temperature, platform=platform, n_workers=n_workers, energy_cap=energy_cap,
+            bad_energy=bad_energy, platform_properties=platform_properties,
+        )
+
+    @property
+    def kT(self) -> float:
+        """``k_B T`` in kJ/mol."""
+        return self.bridge.kT
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        return _BridgeEnergy.apply(x, self.bridge, bool(x.requires_grad))
+
+    def force(self, x: torch.Tensor) -> torch.Tensor:
+        """``-grad u`` in kT/nm, with the shape of ``x`` (OpenMM's forces, no autograd)."""
+        flat = self.flatten(x)
+        res = self.bridge.evaluate(flat.detach().cpu().numpy(), forces=True)
+        return torch.as_tensor(res.forces, dtype=flat.dtype, device=flat.device).reshape(x.shape)
+
+    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduced energies ``(B,)`` and forces (shape of ``x``, kT/nm) in one pass."""
+        flat = self.flatten(x)
+        res = self.bridge.evaluate(flat.detach().cpu().numpy(), forces=True)
+        e = torch.as_tensor(res.energy, dtype=flat.dtype, device=flat.device)
+        return e, torch.as_tensor(res.forces, dtype=flat.dtype, device=flat.device).reshape(x.shape)
+
+    def close(self) -> None:
+        """Stop the bridge's worker processes."""
+        self.bridge.close()
+
+    def __enter__(self) -> OpenMMTarget:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# positions sanity checks
+
+
+def check_positions(pos: np.ndarray, n_atoms: int, where: str = "positions", bonds=None) -> np.ndarray:
+    """Check shape and units of positions and return them as ``(F, n_atoms, 3)`` float64 nm.
+
+    Raises a one-line :class:`ConfigError` when the atom count is wrong, or when the bonded distances
+    (``bonds``: ``(m, 2)`` atom index pairs) look like Angstrom (median above 0.5 nm; covalent bonds are
+    0.1-0.2 nm).
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    if pos.ndim == 2 and pos.shape == (n_atoms, 3):
+        pos = pos[None]
+    if pos.ndim == 2 and pos.shape[1] == 3 * n_atoms:
+        pos = pos.reshape(-1, n_atoms, 3)
+    if pos.ndim != 3 or pos.shape[1:] != (n_atoms, 3):
+        raise ConfigError(f"{where}: expected (frames, {n_atoms}, 3) positions in nm, got shape {pos.shape}")
+    if bonds is not None and len(bonds):
+        b = np.asarray(bonds)
+        d = np.linalg.norm(pos[:, b[:, 0]] - pos[:, b[:, 1]], axis=-1)
+        med = float(np.nanmedian(d))
+        if med > 0.5:
+            raise ConfigError(
+                f"{where}: median bond length is {med:.3g}; expected nm (0.1-0.2) -- positions look like "
+                "Angstrom, divide by 10"
+            )
+    return pos
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the `kind: openmm` system builder
+
+#: OpenMM nonbonded methods accepted in a spec
+_NONBONDED = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "PME", "Ewald")
+_CONSTRAINTS = {None: None, "none": None, "HBonds": "HBonds", "AllBonds": "AllBonds", "HAngles": "HAngles"}
+
+
+def _require(spec: dict, field: str, path: Path, expected: str):
+    if field not in spec or spec[field] is None:
+        raise ConfigError(f"{path}: missing field {field!r} (expected {expected})")
+    return spec[field]
+
+
+def load_forcefield(files: list[str], path: Path):
+    """``openmm.app.ForceField`` from OpenMM's bundled files or files relative to the spec's folder."""
+    import openmm.app as app
+
+    resolved = []
+    for f in files:
+        local = path.parent / f
+        resolved.append(str(local) if local.is_file() else f)
+    try:
+        return app.ForceField(*resolved)
+    except (ValueError, OSError) as e:
+        for f, r in zip(files, resolved):
+            try:
+                app.ForceField(r)
+            except (ValueError, OSError):
+                raise ConfigError(
+                    f"{path}: field 'forcefield': unknown force field file {f!r} (not bundled with OpenMM and "
+                    f"not found beside the spec)"
+                ) from None
+        raise ConfigError(f"{path}: field 'forcefield': {files} cannot be combined ({e})") from None
+
+
+def create_openmm_system(spec: dict, path: Path):
+    """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (see ``systems/*/system.yaml``)."""
+    import openmm.app as app
+
+    pdb_name = _require(spec, "pdb", path, "a PDB file name relative to the spec")
+    ff_files = _require(spec, "forcefield", path, "a list of OpenMM force field XML files")
+    if isinstance(ff_files, str):
+        ff_files = [ff_files]
+    pdb_path = path.parent / pdb_name
+    if not pdb_path.is_file():
+        raise ConfigError(f"{path}: field 'pdb': file {pdb_path} does not exist")
+    try:
+        pdb = app.PDBFile(str(pdb_path))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{pdb_path}: cannot read PDB ({e})") from None
+    ff = load_forcefield(list(ff_files), path)
+    unmatched = ff.getUnmatchedResidues(pdb.topology)
+    if unmatched:
+        names = ", ".join(f"{r.name} {r.id} (chain {r.chain.id})" for r in unmatched)
+        raise ConfigError(
+            f"{pdb_path}: residue {names} is not matched by any template of force field {list(ff_files)} "
+            "(check residue/atom names and hydrogens)"
+        )
+    nb = spec.get("nonbonded_method", "NoCutoff")
+    if nb not in _NONBONDED:
+        raise ConfigError(f"{path}: field 'nonbonded_method' is {nb!r}; expected one of {list(_NONBONDED)}")
+    cons = spec.get("constraints")
+    if cons not in _CONSTRAINTS:
+        raise ConfigError(f"{path}: field 'constraints' is {cons!r}; expected null, HBonds, AllBonds or HAngles")
+    kwargs: dict[str, Any] = {"nonbondedMethod": getattr(app, nb), "constraints": None}
+    if _CONSTRAINTS[cons] is not None:
+        kwargs["constraints"] = getattr(app, _CONSTRAINTS[cons])
+    kwargs["rigidWater"] = bool(spec.get("rigid_water", False))
+    if "cutoff_nm" in spec:
+        import openmm.unit as unit
+
+        kwargs["nonbondedCutoff"] = float(spec["cutoff_nm"]) * unit.nanometer
+    try:
+        system = ff.createSystem(pdb.topology, **kwargs)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{pdb_path}: force field {list(ff_files)} cannot build a system: {msg}") from None
+    return system, pdb
+
+
+def build_system(spec: dict, path: Path):
+    """Builder for ``kind: openmm`` specs: any PDB + OpenMM force field files.
+
+    Spec fields: ``pdb`` (required), ``forcefield`` (required, list of XML files), ``temperature`` (required,
+    K), ``nonbonded_method`` (default ``NoCutoff``), ``constraints`` (default null), ``platform`` (default
+    ``Reference``), ``n_workers`` (default 0), ``energy_cap`` (kT), ``cvs`` (name -> 4 atom indices).
+    """
+    import mdtraj
+
+    from boltzdiff.systems import System
+
+    temperature = float(_require(spec, "temperature", path, "a temperature in K"))
+    if not temperature > 0:
+        raise ConfigError(f"{path}: field 'temperature' must be > 0 K, got {temperature}")
+    system, pdb = create_openmm_system(spec, path)
+    target = OpenMMTarget(
+        system, temperature, platform=spec.get("platform", "Reference"), n_workers=int(spec.get("n_workers", 0)),
+        energy_cap=float(spec.get("energy_cap", DEFAULT_ENERGY_CAP)),
+    )
+    import openmm.unit as unit
+
+    positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
+    topology = mdtraj.Topology.from_openmm(pdb.topology)
+    for name, idx in (spec.get("cvs") or {}).items():
+        if len(idx) != 4 or not all(0 <= int(i) < system.getNumParticles() for i in idx):
+            raise ConfigError(f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})")
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    return System(
+        name=spec["name"], kind="openmm", target=target, spec=spec, path=path, temperature=temperature,
+        topology=topology, positions=positions,
+        extras={"openmm_system": system, "openmm_topology": pdb.topology, "masses": masses,
+                "bonds": np.array([[b[0].index, b[1].index] for b in pdb.topology.bonds()], dtype=int)},
+    )
+
