@@ -1,0 +1,240 @@
+"""Particle targets in torch: Lennard-Jones clusters (LJ-n) and the 4-particle 2-D double well (DW4).
+
+Both are in **reduced units**: lengths in units of ``r_m`` (written out as nm where a file format needs a
+unit), energies in units of ``kT``, and the spec's ``temperature`` is the reduced temperature ``T* = kT/eps``
+(1 for the benchmarks), so ``u(x) = U(x) / T*``.
+
+LJ-n (``eps = r_m = 1``, unique pairs ``i < j``, harmonic centre term with ``c = 1``)::
+
+    U(x) = eps * sum_{i<j} [(r_m/r_ij)^12 - 2 (r_m/r_ij)^6] + c/2 * sum_i |x_i - mean(x)|^2
+
+DW4 (4 particles in 2-D, ``a = 0, b = -4, c = 0.9, d0 = 4``)::
+
+    U(x) = sum_{i<j} [a (d_ij - d0) + b (d_ij - d0)^2 + c (d_ij - d0)^4]
+
+:func:`lennard_jones_openmm_system` writes the same LJ energy as an OpenMM ``System`` (CustomNonbondedForce +
+CustomCentroidBondForce) with ``eps = 1 kJ/mol``; evaluated at ``LJ_OPENMM_TEMPERATURE`` (so that
+``kT = 1 kJ/mol``) its reduced energy equals the torch target's at ``T* = 1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boltzdiff.errors import ConfigError
+from boltzdiff.geometry import interatomic_distances
+from boltzdiff.targets.base import Target
+
+#: K at which kT = 1 kJ/mol (1 / R), the temperature of the OpenMM version of LJ-n
+LJ_OPENMM_TEMPERATURE = 1.0 / 8.31446261815324e-3
+
+
+class LennardJonesCluster(Target):
+    """LJ-n cluster with a harmonic centre term, reduced energy ``(B,)`` (see the module docstring).
+
+    Parameters
+    ----------
+    n_particles : int
+    spatial_dim : int
+        3 for the benchmarks.
+    eps, rm : float
+        Well depth and position of the minimum of the pair potential.
+    oscillator_scale : float
+        ``c`` of the harmonic term ``c/2 sum_i |x_i - mean|^2`` (0 switches it off).
+    temperature : float
+        Reduced temperature ``T*``; ``u = U / T*``.
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        spatial_dim: int = 3,
+        eps: float = 1.0,
+        rm: float = 1.0,
+        oscillator_scale: float = 1.0,
+        temperature: float = 1.0,
+    ):
+        super().__init__(n_particles * spatial_dim, (n_particles, spatial_dim))
+        self.n_particles, self.spatial_dim = n_particles, spatial_dim
+        self.eps, self.rm, self.oscillator_scale, self.temperature = eps, rm, oscillator_scale, temperature
+
+    def pair_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """LJ part ``(B,)`` (not divided by ``T*``) of ``x: (B, dim)``."""
+        r = interatomic_distances(x.reshape(-1, self.n_particles, self.spatial_dim))
+        s6 = (self.rm / r) ** 6
+        return self.eps * (s6 * s6 - 2.0 * s6).sum(-1)
+
+    def oscillator_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Harmonic centre term ``(B,)`` (not divided by ``T*``)."""
+        p = x.reshape(-1, self.n_particles, self.spatial_dim)
+        return 0.5 * self.oscillator_scale * ((p - p.mean(-2, keepdim=True)) ** 2).sum((-2, -1))
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.pair_energy(x) + self.oscillator_energy(x)) / self.temperature
+
+
+class DoubleWell(Target):
+    """Multi-particle double-well pair potential (DW4 by default), reduced energy ``(B,)``.
+
+    Parameters
+    ----------
+    n_particles, spatial_dim : int
+        4 and 2 for DW4.
+    a, b, c, d0 : float
+        ``sum_{i<j} a (d - d0) + b (d - d0)^2 + c (d - d0)^4``.
+    temperature : float
+        Reduced temperature; ``u = U / T*``.
+    """
+
+    def __init__(
+        self,
+        n_particles: int = 4,
+        spatial_dim: int = 2,
+        a: float = 0.0,
+        b: float = -4.0,
+        c: float = 0.9,
+        d0: float = 4.0,
+        temperature: float = 1.0,
+    ):
+        super().__init__(n_particles * spatial_dim, (n_particles, spatial_dim))
+        self.n_particles, self.spatial_dim = n_particles, spatial_dim
+        self.a, self.b, self.c, self.d0, self.temperature = a, b, c, d0, temperature
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        d = interatomic_distances(x.reshape(-1, self.n_particles, self.spatial_dim)) - self.d0
+        return (self.a * d + self.b * d**2 + self.c * d**4).sum(-1) / self.temperature
+
+
+def lennard_jones_openmm_system(
+    n_particles: int, eps_kjmol: float = 1.0, rm_nm: float = 1.0, oscillator_scale: float = 1.0, mass: float = 1.0
+):
+    """The LJ-n energy as an OpenMM ``System`` (3-D, no cutoff), lengths in nm and energies in kJ/mol.
+
+    ``oscillator_scale`` is ``c`` in kJ/mol/nm^2. Pairs are unique (a CustomNonbondedForce counts each pair once);
+    the centre term is a CustomCentroidBondForce between each particle and the (equal-weight) centroid.
+    """
+    import openmm
+
+    system = openmm.System()
+    for _ in range(n_particles):
+        system.addParticle(mass)
+    lj = openmm.CustomNonbondedForce("eps*((rm/r)^12 - 2*(rm/r)^6)")
+    lj.addGlobalParameter("eps", eps_kjmol)
+    lj.addGlobalParameter("rm", rm_nm)
+    lj.setNonbondedMethod(openmm.CustomNonbondedForce.NoCutoff)
+    for _ in range(n_particles):
+        lj.addParticle([])
+    system.addForce(lj)
+    if oscillator_scale:
+        osc = openmm.CustomCentroidBondForce(2, "0.5*c*distance(g1, g2)^2")
+        osc.addGlobalParameter("c", oscillator_scale)
+        osc.addGroup(list(range(n_particles)), [1.0] * n_particles)
+        for i in range(n_particles):
+            osc.addGroup([i], [1.0])
+            osc.addBond([i + 1, 0], [])
+        system.addForce(osc)
+    return system
+
+
+def particle_topology(n_particles: int, element: str = "Ar", resname: str = "LJ"):
+    """An mdtraj Topology of ``n_particles`` unbonded atoms (one residue each), for writing trajectories."""
+    import mdtraj
+
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    el = mdtraj.element.get_by_symbol(element)
+    for i in range(n_particles):
+        res = top.add_residue(resname, chain, resSeq=i + 1)
+        top.add_atom(el.symbol, el, res)
+    return top
+
+
+# ------------------------------------------------------------------------------------------------------------
+# builders (kind: lennard_jones, kind: double_well)
+
+
+def _num(spec: dict, field: str, path: Path, default: Any = None, required: bool = False) -> float:
+    if field not in spec or spec[field] is None:
+        if required:
+            raise ConfigError(f"{path}: missing field {field!r}")
+        return default
+    try:
+        return float(spec[field])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: field {field!r} must be a number, got {spec[field]!r}") from None
+
+
+def _int(spec: dict, field: str, path: Path) -> int:
+    if field not in spec:
+        raise ConfigError(f"{path}: missing field {field!r} (expected a positive integer)")
+    v = spec[field]
+    if not isinstance(v, int) or v < 2:
+        raise ConfigError(f"{path}: field {field!r} must be an integer >= 2, got {v!r}")
+    return v
+
+
+def _initial_positions(spec: dict, path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    init = spec.get("initial_positions")
+    if init is None:
+        return None
+    if isinstance(init, str):
+        f = path.parent / init
+        if not f.is_file():
+            raise ConfigError(f"{path}: field 'initial_positions': file {f} does not exist")
+        if f.suffix == ".npy":
+            arr = np.load(f)
+        else:
+            import mdtraj
+
+            arr = mdtraj.load(str(f)).xyz[0]
+    else:
+        arr = np.asarray(init, dtype=np.float64)
+    arr = np.asarray(arr, dtype=np.float64).reshape(-1, *shape)[0] if arr.size == np.prod(shape) else None
+    if arr is None:
+        raise ConfigError(f"{path}: field 'initial_positions' must hold {shape[0]} x {shape[1]} coordinates")
+    return arr
+
+
+def build_lennard_jones(spec: dict, path: Path):
+    """Builder for ``kind: lennard_jones`` (fields: ``n_particles``, ``temperature`` (reduced), optional
+    ``eps``, ``rm``, ``oscillator_scale``, ``spatial_dim`` (3), ``initial_positions`` (file or list))."""
+    from boltzdiff.systems import System
+
+    n = _int(spec, "n_particles", path)
+    temperature = _num(spec, "temperature", path, required=True)
+    dim = int(spec.get("spatial_dim", 3))
+    target = LennardJonesCluster(
+        n, dim, eps=_num(spec, "eps", path, 1.0), rm=_num(spec, "rm", path, 1.0),
+        oscillator_scale=_num(spec, "oscillator_scale", path, 1.0), temperature=temperature,
+    )
+    pos = _initial_positions(spec, path, (n, dim))
+    extras: dict[str, Any] = {"reduced_units": True}
+    if dim == 3:
+        extras["openmm_temperature_K"] = LJ_OPENMM_TEMPERATURE * temperature
+        extras["openmm_system_factory"] = lambda: lennard_jones_openmm_system(
+            n, target.eps, target.rm, target.oscillator_scale
+        )
+    return System(
+        name=spec["name"], kind="lennard_jones", target=target, spec=spec, path=path, temperature=temperature,
+        topology=particle_topology(n) if dim == 3 else None, positions=pos, extras=extras,
+    )
+
+
+def build_double_well(spec: dict, path: Path):
+    """Builder for ``kind: double_well`` (fields: ``n_particles``, ``spatial_dim``, ``temperature`` (reduced),
+    ``a``, ``b``, ``c``, ``d0``, optional ``initial_positions``)."""
+    from boltzdiff.systems import System
+
+    n = _int(spec, "n_particles", path)
+    dim = int(spec.get("spatial_dim", 2))
+    temperature = _num(spec, "temperature", path, required=True)
+    coef = {k: _num(spec, k, path, required=True) for k in ("a", "b", "c", "d0")}
+    target = DoubleWell(n, dim, temperature=temperature, **coef)
+    return System(
+        name=spec["name"], kind="double_well", target=target, spec=spec, path=path, temperature=temperature,
+        topology=None, positions=_initial_positions(spec, path, (n, dim)), extras={"reduced_units": True},
+    )
