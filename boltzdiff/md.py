@@ -301,7 +301,7 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
                 st = ctx.getState(getEnergy=True, getPositions=True)
                 e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / kT
                 x = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-                if not (math.isfinite(e) and np.isfinite(x).all()):
+                if not (math.isfinite(e) and np.isfinite(x).all() and np.abs(x).max() < 1e5):
                     err = "NaN/inf energy or coordinates"
             except Exception as ex:  # noqa: BLE001 - OpenMM raises on NaN coordinates
                 err = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
@@ -425,7 +425,10 @@ def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, prog
         st = torch.load(state_file, weights_only=False)
         x, step_size, it, n_acc, n_prop = st["x"], st["step_size"], st["step"], st["n_acc"], st["n_prop"]
         gen.set_state(st["generator"])
-        pos_l, en_l = _load_frames(out, int(prog["checkpoint_frame"]))
+        n_saves = int(prog["checkpoint_frame"])
+        pos_f, en_f = _load_frames(out, n_saves * cfg.n_chains)
+        pos_l = list(np.asarray(pos_f).reshape(n_saves, cfg.n_chains, *shape))
+        en_l = list(np.asarray(en_f).reshape(n_saves, cfg.n_chains))
     else:
         x0 = torch.as_tensor(np.asarray(system.positions), dtype=dtype).reshape(1, *shape)
         x = _project(x0 + cfg.init_noise * torch.randn((cfg.n_chains, *shape), generator=gen, dtype=dtype))

@@ -1,0 +1,109 @@
+"""``boltzdiff energy SYSTEM FRAMES``: reduced energies (kT) of the frames of a trajectory or array."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from boltzdiff.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "energy",
+        help="reduced energies (kT) of trajectory frames",
+        description="Evaluate the system's reduced energy u = U/kT on every frame of FRAMES (.npy positions in "
+        "nm, shape (F, n, 3) or (F, 3n); .pdb; .dcd/.xtc/.h5 with --top or the system's topology). Prints one "
+        "energy per line, or writes them with --out (.npy or text).",
+    )
+    p.add_argument("system", help="system name, folder or system.yaml")
+    p.add_argument("frames", help="trajectory file: .npy, .pdb, .dcd, .xtc, .h5")
+    p.add_argument("--top", default=None, help="topology file for .dcd/.xtc (default: the system's)")
+    p.add_argument("--variant", default=None)
+    p.add_argument("--out", default=None, help="write energies here (.npy, else text) instead of printing")
+    p.add_argument("--workers", type=int, default=None, help="OpenMM worker processes (default: the spec's)")
+    p.add_argument("--batch", type=int, default=1000, help="frames per batch")
+    p.set_defaults(func=run)
+
+
+def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
+    """Positions ``(F, n, d)`` of a frames file, checked against the system's atom count (and units)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"frames: file {path} does not exist")
+    shape = tuple(system.target.event_shape)
+    n = shape[0]
+    if path.suffix == ".npy":
+        try:
+            x = np.load(path)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"{path}: cannot read .npy ({e})") from None
+    else:
+        import mdtraj
+
+        try:
+            if path.suffix == ".pdb":
+                traj = mdtraj.load(str(path))
+            elif top is not None:
+                traj = mdtraj.load(str(path), top=top)
+            elif system.topology is not None:
+                traj = mdtraj.load(str(path), top=system.topology)
+            else:
+                raise ConfigError(f"{path}: needs --top (system {system.name} has no topology)")
+        except ConfigError:
+            raise
+        except ImportError as e:
+            raise ConfigError(f"{path}: reading this format needs an extra package ({e})") from None
+        except Exception as e:  # noqa: BLE001 - mdtraj raises many types
+            raise ConfigError(f"{path}: cannot read frames ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        x = traj.xyz
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape == shape:
+        x = x[None]
+    if x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
+        x = x.reshape(-1, *shape)
+    if x.ndim != 3 or x.shape[1:] != shape:
+        raise ConfigError(f"{path}: frames have shape {x.shape[1:] if x.ndim == 3 else x.shape}; system "
+                          f"{system.name} expects (F, {', '.join(map(str, shape))})")
+    if system.kind == "openmm":
+        from boltzdiff.targets.openmm import check_positions
+
+        check_positions(x, n, str(path), system.extras.get("bonds"))
+    return x
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from boltzdiff.runinfo import atomic_save
+    from boltzdiff.systems import load_system
+
+    system = load_system(args.system, args.variant)
+    try:
+        if args.workers is not None and hasattr(system.target, "bridge"):
+            system.target.bridge.close()
+            system.target.bridge.n_workers = max(0, int(args.workers))
+        x = load_frames(args.frames, system, args.top)
+        out = []
+        with torch.no_grad():
+            for k in range(0, len(x), max(1, args.batch)):
+                out.append(system.target.energy(torch.as_tensor(x[k:k + args.batch])).double().numpy())
+        u = np.concatenate(out) if out else np.zeros(0)
+    finally:
+        close = getattr(system.target, "close", None)
+        if close:
+            close()
+    if args.out:
+        dest = Path(args.out)
+        if dest.suffix == ".npy":
+            atomic_save(dest, lambda p: np.save(open(p, "wb"), u))
+        else:
+            atomic_save(dest, lambda p: np.savetxt(p, u, fmt="%.10g", header="reduced energy (kT)"))
+        print(f"{len(u)} energies (kT) written to {dest}: mean {np.mean(u):.4f}, min {np.min(u):.4f}, "
+              f"max {np.max(u):.4f}" if len(u) else f"0 energies written to {dest}")
+    else:
+        for v in u:
+            print(f"{v:.10g}")
+    return 0
