@@ -20,6 +20,7 @@ import numpy as np
 from boltzdiff.analysis.free_energy import (
     FreeEnergyProfile,
     Histogram1D,
+    free_energy_from_histogram,
     weighted_histogram_1d,
     weighted_histogram_2d,
 )
@@ -123,9 +124,8 @@ def plot_ramachandran(
     im = None
     for ax, (label, phi, psi, lw) in zip(axes, sets):
         h = weighted_histogram_2d(phi, psi, lw, bins=bins, periodic=True)
-        with np.errstate(divide="ignore"):
-            f = -np.log(h.p_xy)
-        f = np.minimum(f - np.nanmin(f[np.isfinite(f)]) if np.isfinite(f).any() else f, f_max)
+        f = free_energy_from_histogram(h.p_xy)
+        f = np.where(np.isfinite(f), np.minimum(f, f_max), np.nan)  # empty bins blank
         im = ax.pcolormesh(h.edges_x, h.edges_y, f.T, cmap="viridis", vmin=0, vmax=f_max, shading="flat")
         ax.set_xlabel(r"$\phi$ (rad)")
         ax.set_ylabel(r"$\psi$ (rad)")

@@ -105,10 +105,12 @@ class EGNNLayer(nn.Module):
 class EGNNNet(nn.Module):
     """E(n)-equivariant vector field ``(x~: (B, n * dim), c_noise: (B,)) -> v: (B, n * dim)``.
 
-    Fully connected graph, vectorised with ``(B, n, n, ...)`` tensors; SiLU everywhere so second derivatives
-    exist (DSM needs ``grad_x E`` with ``create_graph=True``). The readout
-    ``v_i = mean_j (x_i - x_j) w(m_ij)`` is zero at initialisation (last layer zero-initialised) and
-    centred over particles.
+    Fully connected graph over the ``P = n (n - 1) / 2`` unordered pairs, vectorised with ``(B, P, ...)``
+    tensors (no Python loop over edges); symmetric pair weights times antisymmetric ``x_i - x_j`` make
+    ``sum_i v_i = 0``. SiLU everywhere so second derivatives exist (DSM needs ``grad_x E`` with
+    ``create_graph=True``). The readout ``v_i = mean_j (x_i - x_j) w(m_ij)`` is zero at initialisation
+    (last layer zero-initialised). The input is re-centred inside, so ``v`` depends on ``x~`` only through
+    relative positions.
 
     Parameters
     ----------
