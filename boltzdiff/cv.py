@@ -38,7 +38,9 @@ def dihedrals(frames, indices: Sequence[Sequence[int]], topology=None) -> np.nda
     """
     import mdtraj
 
-    return mdtraj.compute_dihedrals(_as_traj(frames, topology), np.asarray(indices, dtype=int), periodic=False)
+    return mdtraj.compute_dihedrals(
+        _as_traj(frames, topology), np.asarray(indices, dtype=int), periodic=False
+    )
 
 
 def phi_psi(frames, topology=None, phi=ALDP_PHI, psi=ALDP_PSI) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +61,11 @@ def interatomic_distances(x) -> np.ndarray:
 
 
 def distance_histogram(
-    x, bins: int | np.ndarray = 100, range: tuple[float, float] | None = None, weights=None, density: bool = True
+    x,
+    bins: int | np.ndarray = 100,
+    range: tuple[float, float] | None = None,
+    weights=None,
+    density: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of all interatomic distances of ``x: (F, n, d)``, optionally with per-frame ``weights (F,)``.
 

@@ -134,7 +134,7 @@ def dihedral(x: torch.Tensor, indices: tuple[int, int, int, int] | list[int]) ->
     b0, b1, b2 = b - a, c - b, d - c
     n1 = torch.linalg.cross(b0, b1)
     n2 = torch.linalg.cross(b1, b2)
-    m1 = torch.linalg.cross(n1, b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True))
+    m1 = torch.linalg.cross(b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True), n1)
     return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
 
 

@@ -121,7 +121,9 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _write_frames(out: Path, pos: np.ndarray, energies: np.ndarray, topology: Any, extra: dict | None = None) -> None:
+def _write_frames(
+    out: Path, pos: np.ndarray, energies: np.ndarray, topology: Any, extra: dict | None = None
+) -> None:
     _save_npy(out / "positions.npy", pos.astype(np.float32))
     _save_npy(out / "energies.npy", energies.astype(np.float64))
     for k, v in (extra or {}).items():
@@ -158,7 +160,9 @@ def _load_frames(out: Path, n: int) -> tuple[list, list]:
     pos = np.load(out / "positions.npy")[:n]
     en = np.load(out / "energies.npy")[:n]
     if len(pos) < n:
-        raise ConfigError(f"{out}: positions.npy has {len(pos)} frames, the checkpoint expects {n}; use a new --out")
+        raise ConfigError(
+            f"{out}: positions.npy has {len(pos)} frames, the checkpoint expects {n}; use a new --out"
+        )
     return list(pos), list(en)
 
 
@@ -221,9 +225,16 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         omm_system = system.extras["openmm_system_factory"]()
         temperature = cfg.temperature or system.extras["openmm_temperature_K"]
     else:
-        raise ConfigError(f"simulate: system {system.name!r} (kind {system.kind}) has no OpenMM System; use MCMC")
-    for name, v in (("ns", cfg.ns), ("timestep_fs", cfg.timestep_fs), ("save_every_ps", cfg.save_every_ps),
-                    ("temperature", temperature), ("friction_per_ps", cfg.friction_per_ps)):
+        raise ConfigError(
+            f"simulate: system {system.name!r} (kind {system.kind}) has no OpenMM System; use MCMC"
+        )
+    for name, v in (
+        ("ns", cfg.ns),
+        ("timestep_fs", cfg.timestep_fs),
+        ("save_every_ps", cfg.save_every_ps),
+        ("temperature", temperature),
+        ("friction_per_ps", cfg.friction_per_ps),
+    ):
         if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
             raise ConfigError(f"simulate: {name} must be a positive number, got {v!r}")
     steps_per_frame = round(cfg.save_every_ps * 1000.0 / cfg.timestep_fs)
@@ -231,9 +242,15 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         raise ConfigError(f"simulate: save interval {cfg.save_every_ps} ps is shorter than the time step")
     n_total = round(cfg.ns * 1000.0 / cfg.save_every_ps)
     kT = float(unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin) * temperature)
-    settings = {"system": system.name, "variant": system.variant, "temperature": temperature,
-                "friction_per_ps": cfg.friction_per_ps, "timestep_fs": cfg.timestep_fs,
-                "save_every_ps": cfg.save_every_ps, "seed": cfg.seed}
+    settings = {
+        "system": system.name,
+        "variant": system.variant,
+        "temperature": temperature,
+        "friction_per_ps": cfg.friction_per_ps,
+        "timestep_fs": cfg.timestep_fs,
+        "save_every_ps": cfg.save_every_ps,
+        "seed": cfg.seed,
+    }
     prog = _read_progress(out, settings)
     n_dof = _n_dof(omm_system)
 
@@ -261,8 +278,12 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
     else:
         from boltzdiff.targets.openmm import check_positions
 
-        pos0 = check_positions(system.positions, omm_system.getNumParticles(), f"{system.name} positions",
-                               system.extras.get("bonds"))[0]
+        pos0 = check_positions(
+            system.positions,
+            omm_system.getNumParticles(),
+            f"{system.name} positions",
+            system.extras.get("bonds"),
+        )[0]
         ctx.setPositions(pos0)
         if cfg.minimize:
             openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 0)
@@ -276,9 +297,16 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         atomic_write_bytes(out / "checkpoint.chk", ctx.createCheckpoint())
         st = ctx.getState(getPositions=True, getVelocities=True)
         atomic_write_bytes(out / "state.xml", openmm.XmlSerializer.serialize(st).encode())
-        atomic_write_json(out / "progress.json", {"settings": settings, "frames": len(pos_l),
-                                                  "checkpoint_frame": n_ck, "n_total": n_total,
-                                                  "completed": n_ck >= n_total})
+        atomic_write_json(
+            out / "progress.json",
+            {
+                "settings": settings,
+                "frames": len(pos_l),
+                "checkpoint_frame": n_ck,
+                "n_total": n_total,
+                "completed": n_ck >= n_total,
+            },
+        )
 
     if topology is not None and not (out / "topology.pdb").is_file():
         import mdtraj
@@ -306,7 +334,9 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
             except Exception as ex:  # noqa: BLE001 - OpenMM raises on NaN coordinates
                 err = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
             if err is not None:
-                _write_frames(out, np.asarray(pos_l), np.asarray(en_l), topology, {"temperatures": np.asarray(temps)})
+                _write_frames(
+                    out, np.asarray(pos_l), np.asarray(en_l), topology, {"temperatures": np.asarray(temps)}
+                )
                 raise SimulationBlowUpError(
                     f"simulation blew up ({err}) within steps {step - steps_per_frame + 1}-{step} "
                     f"(t <= {step * cfg.timestep_fs / 1000:.3f} ps); kept {len(pos_l)} good frames in {out}"
@@ -326,8 +356,15 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         bar.close()
     if start == n_total:
         checkpoint(n_total)
-    return RunResult(out, np.asarray(pos_l, dtype=np.float32).reshape(-1, omm_system.getNumParticles(), 3),
-                     np.asarray(en_l), len(pos_l), True, ns_day, extras={"temperatures": np.asarray(temps)})
+    return RunResult(
+        out,
+        np.asarray(pos_l, dtype=np.float32).reshape(-1, omm_system.getNumParticles(), 3),
+        np.asarray(en_l),
+        len(pos_l),
+        True,
+        ns_day,
+        extras={"temperatures": np.asarray(temps)},
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -340,7 +377,12 @@ def _project(v: torch.Tensor) -> torch.Tensor:
 
 
 def mcmc_step(
-    target, x: torch.Tensor, u: torch.Tensor, g: torch.Tensor | None, step: float, method: str,
+    target,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    g: torch.Tensor | None,
+    step: float,
+    method: str,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One MALA or random-walk Metropolis step for chains ``x: (C, n, d)`` with energies ``u: (C,)``.
@@ -380,7 +422,9 @@ def _grad(target, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u.detach(), _project(g)
 
 
-def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, progress: bool = True) -> RunResult:
+def run_mcmc(
+    system, out_dir: str | Path, config: MCMCConfig | None = None, progress: bool = True
+) -> RunResult:
     """Parallel MCMC chains (MALA or random-walk Metropolis) on a torch target, resumable in ``out_dir``.
 
     Frames are the states of all chains every ``save_every`` steps after ``burn_in``, stored chain-minor:
@@ -412,11 +456,21 @@ def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, prog
     target = system.target
     shape = target.event_shape
     if len(shape) != 2 or system.positions is None:
-        raise ConfigError(f"simulate: MCMC needs a particle system with initial positions; {system.name} has none")
+        raise ConfigError(
+            f"simulate: MCMC needs a particle system with initial positions; {system.name} has none"
+        )
     target_accept = cfg.target_accept or (0.574 if cfg.method == "mala" else 0.234)
-    settings = {"system": system.name, "variant": system.variant, "method": cfg.method, "n_chains": cfg.n_chains,
-                "burn_in": cfg.burn_in, "save_every": cfg.save_every, "seed": cfg.seed,
-                "step_size": cfg.step_size, "temperature": system.temperature}
+    settings = {
+        "system": system.name,
+        "variant": system.variant,
+        "method": cfg.method,
+        "n_chains": cfg.n_chains,
+        "burn_in": cfg.burn_in,
+        "save_every": cfg.save_every,
+        "seed": cfg.seed,
+        "step_size": cfg.step_size,
+        "temperature": system.temperature,
+    }
     prog = _read_progress(out, settings)
     dtype = torch.float64
     gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -441,16 +495,36 @@ def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, prog
         u, g = target.energy(x).detach(), None
 
     def checkpoint() -> None:
-        _write_frames(out, np.asarray(pos_l).reshape(-1, *shape), np.asarray(en_l).reshape(-1),
-                      system.topology)
-        atomic_save(state_file, lambda p: torch.save(
-            {"x": x, "step_size": step_size, "step": it, "n_acc": n_acc, "n_prop": n_prop,
-             "generator": gen.get_state()}, p))
-        atomic_write_json(out / "progress.json", {"settings": settings, "frames": len(en_l) * cfg.n_chains,
-                                                  "checkpoint_frame": len(en_l), "step": it,
-                                                  "step_size": step_size, "n_steps": cfg.n_steps,
-                                                  "acceptance": n_acc / max(n_prop, 1),
-                                                  "completed": it >= cfg.n_steps + cfg.burn_in})
+        _write_frames(
+            out, np.asarray(pos_l).reshape(-1, *shape), np.asarray(en_l).reshape(-1), system.topology
+        )
+        atomic_save(
+            state_file,
+            lambda p: torch.save(
+                {
+                    "x": x,
+                    "step_size": step_size,
+                    "step": it,
+                    "n_acc": n_acc,
+                    "n_prop": n_prop,
+                    "generator": gen.get_state(),
+                },
+                p,
+            ),
+        )
+        atomic_write_json(
+            out / "progress.json",
+            {
+                "settings": settings,
+                "frames": len(en_l) * cfg.n_chains,
+                "checkpoint_frame": len(en_l),
+                "step": it,
+                "step_size": step_size,
+                "n_steps": cfg.n_steps,
+                "acceptance": n_acc / max(n_prop, 1),
+                "completed": it >= cfg.n_steps + cfg.burn_in,
+            },
+        )
 
     from tqdm.auto import tqdm
 
@@ -474,7 +548,9 @@ def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, prog
                 n_prop += acc.numel()
                 if (it - cfg.burn_in) % cfg.save_every == 0:
                     if not torch.isfinite(u).all():
-                        raise SimulationBlowUpError(f"MCMC: non-finite energy at step {it}; kept {len(en_l)} saves")
+                        raise SimulationBlowUpError(
+                            f"MCMC: non-finite energy at step {it}; kept {len(en_l)} saves"
+                        )
                     pos_l.append(x.numpy().astype(np.float32))
                     en_l.append(u.numpy().copy())
                     if len(en_l) % cfg.checkpoint_every == 0:
@@ -488,5 +564,13 @@ def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, prog
     checkpoint()
     speed = (it - start) / max(time.perf_counter() - t0, 1e-9)
     pos = np.asarray(pos_l, dtype=np.float32).reshape(-1, *shape)
-    return RunResult(out, pos, np.asarray(en_l).reshape(-1), len(pos), True, speed,
-                     acceptance=n_acc / max(n_prop, 1), extras={"step_size": step_size})
+    return RunResult(
+        out,
+        pos,
+        np.asarray(en_l).reshape(-1),
+        len(pos),
+        True,
+        speed,
+        acceptance=n_acc / max(n_prop, 1),
+        extras={"step_size": step_size},
+    )

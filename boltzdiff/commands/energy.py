@@ -57,7 +57,9 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
         except ImportError as e:
             raise ConfigError(f"{path}: reading this format needs an extra package ({e})") from None
         except Exception as e:  # noqa: BLE001 - mdtraj raises many types
-            raise ConfigError(f"{path}: cannot read frames ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise ConfigError(
+                f"{path}: cannot read frames ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         x = traj.xyz
     x = np.asarray(x, dtype=np.float64)
     if x.shape == shape:
@@ -65,8 +67,10 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
     if x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
         x = x.reshape(-1, *shape)
     if x.ndim != 3 or x.shape[1:] != shape:
-        raise ConfigError(f"{path}: frames have shape {x.shape[1:] if x.ndim == 3 else x.shape}; system "
-                          f"{system.name} expects (F, {', '.join(map(str, shape))})")
+        raise ConfigError(
+            f"{path}: frames have shape {x.shape[1:] if x.ndim == 3 else x.shape}; system "
+            f"{system.name} expects (F, {', '.join(map(str, shape))})"
+        )
     if system.kind == "openmm":
         from boltzdiff.targets.openmm import check_positions
 
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         out = []
         with torch.no_grad():
             for k in range(0, len(x), max(1, args.batch)):
-                out.append(system.target.energy(torch.as_tensor(x[k:k + args.batch])).double().numpy())
+                out.append(system.target.energy(torch.as_tensor(x[k : k + args.batch])).double().numpy())
         u = np.concatenate(out) if out else np.zeros(0)
     finally:
         close = getattr(system.target, "close", None)
@@ -101,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
             atomic_save(dest, lambda p: np.save(open(p, "wb"), u))
         else:
             atomic_save(dest, lambda p: np.savetxt(p, u, fmt="%.10g", header="reduced energy (kT)"))
-        print(f"{len(u)} energies (kT) written to {dest}: mean {np.mean(u):.4f}, min {np.min(u):.4f}, "
-              f"max {np.max(u):.4f}" if len(u) else f"0 energies written to {dest}")
+        print(
+            f"{len(u)} energies (kT) written to {dest}: mean {np.mean(u):.4f}, min {np.min(u):.4f}, "
+            f"max {np.max(u):.4f}"
+            if len(u)
+            else f"0 energies written to {dest}"
+        )
     else:
         for v in u:
             print(f"{v:.10g}")

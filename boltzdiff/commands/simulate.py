@@ -27,8 +27,12 @@ def register(sub) -> None:
     md.add_argument("--ns", type=float, default=1.0, help="simulation length (ns)")
     md.add_argument("--temperature", type=float, default=None, help="K (default: the system's)")
     md.add_argument("--friction", type=float, default=1.0, help="Langevin friction (1/ps)")
-    md.add_argument("--timestep-fs", type=float, default=1.0,
-                    help="time step (fs); 1 fs because the systems are unconstrained")
+    md.add_argument(
+        "--timestep-fs",
+        type=float,
+        default=1.0,
+        help="time step (fs); 1 fs because the systems are unconstrained",
+    )
     md.add_argument("--save-every-ps", type=float, default=1.0, help="frame interval (ps)")
     md.add_argument("--platform", default=None, help="OpenMM platform (default: the spec's, else Reference)")
     md.add_argument("--no-minimize", action="store_true", help="skip the initial energy minimisation")
@@ -51,21 +55,35 @@ def run(args: argparse.Namespace) -> int:
     try:
         if system.kind == "openmm":
             cfg = MDConfig(
-                ns=args.ns, temperature=args.temperature, friction_per_ps=args.friction,
-                timestep_fs=args.timestep_fs, save_every_ps=args.save_every_ps, seed=args.seed,
+                ns=args.ns,
+                temperature=args.temperature,
+                friction_per_ps=args.friction,
+                timestep_fs=args.timestep_fs,
+                save_every_ps=args.save_every_ps,
+                seed=args.seed,
                 platform=args.platform or system.spec.get("platform", "Reference"),
-                minimize=not args.no_minimize, checkpoint_every=args.checkpoint_every,
+                minimize=not args.no_minimize,
+                checkpoint_every=args.checkpoint_every,
             )
             res = run_md(system, args.out, cfg, progress=not args.no_progress)
-            print(f"MD {system.name}: {res.n_frames} frames in {res.out_dir} ({res.speed:.0f} ns/day this run)")
+            print(
+                f"MD {system.name}: {res.n_frames} frames in {res.out_dir} ({res.speed:.0f} ns/day this run)"
+            )
         else:
             cfg = MCMCConfig(
-                n_steps=args.steps, n_chains=args.chains, method=args.mcmc, step_size=args.step_size,
-                burn_in=args.burn_in, save_every=args.save_every, seed=args.seed,
+                n_steps=args.steps,
+                n_chains=args.chains,
+                method=args.mcmc,
+                step_size=args.step_size,
+                burn_in=args.burn_in,
+                save_every=args.save_every,
+                seed=args.seed,
             )
             res = run_mcmc(system, args.out, cfg, progress=not args.no_progress)
-            print(f"MCMC {system.name}: {res.n_frames} frames in {res.out_dir} (acceptance {res.acceptance:.2f}, "
-                  f"{res.speed:.0f} steps/s)")
+            print(
+                f"MCMC {system.name}: {res.n_frames} frames in {res.out_dir} (acceptance {res.acceptance:.2f}, "
+                f"{res.speed:.0f} steps/s)"
+            )
     finally:
         close = getattr(system.target, "close", None)
         if close:

@@ -48,64 +48,7 @@ def kT_kjmol(temperature: float) -> float:
     return float(r * temperature)
 
 
-def _make_context(system_xml: str, platform: str, platform_properties: dict | None):
-    import openmm
-
-    system = openmm.XmlSerializer.deserialize(system_xml)
-    try:
-        plat = openmm.Platform.getPlatformByName(platform)
-    except Exception:  # noqa: BLE001 - OpenMMException is not importable uniformly
-        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-        raise ConfigError(f"platform: unknown OpenMM platform {platform!r}; available: {names}") from None
-    integ = openmm.VerletIntegrator(0.001)
-    ctx = openmm.Context(system, integ, plat, platform_properties or {})
-    return ctx, integ
-
-
-def _evaluate(ctx, pos: np.ndarray, forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Energies ``(m,)`` in kJ/mol and forces ``(m, n, 3)`` in kJ/mol/nm of ``pos: (m, n, 3)`` nm."""
-    import openmm.unit as unit
-
-    m = pos.shape[0]
-    e = np.empty(m)
-    f = np.empty(pos.shape) if forces else None
-    kj = unit.kilojoule_per_mole
-    kjnm = unit.kilojoule_per_mole / unit.nanometer
-    for k in range(m):
-        try:
-            ctx.setPositions(pos[k])
-            st = ctx.getState(getEnergy=True, getForces=forces)
-            e[k] = st.getPotentialEnergy().value_in_unit(kj)
-            if forces:
-                f[k] = st.getForces(asNumpy=True).value_in_unit(kjnm)
-        except Exception:  # noqa: BLE001 - e.g. NaN coordinates raise OpenMMException
-            e[k] = np.nan
-            if forces:
-                f[k] = 0.0
-    return e, f
-
-
-def _worker_main(conn, system_xml: str, platform: str, platform_properties: dict | None) -> None:
-    """Worker loop: build a Context, then answer ``(positions, forces?)`` requests until ``None``."""
-    try:
-        ctx, integ = _make_context(system_xml, platform, platform_properties)
-    except BaseException as e:  # noqa: BLE001
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    conn.send(("ready", None))
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        pos, want_forces = msg
-        try:
-            conn.send(("ok", _evaluate(ctx, pos, want_forces)))
-        except BaseException as e:  # noqa: BLE001
-            conn.send(("error", f"{type(e).__name__}: {e}"))
-
+from boltzdiff._openmm_worker import _evaluate, _make_context, _worker_main  # noqa: E402
 
 _LIVE_BRIDGES: weakref.WeakSet = weakref.WeakSet()
 
@@ -201,7 +144,9 @@ class OpenMMBridge:
         for _ in range(self.n_workers):
             parent, child = mpctx.Pipe()
             p = mpctx.Process(
-                target=_worker_main, args=(child, self._xml, self.platform, self.platform_properties), daemon=True
+                target=_worker_main,
+                args=(child, self._xml, self.platform, self.platform_properties),
+                daemon=True,
             )
             p.start()
             child.close()
@@ -292,7 +237,10 @@ class OpenMMBridge:
             log.warning(
                 "OpenMM: %d of %d configurations had a NaN/inf energy or one above the cap %.3g kT; "
                 "returning %s for them",
-                int(bad.sum()), u.shape[0], self.energy_cap, "+inf" if self.bad_energy == "inf" else "the cap",
+                int(bad.sum()),
+                u.shape[0],
+                self.energy_cap,
+                "+inf" if self.bad_energy == "inf" else "the cap",
             )
             u = u.copy()
             u[bad] = np.inf if self.bad_energy == "inf" else self.energy_cap
@@ -309,7 +257,9 @@ class _BridgeEnergy(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, bridge: OpenMMBridge, need_forces: bool):  # type: ignore[override]
         res = bridge.evaluate(x.detach().cpu().numpy(), forces=need_forces)
         if need_forces:
-            ctx.save_for_backward(torch.as_tensor(res.forces.reshape(x.shape), dtype=x.dtype, device=x.device))
+            ctx.save_for_backward(
+                torch.as_tensor(res.forces.reshape(x.shape), dtype=x.dtype, device=x.device)
+            )
         ctx.need_forces = need_forces
         return torch.as_tensor(res.energy, dtype=x.dtype, device=x.device)
 
@@ -354,8 +304,13 @@ class OpenMMTarget(Target):
         self.temperature = float(temperature)
         self.openmm_system = system
         self.bridge = OpenMMBridge(
-            system, temperature, platform=platform, n_workers=n_workers, energy_cap=energy_cap,
-            bad_energy=bad_energy, platform_properties=platform_properties,
+            system,
+            temperature,
+            platform=platform,
+            n_workers=n_workers,
+            energy_cap=energy_cap,
+            bad_energy=bad_energy,
+            platform_properties=platform_properties,
         )
 
     @property
@@ -484,7 +439,9 @@ def create_openmm_system(spec: dict, path: Path):
         raise ConfigError(f"{path}: field 'nonbonded_method' is {nb!r}; expected one of {list(_NONBONDED)}")
     cons = spec.get("constraints")
     if cons not in _CONSTRAINTS:
-        raise ConfigError(f"{path}: field 'constraints' is {cons!r}; expected null, HBonds, AllBonds or HAngles")
+        raise ConfigError(
+            f"{path}: field 'constraints' is {cons!r}; expected null, HBonds, AllBonds or HAngles"
+        )
     kwargs: dict[str, Any] = {"nonbondedMethod": getattr(app, nb), "constraints": None}
     if _CONSTRAINTS[cons] is not None:
         kwargs["constraints"] = getattr(app, _CONSTRAINTS[cons])
@@ -517,7 +474,10 @@ def build_system(spec: dict, path: Path):
         raise ConfigError(f"{path}: field 'temperature' must be > 0 K, got {temperature}")
     system, pdb = create_openmm_system(spec, path)
     target = OpenMMTarget(
-        system, temperature, platform=spec.get("platform", "Reference"), n_workers=int(spec.get("n_workers", 0)),
+        system,
+        temperature,
+        platform=spec.get("platform", "Reference"),
+        n_workers=int(spec.get("n_workers", 0)),
         energy_cap=float(spec.get("energy_cap", DEFAULT_ENERGY_CAP)),
     )
     import openmm.unit as unit
@@ -526,12 +486,25 @@ def build_system(spec: dict, path: Path):
     topology = mdtraj.Topology.from_openmm(pdb.topology)
     for name, idx in (spec.get("cvs") or {}).items():
         if len(idx) != 4 or not all(0 <= int(i) < system.getNumParticles() for i in idx):
-            raise ConfigError(f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})")
-    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
-    return System(
-        name=spec["name"], kind="openmm", target=target, spec=spec, path=path, temperature=temperature,
-        topology=topology, positions=positions,
-        extras={"openmm_system": system, "openmm_topology": pdb.topology, "masses": masses,
-                "bonds": np.array([[b[0].index, b[1].index] for b in pdb.topology.bonds()], dtype=int)},
+            raise ConfigError(
+                f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})"
+            )
+    masses = np.array(
+        [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
     )
-
+    return System(
+        name=spec["name"],
+        kind="openmm",
+        target=target,
+        spec=spec,
+        path=path,
+        temperature=temperature,
+        topology=topology,
+        positions=positions,
+        extras={
+            "openmm_system": system,
+            "openmm_topology": pdb.topology,
+            "masses": masses,
+            "bonds": np.array([[b[0].index, b[1].index] for b in pdb.topology.bonds()], dtype=int),
+        },
+    )

@@ -110,7 +110,11 @@ class DoubleWell(Target):
 
 
 def lennard_jones_openmm_system(
-    n_particles: int, eps_kjmol: float = 1.0, rm_nm: float = 1.0, oscillator_scale: float = 1.0, mass: float = 1.0
+    n_particles: int,
+    eps_kjmol: float = 1.0,
+    rm_nm: float = 1.0,
+    oscillator_scale: float = 1.0,
+    mass: float = 1.0,
 ):
     """The LJ-n energy as an OpenMM ``System`` (3-D, no cutoff), lengths in nm and energies in kJ/mol.
 
@@ -208,8 +212,12 @@ def build_lennard_jones(spec: dict, path: Path):
     temperature = _num(spec, "temperature", path, required=True)
     dim = int(spec.get("spatial_dim", 3))
     target = LennardJonesCluster(
-        n, dim, eps=_num(spec, "eps", path, 1.0), rm=_num(spec, "rm", path, 1.0),
-        oscillator_scale=_num(spec, "oscillator_scale", path, 1.0), temperature=temperature,
+        n,
+        dim,
+        eps=_num(spec, "eps", path, 1.0),
+        rm=_num(spec, "rm", path, 1.0),
+        oscillator_scale=_num(spec, "oscillator_scale", path, 1.0),
+        temperature=temperature,
     )
     pos = _initial_positions(spec, path, (n, dim))
     extras: dict[str, Any] = {"reduced_units": True}
@@ -219,8 +227,15 @@ def build_lennard_jones(spec: dict, path: Path):
             n, target.eps, target.rm, target.oscillator_scale
         )
     return System(
-        name=spec["name"], kind="lennard_jones", target=target, spec=spec, path=path, temperature=temperature,
-        topology=particle_topology(n) if dim == 3 else None, positions=pos, extras=extras,
+        name=spec["name"],
+        kind="lennard_jones",
+        target=target,
+        spec=spec,
+        path=path,
+        temperature=temperature,
+        topology=particle_topology(n) if dim == 3 else None,
+        positions=pos,
+        extras=extras,
     )
 
 
@@ -235,6 +250,13 @@ def build_double_well(spec: dict, path: Path):
     coef = {k: _num(spec, k, path, required=True) for k in ("a", "b", "c", "d0")}
     target = DoubleWell(n, dim, temperature=temperature, **coef)
     return System(
-        name=spec["name"], kind="double_well", target=target, spec=spec, path=path, temperature=temperature,
-        topology=None, positions=_initial_positions(spec, path, (n, dim)), extras={"reduced_units": True},
+        name=spec["name"],
+        kind="double_well",
+        target=target,
+        spec=spec,
+        path=path,
+        temperature=temperature,
+        topology=None,
+        positions=_initial_positions(spec, path, (n, dim)),
+        extras={"reduced_units": True},
     )

@@ -21,16 +21,34 @@ HERE = Path(__file__).resolve().parent
 
 # (residue, atom name, element) in the standard order
 ATOMS = [
-    ("ACE", "H1", "H"), ("ACE", "CH3", "C"), ("ACE", "H2", "H"), ("ACE", "H3", "H"),
-    ("ACE", "C", "C"), ("ACE", "O", "O"),
-    ("ALA", "N", "N"), ("ALA", "H", "H"), ("ALA", "CA", "C"), ("ALA", "HA", "H"), ("ALA", "CB", "C"),
-    ("ALA", "HB1", "H"), ("ALA", "HB2", "H"), ("ALA", "HB3", "H"), ("ALA", "C", "C"), ("ALA", "O", "O"),
-    ("NME", "N", "N"), ("NME", "H", "H"), ("NME", "C", "C"),
-    ("NME", "H1", "H"), ("NME", "H2", "H"), ("NME", "H3", "H"),
+    ("ACE", "H1", "H"),
+    ("ACE", "CH3", "C"),
+    ("ACE", "H2", "H"),
+    ("ACE", "H3", "H"),
+    ("ACE", "C", "C"),
+    ("ACE", "O", "O"),
+    ("ALA", "N", "N"),
+    ("ALA", "H", "H"),
+    ("ALA", "CA", "C"),
+    ("ALA", "HA", "H"),
+    ("ALA", "CB", "C"),
+    ("ALA", "HB1", "H"),
+    ("ALA", "HB2", "H"),
+    ("ALA", "HB3", "H"),
+    ("ALA", "C", "C"),
+    ("ALA", "O", "O"),
+    ("NME", "N", "N"),
+    ("NME", "H", "H"),
+    ("NME", "C", "C"),
+    ("NME", "H1", "H"),
+    ("NME", "H2", "H"),
+    ("NME", "H3", "H"),
 ]
 
 
-def place(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float, torsion: float) -> np.ndarray:
+def place(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float, torsion: float
+) -> np.ndarray:
     """Position of d bonded to c with |cd| = bond, angle(b, c, d) = angle, dihedral(a, b, c, d) = torsion (deg)."""
     ang, tor = np.radians(angle), np.radians(torsion)
     bc = (c - b) / np.linalg.norm(c - b)
@@ -78,8 +96,29 @@ def topology():
         if res not in residues:
             residues[res] = top.addResidue(res, chain)
         atoms.append(top.addAtom(name, app.Element.getBySymbol(el), residues[res]))
-    bonds = [(0, 1), (1, 2), (1, 3), (1, 4), (4, 5), (4, 6), (6, 7), (6, 8), (8, 9), (8, 10), (10, 11),
-             (10, 12), (10, 13), (8, 14), (14, 15), (14, 16), (16, 17), (16, 18), (18, 19), (18, 20), (18, 21)]
+    bonds = [
+        (0, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),
+        (4, 5),
+        (4, 6),
+        (6, 7),
+        (6, 8),
+        (8, 9),
+        (8, 10),
+        (10, 11),
+        (10, 12),
+        (10, 13),
+        (8, 14),
+        (14, 15),
+        (14, 16),
+        (16, 17),
+        (16, 18),
+        (18, 19),
+        (18, 20),
+        (18, 21),
+    ]
     for i, j in bonds:
         top.addBond(atoms[i], atoms[j])
     return top
@@ -94,7 +133,9 @@ def main() -> None:
     pos = build() * 0.1  # nm
     ff = app.ForceField("amber99sbildn.xml", "amber99_obc.xml")
     system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx = openmm.Context(
+        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
     ctx.setPositions(pos * u.nanometer)
     e0 = ctx.getState(getEnergy=True).getPotentialEnergy()
     openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
