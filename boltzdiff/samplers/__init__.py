@@ -1,0 +1,28 @@
+"""Samplers: reverse diffusion (SDE/ODE), diffusion SMC/AIS over levels (optionally ending at the exact target),
+MCMC kernels, resampling, composition of level energies, and diagnostics against analytic targets."""
+
+from boltzdiff.samplers.compose import MixtureEnergy, ProductEnergy, TemperedEnergy, check_compatible, compose
+from boltzdiff.samplers.diagnostics import mode_report, total_variation, weighted_mode_weights
+from boltzdiff.samplers.mcmc import (
+    BridgeDensity,
+    EvalCounter,
+    LevelDensity,
+    MCMCConfig,
+    MCMCResult,
+    TargetDensity,
+    hmc,
+    mala,
+    run_mcmc,
+)
+from boltzdiff.samplers.resampling import kish_ess, multinomial_resample, systematic_resample
+from boltzdiff.samplers.results import SamplerResult, SMCResult
+from boltzdiff.samplers.sde import noisiest_gaussian, probability_flow_ode, resolve_levels, reverse_sde
+from boltzdiff.samplers.smc import smc
+
+__all__ = [
+    "BridgeDensity", "EvalCounter", "LevelDensity", "MCMCConfig", "MCMCResult", "MixtureEnergy", "ProductEnergy",
+    "SMCResult", "SamplerResult", "TargetDensity", "TemperedEnergy", "check_compatible", "compose", "hmc",
+    "kish_ess", "mala", "mode_report", "multinomial_resample", "noisiest_gaussian", "probability_flow_ode",
+    "resolve_levels", "reverse_sde", "run_mcmc", "smc", "systematic_resample", "total_variation",
+    "weighted_mode_weights",
+]

@@ -1,0 +1,116 @@
+"""Result objects returned by the samplers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplerResult:
+    """Unweighted samples from reverse diffusion (SDE or probability-flow ODE).
+
+    Attributes
+    ----------
+    x : (n, d) tensor
+        Samples at the cleanest level of the (sub-)grid.
+    levels : list of int
+        The grid indices visited, noisiest first.
+    n_model_evals : int
+        Per-particle evaluations of the model's energy/score.
+    n_nonfinite : int
+        Samples whose coordinates became non-finite.
+    wall_s : float
+    """
+
+    x: torch.Tensor
+    levels: list[int]
+    n_model_evals: int = 0
+    n_nonfinite: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        """Zero log-weights ``(n,)`` float64 (the samples are unweighted)."""
+        return torch.zeros(self.x.shape[0], dtype=torch.float64)
+
+    def summary(self) -> dict:
+        return dict(n=int(self.x.shape[0]), ess=1.0, n_levels=len(self.levels), n_model_evals=int(self.n_model_evals),
+                    n_target_evals=0, n_nonfinite=int(self.n_nonfinite), wall_s=float(self.wall_s))
+
+
+@dataclass
+class SMCResult:
+    """Weighted particles from diffusion SMC / AIS.
+
+    Attributes
+    ----------
+    x : (n, d) tensor
+        Final particles (level 0 of the grid, or the exact target with ``to_target``).
+    log_w : (n,) float64 tensor
+        Unnormalised log-weights; ``-inf`` for particles that met a non-finite energy.
+    ess : float
+        Normalised Kish effective sample size ``(sum w)^2 / (n sum w^2)`` of the final weights, in ``[0, 1]``.
+    ess_trace : (n_steps,) float64 tensor
+        Normalised ESS after each reweighting (before any resampling), noisiest step first.
+    n_resample : int
+        Number of resampling events.
+    acceptance : float or None
+        Mean MCMC acceptance rate over all rejuvenation moves (None without MCMC).
+    log_Z : float
+        Estimate of ``log`` of the final unnormalised density's normaliser relative to the normalised start
+        (0 for an exactly normalised model or target).
+    n_model_evals, n_target_evals : int
+        Per-particle evaluations of the level energy (with its gradient) and of the target's energy.
+    n_nonfinite : int
+        Particle events killed by a non-finite energy (weight set to zero).
+    levels : list of int
+        Grid indices visited, noisiest first.
+    lambdas : (K,) float64 tensor or None
+        The bridge schedule used to reach the exact target.
+    acceptance_trace : list of float
+        Mean acceptance of each MCMC sweep.
+    step_size : float or None
+        Final adapted MCMC step size.
+    wall_s : float
+    """
+
+    x: torch.Tensor
+    log_w: torch.Tensor
+    ess: float
+    ess_trace: torch.Tensor
+    n_resample: int
+    acceptance: float | None
+    log_Z: float
+    n_model_evals: int
+    n_target_evals: int
+    n_nonfinite: int
+    levels: list[int] = field(default_factory=list)
+    lambdas: torch.Tensor | None = None
+    acceptance_trace: list[float] = field(default_factory=list)
+    step_size: float | None = None
+    wall_s: float = 0.0
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Normalised weights ``(n,)`` float64 (zeros where ``log_w = -inf``)."""
+        return torch.softmax(self.log_w, 0)
+
+    def summary(self) -> dict:
+        """JSON-friendly scalars (no arrays except the short ESS trace)."""
+        return dict(
+            n=int(self.x.shape[0]),
+            ess=float(self.ess),
+            ess_min=float(self.ess_trace.min()) if self.ess_trace.numel() else float(self.ess),
+            n_resample=int(self.n_resample),
+            acceptance=None if self.acceptance is None else float(self.acceptance),
+            log_Z=float(self.log_Z),
+            n_model_evals=int(self.n_model_evals),
+            n_target_evals=int(self.n_target_evals),
+            n_nonfinite=int(self.n_nonfinite),
+            n_levels=len(self.levels),
+            n_bridge=0 if self.lambdas is None else int(len(self.lambdas) - 1),
+            step_size=self.step_size,
+            wall_s=float(self.wall_s),
+        )

@@ -1,0 +1,232 @@
+"""Diffusion SMC / AIS over the levels of a level energy, optionally ending at a target's exact energy.
+
+Particles start at the noisiest level from :func:`~boltzdiff.samplers.sde.noisiest_gaussian`, with log-weight
+``log q_{N-1}(x) - log N(x)``. Moving from level ``l`` to the cleaner level ``k`` with the reverse kernel
+``M(x_k | x_l)`` (:func:`~boltzdiff.samplers.sde.reverse_kernel`) multiplies the weight by (METHOD.md §5)
+
+    q_k(x_k) K(x_l | x_k) / [q_l(x_l) M(x_k | x_l)],    q_i = exp(-E(., t_i) - f_i),
+
+with ``K`` the forward noising transition. Weights are float64 and handled in log-space. When the normalised
+Kish ESS falls below ``ess_threshold`` the particles are resampled (systematic by default) and the weights
+reset; the normaliser estimate is ``log Z = sum_epochs [logsumexp(log w) - log n]`` over resampling epochs.
+Optional MCMC (MALA/HMC) rejuvenation at each level targets ``q_k`` and leaves the weights unchanged.
+
+With ``target``, the particles are then carried from ``q_0`` to the target's ``exp(-u)`` along the geometric
+bridge ``pi_lam ∝ exp(-(1 - lam)(E(x, t_0) + f_0) - lam u(x))`` (AIS: weight ``-(lam_j - lam_{j-1})(u - E - f)``
+then MCMC targeting ``pi_{lam_j}``), so the weighted particles are consistent for the target whatever the model's
+errors.
+
+Particles whose energy is not finite get weight zero (``log_w = -inf``) and are counted; if all do, a
+:class:`~boltzdiff.errors.NonFiniteEnergyError` is raised.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+from boltzdiff.errors import ConfigError, NonFiniteEnergyError
+from boltzdiff.samplers.mcmc import (
+    BridgeDensity,
+    DensityEval,
+    EvalCounter,
+    LevelDensity,
+    MCMCConfig,
+    model_energy_and_score,
+    run_mcmc,
+    target_energy_and_grad,
+)
+from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess
+from boltzdiff.samplers.results import SMCResult
+from boltzdiff.samplers.sde import (
+    _progress,
+    data_variance,
+    gaussian_log_density,
+    initial_particles,
+    resolve_levels,
+    reverse_kernel,
+)
+
+
+def level_variance(model, level: int) -> float:
+    """``alpha_k^2 v_data + sigma_k^2``: the scale of level ``level`` (MCMC step sizes are relative to it)."""
+    g = model.grid
+    return float(g.alpha[level] ** 2 * data_variance(model) + g.sigma[level] ** 2)
+
+
+class _Particles:
+    """Mutable SMC state: positions, log-weights, the current density evaluation (log q, score, aux)."""
+
+    def __init__(self, x, log_w, state: DensityEval):
+        self.x, self.log_w, self.state = x, log_w, state
+
+    def take(self, idx):
+        self.x, self.state = self.x[idx], self.state.index(idx)
+        self.log_w = torch.zeros(idx.numel(), dtype=torch.float64)
+
+
+class _Run:
+    def __init__(self, n, generator, ess_threshold, resampler, progress):
+        self.n, self.generator, self.ess_threshold = n, generator, float(ess_threshold)
+        self.resample_fn = RESAMPLERS[resampler]
+        self.log_Z_acc = 0.0
+        self.n_resample = 0
+        self.n_nonfinite = 0
+        self.ess_trace: list[float] = []
+        self.acc_trace: list[float] = []
+        self.progress = progress
+
+    def reweight(self, p: _Particles, inc: torch.Tensor, where: str):
+        alive = torch.isfinite(p.log_w)
+        ok = torch.isfinite(inc)
+        self.n_nonfinite += int((alive & ~ok).sum())
+        p.log_w = torch.where(alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf))
+        if not torch.isfinite(p.log_w).any():
+            raise NonFiniteEnergyError(
+                f"smc: every particle had a non-finite energy or weight {where} ({self.n_nonfinite} particle "
+                f"events killed); check the model/target energies for NaN or overflow"
+            )
+        ess = kish_ess(p.log_w)
+        self.ess_trace.append(ess)
+        if ess < self.ess_threshold:
+            self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
+            idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
+            p.take(idx.to(p.x.device))
+            self.n_resample += 1
+
+    def log_Z(self, p: _Particles) -> float:
+        return self.log_Z_acc + float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
+
+    def rejuvenate(self, p: _Particles, density, cfg: MCMCConfig | None, scale: float):
+        if cfg is None or cfg.n_steps <= 0:
+            return
+        alive = torch.isfinite(p.log_w)
+        r = run_mcmc(density, p.x, cfg, self.generator, state=p.state, scale=scale, alive=alive)
+        p.x, p.state = r.x, r.state
+        self.acc_trace.extend(r.acceptance_trace)
+
+
+@torch.no_grad()
+def smc(model, n: int, *, generator: torch.Generator | None = None, levels=None, kernel: str = "gaussian",
+        ess_threshold: float = 0.3, resampler: str = "systematic", mcmc: MCMCConfig | None = None,
+        target=None, n_bridge: int = 16, bridge_mcmc: MCMCConfig | None = None,
+        progress: bool = False) -> SMCResult:
+    """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
+
+    Parameters
+    ----------
+    model : LevelEnergy
+        A trained energy, an exact one, or a composition; ``model.grid`` gives the levels.
+    n : int
+        Number of particles.
+    generator : torch.Generator, optional
+        All randomness (start, kernels, resampling, MCMC) is drawn from it.
+    levels : None, int or sequence of int
+        Sub-grid of level indices (see :func:`~boltzdiff.samplers.sde.resolve_levels`).
+    kernel : {"gaussian", "ancestral", "em"}
+        Reverse-SDE proposal kernel.
+    ess_threshold : float
+        Resample when the normalised ESS falls below it (0 never, 1 always).
+    resampler : {"systematic", "multinomial"}
+    mcmc : MCMCConfig, optional
+        Rejuvenation at every level (targeting ``q_k``); ``n_steps = 0`` or None for none. Its step size is
+        relative to the level's variance and adapted (the config is copied, not modified).
+    target : Target, optional
+        End at its exact reduced energy ``u(x)`` through a geometric bridge from level 0.
+    n_bridge : int
+        Number of bridge steps (``lam`` evenly spaced from 0 to 1).
+    bridge_mcmc : MCMCConfig, optional
+        MCMC at each bridge step (default: 2 adapted MALA steps).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SMCResult
+    """
+    t0 = time.perf_counter()
+    if int(n) < 1:
+        raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ConfigError(f"ess_threshold: expected a number in [0, 1], got {ess_threshold}")
+    if resampler not in RESAMPLERS:
+        raise ConfigError(f"resampler: expected one of {sorted(RESAMPLERS)}, got {resampler!r}")
+    if target is not None and int(getattr(target, "dim", model.dim)) != model.dim:
+        raise ConfigError(f"target: dimension {target.dim} differs from the model's {model.dim}")
+    if target is not None and int(n_bridge) < 1:
+        raise ConfigError(f"n_bridge: expected an integer >= 1, got {n_bridge}")
+    n = int(n)
+    grid = model.grid
+    lv = resolve_levels(grid.n, levels)
+    mcmc = copy.deepcopy(mcmc) if mcmc is not None and mcmc.n_steps > 0 else None
+    counter = EvalCounter()
+    run = _Run(n, generator, ess_threshold, resampler, progress)
+
+    v_data = data_variance(model)
+
+    # -- start at the noisiest level ----------------------------------------------------------------------
+    top = lv[-1]
+    x, log_prop = initial_particles(model, n, generator)
+    ef, s = model_energy_and_score(model, x, top, counter)
+    p = _Particles(x, torch.zeros(n, dtype=torch.float64), DensityEval(-ef, s))
+    run.reweight(p, -ef - log_prop, f"at the noisiest level {top}")
+    run.rejuvenate(p, LevelDensity(model, top, counter), mcmc, level_variance(model, top))
+
+    # -- move down the levels -----------------------------------------------------------------------------
+    for j in _progress(range(len(lv) - 1, 0, -1), progress, "SMC levels"):
+        i_from, i_to = lv[j], lv[j - 1]
+        mean, std = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, v_data)
+        eps = torch.randn(p.x.shape, generator=generator, dtype=torch.float64).to(p.x)
+        x_new = mean + std.to(p.x) * eps
+        log_m = gaussian_log_density(x_new, mean, std)
+        log_k = grid.forward_log_density(p.x, x_new, i_to, i_from).to(torch.float64)
+        ef_new, s_new = model_energy_and_score(model, x_new, i_to, counter)
+        inc = (-ef_new) - p.state.log_prob + log_k - log_m
+        p.x, p.state = x_new, DensityEval(-ef_new, s_new)
+        run.reweight(p, inc, f"at level {i_to}")
+        run.rejuvenate(p, LevelDensity(model, i_to, counter), mcmc, level_variance(model, i_to))
+
+    # -- optional bridge to the exact target ---------------------------------------------------------------
+    lambdas = None
+    if target is not None:
+        if bridge_mcmc is None:
+            bridge_mcmc = MCMCConfig("mala", n_steps=2)
+            if mcmc is not None and mcmc.kind == "mala":
+                bridge_mcmc.step_size = mcmc.step_size  # carry the adapted level-0 step over
+        else:
+            bridge_mcmc = copy.deepcopy(bridge_mcmc)
+        lambdas = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64)
+        u, gu = target_energy_and_grad(target, p.x, counter)
+        ef0 = -p.state.log_prob
+        scale = level_variance(model, lv[0])
+        p.state = BridgeDensity(model, target, 0.0, lv[0], counter).combine(ef0, p.state.grad, u, gu)
+        for jb in _progress(range(1, len(lambdas)), progress, "bridge to target"):
+            lam, dlam = float(lambdas[jb]), float(lambdas[jb] - lambdas[jb - 1])
+            ef0, u = p.state.aux[:, 0], p.state.aux[:, 1]
+            run.reweight(p, -dlam * (u - ef0), f"on the bridge to the target (lambda={lam:.3g})")
+            dens = BridgeDensity(model, target, lam, lv[0], counter)
+            p.state = dens.rebase(p.state)  # same points under the new lambda, no new evaluations
+            run.rejuvenate(p, dens, bridge_mcmc, scale)
+        mcmc = bridge_mcmc if mcmc is None else mcmc
+
+    log_w = p.log_w
+    return SMCResult(
+        x=p.x,
+        log_w=log_w,
+        ess=kish_ess(log_w),
+        ess_trace=torch.tensor(run.ess_trace, dtype=torch.float64),
+        n_resample=run.n_resample,
+        acceptance=(float(sum(run.acc_trace) / len(run.acc_trace)) if run.acc_trace else None),
+        log_Z=run.log_Z(p),
+        n_model_evals=counter.model,
+        n_target_evals=counter.target,
+        n_nonfinite=run.n_nonfinite,
+        levels=lv[::-1],
+        lambdas=lambdas,
+        acceptance_trace=run.acc_trace,
+        step_size=None if (mcmc is None) else float(mcmc.step_size),
+        wall_s=time.perf_counter() - t0,
+    )
