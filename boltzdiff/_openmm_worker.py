@@ -25,22 +25,48 @@ def _make_context(system_xml: str, platform: str, platform_properties: dict | No
     return ctx, integ
 
 
+def _native_units_ok(ctx) -> bool:
+    """True when a State reports energies in kJ/mol and forces in kJ/mol/nm (OpenMM's native units)."""
+    import openmm.unit as unit
+
+    st = ctx.getState(getEnergy=True, getForces=True)
+    kj = unit.kilojoule_per_mole
+    return st.getPotentialEnergy().unit == kj and st.getForces(asNumpy=True).unit == kj / unit.nanometer
+
+
 def _evaluate(ctx, pos: np.ndarray, forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Energies ``(m,)`` in kJ/mol and forces ``(m, n, 3)`` in kJ/mol/nm of ``pos: (m, n, 3)`` nm."""
+    """Energies ``(m,)`` in kJ/mol and forces ``(m, n, 3)`` in kJ/mol/nm of ``pos: (m, n, 3)`` nm.
+
+    The values are read from the Quantities' native units (checked once per Context by
+    :func:`_native_units_ok`), which saves ~30 us per configuration over ``value_in_unit``.
+    """
     import openmm.unit as unit
 
     m = pos.shape[0]
     e = np.empty(m)
     f = np.empty(pos.shape) if forces else None
+    fast = getattr(ctx, "_boltzdiff_native_units", None)
+    if fast is None:
+        ctx.setPositions(pos[0] if m else np.zeros((ctx.getSystem().getNumParticles(), 3)))
+        try:
+            fast = _native_units_ok(ctx)
+            ctx._boltzdiff_native_units = fast
+        except Exception:  # noqa: BLE001 - e.g. NaN positions: use the slow path, check again next call
+            fast = False
     kj = unit.kilojoule_per_mole
     kjnm = unit.kilojoule_per_mole / unit.nanometer
     for k in range(m):
         try:
             ctx.setPositions(pos[k])
             st = ctx.getState(getEnergy=True, getForces=forces)
-            e[k] = st.getPotentialEnergy().value_in_unit(kj)
-            if forces:
-                f[k] = st.getForces(asNumpy=True).value_in_unit(kjnm)
+            if fast:
+                e[k] = st.getPotentialEnergy()._value
+                if forces:
+                    f[k] = st.getForces(asNumpy=True)._value
+            else:
+                e[k] = st.getPotentialEnergy().value_in_unit(kj)
+                if forces:
+                    f[k] = st.getForces(asNumpy=True).value_in_unit(kjnm)
         except Exception:  # noqa: BLE001 - e.g. NaN coordinates raise OpenMMException
             e[k] = np.nan
             if forces:
