@@ -5,7 +5,7 @@
 For ALDP vacuum and implicit, the same configurations (the shipped structure with 0.01 nm Gaussian jitter,
 float64) are evaluated (energy + forces) by
 
-- ``raw``: one OpenMM Context in this process, ``setPositions`` + ``getState(energy, forces)`` per configuration
+- ``raw``: one OpenMM Context in this process, ``setPositions`` + ``getState(energy, forces)`` per config
   (values read in OpenMM's native units, the fastest plain loop);
 - ``bridge w=0``: ``OpenMMBridge(n_workers=0)`` (in-process, same loop plus unit conversion and checks);
 - ``bridge w=1`` / ``w=2``: one / two persistent worker processes, one chunk per worker per call.

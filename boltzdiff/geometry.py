@@ -99,7 +99,7 @@ def kabsch_align(x: torch.Tensor, ref: torch.Tensor, masses: torch.Tensor | None
 
 
 def rmsd(x: torch.Tensor, ref: torch.Tensor, align: bool = True) -> torch.Tensor:
-    """Root-mean-square deviation ``(B,)`` of ``x: (B, n, d)`` from ``ref: (n, d)``, after Kabsch alignment."""
+    """RMSD ``(B,)`` of ``x: (B, n, d)`` from ``ref: (n, d)``, after Kabsch alignment (when ``align``)."""
     x = _t(x)
     ref = _t(ref).to(x)
     y = kabsch_align(x, ref) if align else x

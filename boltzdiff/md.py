@@ -1,21 +1,21 @@
-"""Reference sampling: OpenMM Langevin MD for molecules and MCMC chains (MALA / random walk) for torch targets.
+"""Reference sampling: OpenMM Langevin MD for molecules, MCMC chains (MALA / random walk) for torch targets.
 
 Both write a run directory that can be resumed by calling the same function again on it:
 
-===================  ===========================================================================================
+===================  =========================================================================================
 ``positions.npy``    frames ``(F, n, d)`` float32, in nm (MD) or reduced units (MCMC) -- the training data
 ``energies.npy``     reduced energies ``(F,)`` float64 (kT) of those frames
 ``trajectory.dcd``   the frames for mdtraj (3-D systems with a topology), with ``topology.pdb``
 ``temperatures.npy`` MD only: instantaneous kinetic temperature (K) of each frame
-``checkpoint.chk``   MD: OpenMM binary checkpoint (exact restart on the same platform); ``state.xml`` as fallback
+``checkpoint.chk``   MD: OpenMM binary checkpoint (exact restart, same platform); ``state.xml`` as fallback
 ``mcmc_state.pt``    MCMC: chain states, step size and generator state
-``progress.json``    frames written, frames covered by the checkpoint, settings (to refuse a mismatched resume)
+``progress.json``    frames written, frames covered by the checkpoint, settings (refuses a mismatched resume)
 ``run_info.json``    resolved config, seed, git commit, package versions
-===================  ===========================================================================================
+===================  =========================================================================================
 
 Every file is written to a temporary name and renamed. On resume, frames after the last checkpoint are
 dropped and regenerated, so the data always continue the checkpointed state. A NaN/inf energy or coordinate
-stops the run with :class:`SimulationBlowUpError` naming the step; the frames up to the last good one are kept.
+stops the run with :class:`SimulationBlowUpError` naming the step; frames up to the last good one are kept.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class MCMCConfig:
     """MCMC settings for torch targets.
 
     Chains move in the subspace with zero centre of mass (the targets are translation invariant, so the
-    centre would otherwise random-walk); the step size adapts towards ``target_accept`` during burn-in only and
-    is frozen afterwards, so the saved chain is a valid Markov chain for the target.
+    centre would otherwise random-walk); the step size adapts towards ``target_accept`` during burn-in only
+    and is frozen afterwards, so the saved chain is a valid Markov chain for the target.
     """
 
     n_steps: int = 20000
@@ -171,7 +171,7 @@ def _load_frames(out: Path, n: int) -> tuple[list, list]:
 
 
 def kinetic_temperature(state, n_dof: int) -> float:
-    """Instantaneous temperature (K) from an OpenMM State's kinetic energy and ``n_dof`` degrees of freedom."""
+    """Instantaneous temperature (K) from an OpenMM State's kinetic energy and ``n_dof`` degrees of freedom"""
     import openmm.unit as unit
 
     ke = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)

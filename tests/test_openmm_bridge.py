@@ -1,4 +1,4 @@
-"""The OpenMM bridge: agreement with a direct OpenMM evaluation, forces, autograd, bad configurations, workers."""
+"""The OpenMM bridge: agreement with direct OpenMM, forces, autograd, bad configurations, workers."""
 
 import logging
 

@@ -14,8 +14,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "energy",
         help="reduced energies (kT) of trajectory frames",
-        description="Evaluate the system's reduced energy u = U/kT on every frame of FRAMES (.npy positions in "
-        "nm, shape (F, n, 3) or (F, 3n); .pdb; .dcd/.xtc/.h5 with --top or the system's topology). Prints one "
+        description="Evaluate the system's reduced energy u = U/kT on every frame of FRAMES (.npy "
+        "positions in nm, shape (F, n, 3) or (F, 3n); .pdb; .dcd/.xtc/.h5 with --top or the system's "
+        "topology). Prints one "
         "energy per line, or writes them with --out (.npy or text).",
     )
     p.add_argument("system", help="system name, folder or system.yaml")

@@ -1,4 +1,4 @@
-"""``boltzdiff simulate SYSTEM --out DIR``: reference data by Langevin MD (OpenMM systems) or MCMC (torch targets).
+"""``boltzdiff simulate SYSTEM --out DIR``: reference data by Langevin MD (OpenMM) or MCMC (torch targets).
 
 Rerunning the same command on the same ``--out`` resumes from the last checkpoint (a larger ``--ns`` /
 ``--steps`` extends the run). Outputs are described in :mod:`boltzdiff.md`.
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             )
             res = run_mcmc(system, args.out, cfg, progress=not args.no_progress)
             print(
-                f"MCMC {system.name}: {res.n_frames} frames in {res.out_dir} (acceptance {res.acceptance:.2f}, "
+                f"MCMC {system.name}: {res.n_frames} frames in {res.out_dir} "
+                f"(acceptance {res.acceptance:.2f}, "
                 f"{res.speed:.0f} steps/s)"
             )
     finally:

@@ -194,7 +194,7 @@ class OpenMMBridge:
 
     # -- evaluation --------------------------------------------------------------------------------------
     def evaluate_kjmol(self, pos: np.ndarray, forces: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw energies ``(B,)`` kJ/mol and forces ``(B, n, 3)`` kJ/mol/nm (NaN energy where OpenMM failed)."""
+        """Raw energies ``(B,)`` kJ/mol, forces ``(B, n, 3)`` kJ/mol/nm (NaN energy where OpenMM failed)."""
         pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, self.n_atoms, 3)
         self.start()
         if self.n_workers == 0 or pos.shape[0] == 0:
@@ -405,14 +405,14 @@ def load_forcefield(files: list[str], path: Path):
                 app.ForceField(r)
             except (ValueError, OSError):
                 raise ConfigError(
-                    f"{path}: field 'forcefield': unknown force field file {f!r} (not bundled with OpenMM and "
-                    f"not found beside the spec)"
+                    f"{path}: field 'forcefield': unknown force field file {f!r} (not bundled with OpenMM "
+                    "and not found beside the spec)"
                 ) from None
         raise ConfigError(f"{path}: field 'forcefield': {files} cannot be combined ({e})") from None
 
 
 def create_openmm_system(spec: dict, path: Path):
-    """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (see ``systems/*/system.yaml``)."""
+    """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (``systems/*/system.yaml``)."""
     import openmm.app as app
 
     pdb_name = _require(spec, "pdb", path, "a PDB file name relative to the spec")

@@ -118,8 +118,8 @@ def lennard_jones_openmm_system(
 ):
     """The LJ-n energy as an OpenMM ``System`` (3-D, no cutoff), lengths in nm and energies in kJ/mol.
 
-    ``oscillator_scale`` is ``c`` in kJ/mol/nm^2. Pairs are unique (a CustomNonbondedForce counts each pair once);
-    the centre term is a CustomCentroidBondForce between each particle and the (equal-weight) centroid.
+    ``oscillator_scale`` is ``c`` in kJ/mol/nm^2. Pairs are unique (a CustomNonbondedForce counts each pair
+    once); the centre term is a CustomCentroidBondForce between each particle and the (equal-weight) centroid.
     """
     import openmm
 

@@ -49,7 +49,7 @@ ATOMS = [
 def place(
     a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float, torsion: float
 ) -> np.ndarray:
-    """Position of d bonded to c with |cd| = bond, angle(b, c, d) = angle, dihedral(a, b, c, d) = torsion (deg)."""
+    """Place d bonded to c: |cd| = bond, angle(b, c, d) = angle, dihedral(a, b, c, d) = torsion (deg)."""
     ang, tor = np.radians(angle), np.radians(torsion)
     bc = (c - b) / np.linalg.norm(c - b)
     n = np.cross(b - a, bc)
