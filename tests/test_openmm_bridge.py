@@ -89,6 +89,10 @@ def test_autograd_gives_minus_force(aldp):
     assert torch.allclose(g, -w[:, None, None] * f, rtol=1e-10, atol=1e-10)
     e2, f2 = aldp.target.energy_and_force(x.detach())
     assert torch.allclose(e2, u.detach()) and torch.allclose(f2, f)
+    # no silent zero Hessian: differentiating the gradient again raises
+    (g2,) = torch.autograd.grad(aldp.target.energy(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g2.sum().backward()
     # float32 inputs work too and give float32 out
     assert aldp.target.energy(x.detach().float()).dtype == torch.float32
 

@@ -264,6 +264,7 @@ class _BridgeEnergy(torch.autograd.Function):
         return torch.as_tensor(res.energy, dtype=x.dtype, device=x.device)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u: torch.Tensor):  # type: ignore[override]
         if not ctx.need_forces:  # pragma: no cover - only when grad was not required at forward time
             raise RuntimeError("OpenMM energy: forces were not computed in the forward pass")
@@ -285,7 +286,8 @@ class OpenMMTarget(Target):
     Notes
     -----
     ``energy(x)`` is differentiable: gradients w.r.t. ``x`` are ``-force/kT`` (OpenMM's analytic forces).
-    Forces are computed only when ``x.requires_grad`` (or by :meth:`force`).
+    Forces are computed only when ``x.requires_grad`` (or by :meth:`force`). Second derivatives are not
+    available (the backward pass is once-differentiable; a double backward raises).
     """
 
     def __init__(
