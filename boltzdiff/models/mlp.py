@@ -29,8 +29,9 @@ class ResBlock(nn.Module):
         self.lin2 = nn.Linear(width, width)
         self.act = nn.SiLU()
 
-    def forward(self, h, temb):
-        z = self.lin1(self.act(self.norm(h))) + self.emb(temb)
+    def forward(self, h, emb_rows):
+        """``emb_rows``: this block's time projection, already gathered per row ``(B, width)``."""
+        z = self.lin1(self.act(self.norm(h))) + emb_rows
         return h + self.lin2(self.act(z))
 
 
@@ -60,8 +61,10 @@ class ResMLP(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        temb = self.temb_mlp(self.temb(c_noise))
+        # a batch holds few distinct noise levels: embed each once, then gather per row
+        levels, inv = torch.unique(c_noise, return_inverse=True)
+        temb = self.temb_mlp(self.temb(levels))
         h = self.inp(x)
         for b in self.blocks:
-            h = b(h, temb)
+            h = b(h, b.emb(temb)[inv])
         return self.out(torch.nn.functional.silu(self.out_norm(h)))

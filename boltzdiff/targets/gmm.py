@@ -215,4 +215,6 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
     if torch.any(vals_t <= 0):
         raise ConfigError(f"{where}: '{key}' must be positive, got {vals}")
     std = vals_t if key == "std" else torch.sqrt(vals_t)
-    return GaussianMixture(weights, means, std, name=spec.get("name", "gaussian_mixture"))
+    gmm = GaussianMixture(weights, means, std, name=where)  # constructor errors name the file
+    gmm.name = spec.get("name", "gaussian_mixture")
+    return gmm

@@ -1,0 +1,42 @@
+"""Shared helpers of the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from boltzdiff.config import TrainConfig, load_config_file, merge_config
+from boltzdiff.errors import ConfigError
+
+
+def positive_int(name: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {s!r}")
+        return v
+
+    return parse
+
+
+def resolve_train_config(system_name: str | None, config_file: str | None, overrides: dict) -> TrainConfig:
+    """defaults < the system's run.yaml < --config file < command-line flags."""
+    from boltzdiff.systems import load_system
+
+    cfg = TrainConfig()
+    file_cfg = load_config_file(config_file) if config_file else {}
+    name = system_name or file_cfg.get("system") or cfg.system
+    variant = overrides.get("variant") or file_cfg.get("variant")
+    system = load_system(name, variant)
+    cfg = merge_config(cfg, system.run_defaults.get("train", {}), f"{system.path.parent / 'run.yaml'}: train")
+    cfg = merge_config(cfg, file_cfg.get("train", file_cfg), config_file or "--config")
+    cfg = merge_config(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    cfg.system = str(name)
+    return cfg.validate(where="config")
+
+
+def require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)

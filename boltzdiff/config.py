@@ -1,0 +1,134 @@
+"""Run configuration: one dataclass, resolved from defaults < system run.yaml < --config file < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from boltzdiff.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the mixture recipe (see benchmarks/RESULTS.md).
+
+    Grid: ``n_levels`` levels of ``schedule`` spaced ``spacing``. Model: ``width``/``depth`` residual MLP (or
+    ``network: egnn``), noise input ``time_input``. Loss: ``loss`` in {diffclf, dsm}; DiffCLF uses ``k`` distinct
+    levels per data point drawn by ``level_sampling`` (window ``level_window``) and weight ``lambda_clf``;
+    ``warmup_steps`` of DSM only first (two-stage). Optimiser: AdamW ``lr`` (``lr_f`` for the log-normalisers),
+    EMA ``ema``, clipping ``grad_clip``.
+    """
+
+    system: str = "gmm2_unbalanced"
+    variant: str | None = None
+    loss: str = "diffclf"
+    steps: int = 6000
+    batch_size: int = 256
+    k: int = 4
+    lambda_clf: float = 1.0
+    level_sampling: str = "mixed"
+    level_window: int = 4
+    warmup_steps: int = 0
+    lr: float = 1e-3
+    lr_f: float = 1e-2
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    lr_warmup: int = 200
+    cosine_decay: bool = True
+    n_levels: int = 128
+    spacing: str = "logsnr"
+    schedule: dict = field(default_factory=lambda: {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0})
+    network: str = "mlp"
+    width: int = 128
+    depth: int = 3
+    time_input: str = "logsnr"
+    egnn: dict = field(default_factory=dict)
+    data: str | None = None
+    n_data: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 500
+    num_threads: int | None = None
+
+    def validate(self, where: str = "config") -> TrainConfig:
+        def bad(name, expect):
+            raise ConfigError(f"{where}: field '{name}' expected {expect}, got {getattr(self, name)!r}")
+
+        if self.loss not in ("diffclf", "dsm"):
+            bad("loss", "'diffclf' or 'dsm'")
+        for name in ("steps", "batch_size", "n_levels", "checkpoint_every", "n_data"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "a positive integer")
+        if not isinstance(self.k, int) or not (1 <= self.k <= self.n_levels):
+            bad("k", f"an integer in [1, n_levels={self.n_levels}]")
+        if self.loss == "diffclf" and self.k < 2:
+            bad("k", "at least 2 distinct levels for DiffCLF")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            bad("warmup_steps", f"an integer in [0, steps={self.steps}]")
+        for name in ("lr", "lr_f"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                bad(name, "a positive number")
+        if not (0 <= self.ema < 1):
+            bad("ema", "a number in [0, 1)")
+        if self.lambda_clf < 0:
+            bad("lambda_clf", "a non-negative number")
+        if self.spacing not in ("linear", "logsnr"):
+            bad("spacing", "'linear' or 'logsnr'")
+        if self.time_input not in ("logsnr", "t"):
+            bad("time_input", "'logsnr' or 't'")
+        if self.network not in ("mlp", "egnn"):
+            bad("network", "'mlp' or 'egnn'")
+        if self.level_sampling not in ("uniform", "local", "mixed"):
+            bad("level_sampling", "'uniform', 'local' or 'mixed'")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(name: str, value: Any, default: Any, where: str):
+    if value is None or default is None:
+        return value
+    t = type(default)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: field '{name}' expected true/false, got {value!r}")
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where}: field '{name}' expected an integer, got {value!r}")
+        return int(value)
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: field '{name}' expected a number, got {value!r}") from None
+        return float(value)
+    if t is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: field '{name}' expected a mapping, got {value!r}")
+    return value
+
+
+def merge_config(base: TrainConfig, updates: dict, where: str) -> TrainConfig:
+    """Return ``base`` with ``updates`` applied; unknown keys are an error naming ``where``."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    out = {}
+    for key, value in (updates or {}).items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown field '{key}' (expected one of: {', '.join(sorted(known))})")
+        out[key] = _coerce(key, value, getattr(base, key), where)
+    return dataclasses.replace(base, **out)
+
+
+def load_config_file(path: str | Path) -> dict:
+    from boltzdiff.systems import read_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file {p} does not exist")
+    return read_yaml(p, "run config")

@@ -1,0 +1,70 @@
+"""Training data: exact samples for analytic targets, or arrays from files (.npy, .npz, .h5)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boltzdiff.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_array(path: str | Path, dim: int) -> np.ndarray:
+    """Read configurations from ``path`` as ``(n, dim)`` float array.
+
+    ``.npy``: the array; ``.npz``: key ``x``, ``positions`` or the only array; ``.h5``: dataset ``positions`` or
+    ``coordinates`` (mdtraj HDF5, nm). Rows are reshaped to ``dim`` values each.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data: file {p} does not exist (expected .npy, .npz or .h5 with configurations)")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p)
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                keys = [k for k in ("x", "positions") if k in z] or list(z.keys())
+                if len(keys) != 1 and not any(k in z for k in ("x", "positions")):
+                    raise ConfigError(f"data: {p} holds arrays {list(z.keys())}; expected one named 'x' or 'positions'")
+                arr = z[keys[0]]
+        elif p.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(p, "r") as fh:
+                key = next((k for k in ("positions", "coordinates") if k in fh), None)
+                if key is None:
+                    raise ConfigError(f"data: {p} has no dataset 'positions' or 'coordinates'")
+                arr = fh[key][()]
+        else:
+            raise ConfigError(f"data: {p} has suffix {p.suffix!r}; expected .npy, .npz or .h5")
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"data: cannot read {p} ({e})") from None
+    arr = np.asarray(arr)
+    if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != dim:
+        raise ConfigError(f"data: {p} has shape {arr.shape}; expected (n, {dim}) or (n, ...) with {dim} values per row")
+    arr = arr.reshape(arr.shape[0], dim).astype(np.float64)
+    ok = np.isfinite(arr).all(-1)
+    if not ok.all():
+        log.warning("data: dropped %d of %d rows of %s with non-finite values", (~ok).sum(), len(ok), p)
+        arr = arr[ok]
+    if len(arr) == 0:
+        raise ConfigError(f"data: {p} has no finite configurations")
+    return arr
+
+
+def training_data(target, data_path: str | None, n_data: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n, d)`` training configurations (default dtype)."""
+    if data_path:
+        return torch.as_tensor(load_array(data_path, target.dim), dtype=torch.get_default_dtype())
+    if not target.has_exact_samples:
+        raise ConfigError(
+            f"data: system {getattr(target, 'name', type(target).__name__)} has no exact sampler; give 'data' "
+            "(a .npy/.npz/.h5 file of configurations, e.g. from `boltzdiff simulate`)"
+        )
+    return target.sample(n_data, generator=generator).to(torch.get_default_dtype())

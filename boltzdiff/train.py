@@ -1,0 +1,279 @@
+"""The training loop: AdamW, EMA, gradient clipping, the f gauge, checkpoints and resume.
+
+A run directory holds ``config.yaml`` (resolved), ``run_info.json`` (seed, commit, versions), ``ckpt.pt``
+(model, EMA, optimiser, scheduler, f, step, RNG; written every ``checkpoint_every`` steps and at the end,
+atomically), ``model.pt`` (the EMA model and what is needed to rebuild it), ``metrics.jsonl`` and
+``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from boltzdiff.config import TrainConfig
+from boltzdiff.data import training_data
+from boltzdiff.errors import ConfigError
+from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
+from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
+from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
+from boltzdiff.runinfo import atomic_save, atomic_write_json, atomic_write_text, write_run_info
+from boltzdiff.systems import System, load_system
+
+log = logging.getLogger(__name__)
+
+
+# -- model construction ---------------------------------------------------------------------------------
+def build_grid(cfg: TrainConfig) -> LevelGrid:
+    return make_grid(make_schedule(cfg.schedule), cfg.n_levels, cfg.spacing)
+
+
+def is_particle_system(system: System) -> bool:
+    return len(system.target.event_shape) == 2
+
+
+def data_stats(x: torch.Tensor, centred: bool) -> tuple[torch.Tensor, float]:
+    """Mean ``(d,)`` (zeros for centred particle data) and isotropic std of training data ``(n, d)``."""
+    mu = torch.zeros(x.shape[1]) if centred else x.mean(0)
+    sd = float(torch.sqrt(((x - mu) ** 2).mean()))
+    return mu, sd
+
+
+def build_model(cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data: float,
+                system: System) -> PreconditionedEnergy:
+    if cfg.network == "mlp":
+        return build_mlp_energy(grid, mu, sigma_data, width=cfg.width, depth=cfg.depth, time_input=cfg.time_input)
+    from boltzdiff.models.egnn import build_egnn_energy
+
+    n, sdim = system.target.event_shape
+    opts = dict(cfg.egnn)
+    if "atom_types" not in opts and system.extras.get("atom_types") is not None:
+        opts["atom_types"] = list(system.extras["atom_types"])
+    return build_egnn_energy(grid, n, sdim, sigma_data, time_input=cfg.time_input, **opts)
+
+
+def centre(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
+    """Remove the centre of mass of particle configurations ``(B, n*s)``."""
+    n, s = event_shape
+    xr = x.reshape(x.shape[0], n, s)
+    return (xr - xr.mean(1, keepdim=True)).reshape(x.shape[0], -1)
+
+
+# -- EMA ------------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a module's parameters (buffers copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for pe, p in zip(self.model.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1 - d)
+
+
+# -- training -------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: PreconditionedEnergy
+    steps: int
+    wall_s: float
+    sec_per_step: float
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step):
+        w = min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+        if not cfg.cosine_decay:
+            return w
+        prog = min(1.0, step / max(1, cfg.steps))
+        return w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+
+    return f
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          system: System | None = None) -> TrainResult:
+    """Train an energy model as ``cfg`` says, writing everything to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/ckpt.pt``; without it an existing checkpoint is an error.
+    """
+    cfg.validate()
+    out = Path(out_dir)
+    ckpt_path = out / "ckpt.pt"
+    if ckpt_path.exists() and not resume:
+        raise ConfigError(f"--out: {out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    if resume and not ckpt_path.exists():
+        log.info("no checkpoint in %s; starting a new run", out)
+        resume = False
+    if resume:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        if saved.get("system") != cfg.system or saved.get("loss") != cfg.loss:
+            raise ConfigError(f"--resume: {out} was trained on system {saved.get('system')!r} with loss "
+                              f"{saved.get('loss')!r}, not {cfg.system!r}/{cfg.loss!r}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device: cuda was requested but no CUDA device is available")
+
+    system = system or load_system(cfg.system, cfg.variant)
+    target = system.target
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = training_data(target, cfg.data, cfg.n_data, gen)
+    particles = is_particle_system(system) and cfg.network == "egnn"
+    if particles:
+        data = centre(data, target.event_shape)
+    mu, sigma_d = data_stats(data, centred=particles)
+    grid = build_grid(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, grid, mu, sigma_d, system).to(device)
+    ema = EMA(model, cfg.ema)
+    f_params = [model.f]
+    net_params = [p for n, p in model.named_parameters() if n != "f"]
+    opt = torch.optim.AdamW(
+        [dict(params=net_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+         dict(params=f_params, lr=cfg.lr_f, weight_decay=0.0)]
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    step, wall_prev = 0, 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        ema.model.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        step, wall_prev = ck["step"], ck.get("wall_s", 0.0)
+        log.info("resuming %s at step %d", out, step)
+        _truncate_metrics(out / "metrics.jsonl", step)
+    else:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "system.yaml", yaml.safe_dump(system.spec, sort_keys=False))
+        write_run_info(out, cfg.to_dict(), cfg.seed)
+
+    meta = dict(mu=mu.tolist(), sigma_data=sigma_d, grid=grid.to_dict(), network=cfg.network,
+                centred=particles, dim=target.dim)
+    data = data.to(device)
+    n = data.shape[0]
+
+    def save(final: bool = False):
+        state = dict(model=model.state_dict(), ema=ema.model.state_dict(), opt=opt.state_dict(),
+                     sched=sched.state_dict(), gen=gen.get_state(), step=step, wall_s=wall_prev + (time.time() - t0),
+                     config=cfg.to_dict())
+        atomic_save(ckpt_path, lambda p: torch.save(state, p))
+        if final:
+            atomic_save(out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p))
+
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True)
+    metrics_fh = open(out / "metrics.jsonl", "a")
+    n_bad = 0
+    try:
+        while step < cfg.steps:
+            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
+            x0 = data[idx]
+            levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
+            if cfg.loss == "dsm" or step < cfg.warmup_steps:
+                res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen)
+            else:
+                res = diffclf_loss(model, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(res.total):
+                n_bad += 1
+                log.warning("step %d: non-finite loss, step skipped (%d so far)", step, n_bad)
+                if n_bad > 20:
+                    raise FloatingPointError(f"training diverged: {n_bad} non-finite losses; try a lower lr")
+                step += 1
+                continue
+            res.total.backward()
+            torch.nn.utils.clip_grad_norm_(net_params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            model.apply_gauge()
+            ema.update(model, step)
+            step += 1
+            if step % 50 == 0 or step == cfg.steps:
+                rec = dict(step=step, loss=float(res.total.detach()), dsm=float(res.dsm),
+                           clf=None if res.clf is None else float(res.clf))
+                metrics_fh.write(json.dumps(rec) + "\n")
+                metrics_fh.flush()
+                bar.set_postfix(dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}")
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save()
+        save(final=True)
+    finally:
+        metrics_fh.close()
+        bar.close()
+    wall = wall_prev + (time.time() - t0)
+    summary = dict(steps=step, wall_s=wall, sec_per_step=wall / max(1, step), n_data=n, sigma_data=sigma_d)
+    atomic_write_json(out / "train_summary.json", summary)
+    return TrainResult(out, ema.model, step, wall, wall / max(1, step))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+# -- loading a trained run ------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: PreconditionedEnergy
+    system: System
+    config: dict
+
+
+def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> LoadedRun:
+    """Rebuild a trained model (EMA weights, eval mode) and its system from a run directory."""
+    rd = Path(run_dir)
+    if not rd.is_dir():
+        raise ConfigError(f"run dir {rd} does not exist")
+    cfg_file = rd / "config.yaml"
+    model_file, ckpt_file = rd / "model.pt", rd / "ckpt.pt"
+    if not cfg_file.is_file() or not (model_file.is_file() or ckpt_file.is_file()):
+        raise ConfigError(f"run dir {rd} has no trained model (expected config.yaml and model.pt; run `boltzdiff train`)")
+    raw = yaml.safe_load(cfg_file.read_text()) or {}
+    from boltzdiff.config import merge_config
+
+    cfg = merge_config(TrainConfig(), raw, str(cfg_file))
+    system = load_system(cfg.system, cfg.variant)
+    if model_file.is_file():
+        blob = torch.load(model_file, map_location=device, weights_only=False)
+        state, meta = blob["state_dict"], blob["meta"]
+    else:  # an unfinished run: use the latest checkpoint
+        ck = torch.load(ckpt_file, map_location=device, weights_only=False)
+        state = ck["ema"] if ema else ck["model"]
+        meta = None
+    grid = grid_from_dict(meta["grid"]) if meta else build_grid(cfg)
+    mu = torch.tensor(meta["mu"]) if meta else state["mu"]
+    sigma_d = meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
+    if system.target.dim != mu.numel():
+        raise ConfigError(f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} "
+                          f"(dim {system.target.dim})")
+    model = build_model(cfg, grid, mu, sigma_d, system)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedRun(rd, model, system, cfg.to_dict())

@@ -1,0 +1,185 @@
+import math
+
+import pytest
+import torch
+
+from boltzdiff.losses import (
+    clf_from_logits,
+    clf_logits,
+    diffclf_binary_loss,
+    diffclf_loss,
+    draw_levels,
+    dsm_loss,
+    dsm_only_loss,
+)
+from boltzdiff.models import ExactMixtureEnergy, LevelEnergy, build_mlp_energy
+from boltzdiff.noise import VESchedule, VPSchedule, make_grid
+from boltzdiff.targets.gmm import GaussianMixture
+
+torch.set_default_dtype(torch.float32)
+
+
+def gmm3():
+    return GaussianMixture([0.5, 0.3, 0.2], [[-2.0, 0.0, 1.0], [1.5, 1.0, 0.0], [0.5, -2.5, -1.0]], 0.5)
+
+
+@pytest.mark.parametrize("sched", [VPSchedule(), VESchedule(1e-2, 10.0)])
+def test_zero_network_gives_the_exact_gaussian_marginal(sched):
+    grid = make_grid(sched, 16, "logsnr")
+    mu = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    sd = 1.7
+    torch.set_default_dtype(torch.float64)
+    try:
+        m = build_mlp_energy(grid, mu, sd, width=16, depth=1)
+        x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+        for i in (0, 7, 15):
+            var = grid.alpha[i] ** 2 * sd**2 + grid.sigma[i] ** 2
+            ref = torch.distributions.Normal(grid.alpha[i] * mu, torch.sqrt(var)).log_prob(x).sum(-1)
+            assert torch.allclose(-m.energy(x, i), ref, atol=1e-10)
+            assert torch.allclose(m.log_q(x, i), ref, atol=1e-10)  # f = 0: normalised
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_model_score_is_minus_grad_energy():
+    grid = make_grid(VPSchedule(), 8)
+    torch.manual_seed(0)
+    m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=2)
+    for p in m.net.out.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(4, 3, dtype=torch.float32)
+    s = m.score(x.double().float(), 3)
+    h = 1e-3
+    fd = torch.zeros_like(x)
+    for j in range(3):
+        e = torch.zeros_like(x)
+        e[:, j] = h
+        fd[:, j] = -(m.energy(x + e, 3) - m.energy(x - e, 3)) / (2 * h)
+    assert torch.allclose(s, fd, atol=2e-3)
+
+
+def test_gauge_sets_noisiest_level_to_zero():
+    grid = make_grid(VPSchedule(), 8)
+    m = build_mlp_energy(grid, torch.zeros(2), 1.0, width=8, depth=1)
+    with torch.no_grad():
+        m.f.copy_(torch.arange(8.0))
+    m.apply_gauge()
+    assert float(m.f[-1]) == 0 and torch.allclose(m.f, torch.arange(8.0) - 7)
+
+
+def test_draw_levels_are_distinct_and_in_range():
+    g = torch.Generator().manual_seed(0)
+    for mode in ("uniform", "local", "mixed"):
+        lv = draw_levels(5000, 20, 4, g, mode, window=3)
+        assert lv.shape == (5000, 4) and lv.min() >= 0 and lv.max() < 20
+        s = lv.sort(-1).values
+        assert not (s[:, 1:] == s[:, :-1]).any()
+    # uniform draws cover every level equally often: chi-square with 19 dof, 0.1% critical value 43.8
+    lv = draw_levels(20000, 20, 4, g, "uniform").reshape(-1)
+    c = torch.bincount(lv, minlength=20).double()
+    chi2 = float(((c - c.mean()) ** 2 / c.mean()).sum())
+    assert chi2 < 43.8
+
+
+class Shifted(LevelEnergy):
+    """A level energy shifted by a constant c plus a per-level g_i, with f shifted by -g_i."""
+
+    def __init__(self, base, c, g):
+        super().__init__()
+        self.base, self.c, self.g, self.grid, self.dim = base, c, g, base.grid, base.dim
+
+    def energy(self, x, level):
+        lv = self._levels(x, level)
+        return self.base.energy(x, lv) + self.c + self.g.to(x)[lv]
+
+    def log_norm(self):
+        return self.base.log_norm() - self.g.to(self.base.log_norm())
+
+
+def test_diffclf_invariant_to_constant_energy_shift_and_gauge():
+    torch.set_default_dtype(torch.float64)
+    try:
+        gmm = gmm3()
+        grid = make_grid(VPSchedule(), 12, "logsnr")
+        exact = ExactMixtureEnergy(gmm, grid)
+        gen = torch.Generator().manual_seed(0)
+        x0 = gmm.sample(64, gen)
+        levels = draw_levels(64, 12, 4, gen)
+        x = grid.alpha[levels][..., None] * x0[:, None] + grid.sigma[levels][..., None] * torch.randn(64, 4, 3, generator=gen)
+        base = clf_from_logits(clf_logits(exact, x, levels))
+        g = torch.randn(12, generator=gen, dtype=torch.float64) * 5
+        shifted = Shifted(exact, 7.5, g)
+        assert float(clf_from_logits(clf_logits(shifted, x, levels))) == pytest.approx(float(base), abs=1e-10)
+        # a shift of the energy at one level *without* the matching f changes the loss
+        wrong = Shifted(exact, 0.0, g)
+        wrong.log_norm = exact.log_norm
+        assert abs(float(clf_from_logits(clf_logits(wrong, x, levels))) - float(base)) > 1e-3
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_diffclf_loss_matches_explicit_logits_and_binary_form():
+    torch.set_default_dtype(torch.float64)
+    try:
+        grid = make_grid(VPSchedule(), 10)
+        torch.manual_seed(0)
+        m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=1)
+        for p in m.net.out.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        with torch.no_grad():
+            m.f.copy_(torch.randn(10))
+        x0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+        levels = draw_levels(8, 10, 3, torch.Generator().manual_seed(2))
+        out = diffclf_loss(m, x0, levels, 1.0, lambda_clf=1.0, generator=torch.Generator().manual_seed(3))
+        # the same noise, recomputed with the k^2 logits in one call
+        eps = torch.randn((8, 3, 3), generator=torch.Generator().manual_seed(3))
+        x = grid.alpha[levels][..., None] * x0[:, None] + grid.sigma[levels][..., None] * eps
+        ref = clf_from_logits(clf_logits(m, x, levels))
+        assert float(out.total - out.dsm) == pytest.approx(float(ref), rel=1e-10)
+        assert out.n_energy_evals == 8 * 9
+        # binary DiffCLF equals the multi-level loss at k = 2
+        lv2 = levels[:, :2]
+        x2 = x[:, :2]
+        binary = diffclf_binary_loss(m, x2[:, 0], x2[:, 1], lv2[:, 0], lv2[:, 1])
+        multi = clf_from_logits(clf_logits(m, x2, lv2))
+        assert float(binary) == pytest.approx(float(multi), rel=1e-10)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_tweedie_denoiser_of_the_exact_gaussian_model_is_the_posterior_mean():
+    """For Gaussian data the zero-network model's denoiser is E[x0 | x_t]; the DSM loss is then minimal."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        grid = make_grid(VPSchedule(), 10)
+        mu, sd = torch.tensor([1.0, -2.0]), 0.7
+        m = build_mlp_energy(grid, mu, sd, width=8, depth=1)
+        gen = torch.Generator().manual_seed(0)
+        xt = torch.randn(5, 2, generator=gen)
+        for i in (0, 4, 9):
+            a, s = grid.alpha[i], grid.sigma[i]
+            post = mu + a * sd**2 / (a**2 * sd**2 + s**2) * (xt - a * mu)
+            x0_hat = (xt + s**2 * m.score(xt, i)) / a
+            assert torch.allclose(x0_hat, post, atol=1e-8)
+        # expected EDM-weighted DSM of the optimum: lambda * posterior variance = 1 + ... exactly computable
+        x0 = mu + sd * torch.randn(200_000, 2, generator=gen)
+        lv = torch.full((200_000,), 5)
+        loss = float(dsm_loss(m, x0, lv, sd, generator=gen))
+        a, s = grid.alpha[5], grid.sigma[5]
+        sbar2 = (s / a) ** 2
+        post_var = sd**2 * s**2 / (a**2 * sd**2 + s**2)
+        expected = float((sbar2 + sd**2) / (sbar2 * sd**2) * post_var)
+        assert loss == pytest.approx(expected, rel=0.01)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_dsm_only_baseline_uses_equal_dsm_terms():
+    grid = make_grid(VPSchedule(), 10)
+    m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=8, depth=1)
+    x0 = torch.randn(6, 3)
+    lv = draw_levels(6, 10, 4)
+    a = dsm_only_loss(m, x0, lv, 1.0)
+    b = diffclf_loss(m, x0, lv, 1.0)
+    assert a.n_dsm_terms == b.n_dsm_terms == 24
+    assert math.isfinite(float(a.total)) and math.isfinite(float(b.total))

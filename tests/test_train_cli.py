@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from boltzdiff import train as train_mod
+from boltzdiff.cli import main
+from boltzdiff.config import TrainConfig
+from boltzdiff.train import load_run, train
+
+SMALL = dict(system="gmm2_unbalanced", steps=12, batch_size=16, n_levels=16, width=16, depth=1, k=3,
+             n_data=500, checkpoint_every=4, lr_warmup=2)
+
+
+def small_cfg(**kw):
+    return TrainConfig(**{**SMALL, **kw})
+
+
+def test_train_writes_a_complete_run_dir(tmp_path):
+    res = train(small_cfg(), tmp_path / "r", progress=False)
+    for f in ("config.yaml", "run_info.json", "ckpt.pt", "model.pt", "metrics.jsonl", "train_summary.json", "system.yaml"):
+        assert (tmp_path / "r" / f).is_file(), f
+    info = json.loads((tmp_path / "r" / "run_info.json").read_text())
+    assert info["seed"] == 0 and info["config"]["steps"] == 12 and "torch" in info["versions"]
+    assert "git_commit" in info
+    assert res.steps == 12
+    assert float(res.model.f[-1]) == 0.0  # gauge
+    run = load_run(tmp_path / "r")
+    x = torch.randn(5, 32)
+    assert torch.allclose(run.model.energy(x, 3), res.model.energy(x, 3))
+
+
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    ref = train(small_cfg(), tmp_path / "ref", progress=False)
+    calls = {"n": 0}
+    real = train_mod.draw_levels
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at step 8
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "draw_levels", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(), tmp_path / "r", progress=False)
+    assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(train_mod, "draw_levels", real)
+    with pytest.raises(Exception, match="--resume"):
+        train(small_cfg(), tmp_path / "r", progress=False)
+    res = train(small_cfg(), tmp_path / "r", resume=True, progress=False)
+    for (n, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_two_stage_and_dsm_runs(tmp_path):
+    train(small_cfg(loss="dsm"), tmp_path / "dsm", progress=False)
+    r = train(small_cfg(warmup_steps=6), tmp_path / "two", progress=False)
+    rec = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert r.steps == 12 and rec[-1]["clf"] is not None
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--system", "nope", "--out", "X"], "unknown system 'nope'"),
+        (["train", "--system", "gmm2_unbalanced", "--steps", "0", "--out", "X"], "--steps: expected a positive integer"),
+        (["train", "--system", "gmm2_unbalanced", "--data", "missing.npy", "--steps", "2", "--out", "X"],
+         "missing.npy does not exist"),
+        (["evaluate", "no_such_run"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_cli(capsys, *argv)
+    assert rc == 2
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_cli_bad_yaml_fields(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("kind: gaussian_mixture\nweights: [0.5, 0.5, 0.1]\nmeans: [[0], [1]]\nstd: 1\n")
+    rc, err = run_cli(capsys, "train", "--system", "bad.yaml", "--out", "X")
+    assert rc == 2 and len(err) == 1 and "'weights' has 3 entries" in err[0]
+    (tmp_path / "neg.yaml").write_text("kind: gaussian_mixture\nweights: [0.5, 0.5]\nmeans: [[0], [1]]\nstd: -0.1\n")
+    rc, err = run_cli(capsys, "train", "--system", "neg.yaml", "--out", "X")
+    assert rc == 2 and "'std' must be positive" in err[0]
+    (tmp_path / "run.yaml").write_text("stepz: 3\n")
+    rc, err = run_cli(capsys, "train", "--system", "gmm2_unbalanced", "--config", "run.yaml", "--out", "X")
+    assert rc == 2 and "unknown field 'stepz'" in err[0]
+
+
+def test_cli_train_then_evaluate(tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "system"}))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--system", "gmm2_unbalanced", "--config", str(cfg), "--out", str(run_dir), "--no-progress"]) == 0
+    assert main(["evaluate", str(run_dir), "--n-chains", "4", "--n-samples", "50"]) == 0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    for key in ("clf_excess", "log_ratio_std", "ess_per_level", "mode_weights", "true_mode_weights"):
+        assert key in ev
+    assert len(ev["log_ratio_std"]) == 16 and len(ev["mode_weights"]) == 2
+    assert (run_dir / "eval.png").stat().st_size > 1000
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "boltzdiff.cli", "train", "--system", "nope", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
