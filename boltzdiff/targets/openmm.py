@@ -264,8 +264,9 @@ class _BridgeEnergy(torch.autograd.Function):
         return torch.as_tensor(res.energy, dtype=x.dtype, device=x.device)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u: torch.Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: a Hessian term would silently be missing
+            raise RuntimeError("OpenMM energy: second derivatives are not available (create_graph=True)")
         if not ctx.need_forces:  # pragma: no cover - only when grad was not required at forward time
             raise RuntimeError("OpenMM energy: forces were not computed in the forward pass")
         (f,) = ctx.saved_tensors
@@ -287,7 +288,7 @@ class OpenMMTarget(Target):
     -----
     ``energy(x)`` is differentiable: gradients w.r.t. ``x`` are ``-force/kT`` (OpenMM's analytic forces).
     Forces are computed only when ``x.requires_grad`` (or by :meth:`force`). Second derivatives are not
-    available (the backward pass is once-differentiable; a double backward raises).
+    available (backward with ``create_graph=True`` raises).
     """
 
     def __init__(
