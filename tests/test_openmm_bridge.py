@@ -118,6 +118,8 @@ def test_wrong_shapes_raise_config_error(aldp):
         aldp.target.energy(torch.zeros(2, 21, 3))
     with pytest.raises(ConfigError, match="expected shape"):
         aldp.target.bridge.evaluate(np.zeros((2, 10)))
+    with pytest.raises(ConfigError, match="expected shape"):
+        aldp.target.bridge.evaluate(np.zeros((2, 44, 3)))  # as many numbers as 4 configurations, wrong layout
     with pytest.raises(ConfigError, match="n_workers"):
         OpenMMBridge(aldp.extras["openmm_system"], 300.0, n_workers=-1)
 

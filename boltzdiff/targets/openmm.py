@@ -225,7 +225,10 @@ class OpenMMBridge:
             ``energy (B,)`` in kT, ``forces (B, n_atoms, 3)`` in kT/nm (if requested), ``bad (B,)``.
         """
         pos = np.asarray(pos, dtype=np.float64)
-        if pos.size % (3 * self.n_atoms) or (pos.ndim >= 2 and pos.shape[-1] not in (3, 3 * self.n_atoms)):
+        ok = (pos.ndim == 3 and pos.shape[1:] == (self.n_atoms, 3)) or (
+            pos.ndim == 2 and pos.shape[1] == 3 * self.n_atoms
+        )
+        if not ok:
             raise ConfigError(
                 f"positions: expected shape (B, {self.n_atoms}, 3) or (B, {3 * self.n_atoms}) in nm, "
                 f"got {tuple(pos.shape)}"
