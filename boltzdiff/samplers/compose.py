@@ -10,6 +10,11 @@ so the samplers (notably :func:`~boltzdiff.samplers.smc.smc`) apply unchanged.
   component is normalised (``-E_j - f_j`` a normalised log-density), which is what DiffCLF's ``f`` provides.
 - :class:`TemperedEnergy`: ``E = beta E_model``, ``f = beta f_model`` (unnormalised for ``beta != 1``).
 
+Products and tempered energies are not diffusions (level ``l`` is not level ``k`` noised), so they expose
+``level_variances()`` (a Gaussian approximation of each composed level) and the SMC then weights with a backward
+kernel that follows those variances instead of the grid's noising transition (see
+:func:`~boltzdiff.samplers.sde.reverse_kernel`); any backward kernel keeps the SMC weights valid.
+
 Components must share the dimension and the level grid; otherwise a :class:`~boltzdiff.errors.ConfigError`.
 """
 
@@ -67,6 +72,11 @@ class _Composed(LevelEnergy):
 
         return min(data_variance(m) for m in self.models)
 
+    def _component_variances(self) -> list[torch.Tensor]:
+        from boltzdiff.samplers.sde import level_variances
+
+        return [level_variances(m) for m in self.models]
+
 
 class ProductEnergy(_Composed):
     """Product of level energies: ``E(x, t) = sum_j E_j(x, t)``, ``f = sum_j f_j``.
@@ -86,6 +96,10 @@ class ProductEnergy(_Composed):
 
     def log_norm(self):
         return sum(m.log_norm().detach().to(torch.float64) for m in self.models)
+
+    def level_variances(self) -> torch.Tensor:
+        """``(N,)``: the product of the components' Gaussian approximations has ``1 / V = sum_j 1 / V_j``."""
+        return 1.0 / sum(1.0 / v for v in self._component_variances())
 
     def initial_gaussian(self):
         """Product of the components' start Gaussians (precisions add)."""
@@ -163,6 +177,10 @@ class TemperedEnergy(_Composed):
 
     def log_norm(self):
         return self.beta * self.models[0].log_norm().detach().to(torch.float64)
+
+    def level_variances(self) -> torch.Tensor:
+        """``(N,)``: ``V / beta`` of the model's level variances."""
+        return self._component_variances()[0] / self.beta
 
     def initial_gaussian(self):
         mean, std = _gaussian_of(self.models[0])

@@ -8,6 +8,7 @@ With the forward transition between grid levels ``k < l``, ``x_l = a x_k + s eps
 - ``"gaussian"`` (default): the same mean with the exact posterior variance for data of per-coordinate
   variance ``v_data``: ``s^2 v_k / v_l`` with ``v_i = alpha_i^2 v_data + sigma_i^2``. The plain ancestral variance
   ``s^2 / a^2`` overshoots it by ``v_l / (a^2 v_k)``, which costs ESS in high dimension at coarse noisy steps.
+  Compositions supply their own level variances (see :func:`reverse_kernel`).
 - ``"em"`` (Euler-Maruyama of the reverse SDE, with ``f dt = log a`` and ``g^2 dt = s^2``):
   ``x_k ~ N(x_l (1 - log a) + s^2 score, s^2)``.
 - probability-flow ODE (first-order exponential integrator, i.e. DDIM with eta = 0):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -107,24 +109,62 @@ def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, std) -> torch.Tens
     return -0.5 * (r**2).sum(-1) - d * (torch.log(std) + 0.5 * math.log(2 * math.pi))
 
 
-def reverse_kernel(grid, i_to: int, i_from: int, x: torch.Tensor, score: torch.Tensor, kind: str = "gaussian",
-                   v_data: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian reverse move from level ``i_from`` to the cleaner level ``i_to``: ``(mean (B, d), std scalar)``.
+def level_variances(model) -> torch.Tensor:
+    """Per-level isotropic variance ``(N,)`` float64 of a Gaussian approximation of each level's density.
 
-    ``x: (B, d)`` at level ``i_from``, ``score: (B, d)`` the model's score there; ``v_data`` is used by the
-    ``"gaussian"`` kernel only. The std is float64.
+    A model's own ``level_variances()`` if it has one (compositions), else ``alpha_k^2 v_data + sigma_k^2``
+    with :func:`data_variance`. It sets the ``"gaussian"`` kernel's variance and the MCMC step scales.
+    """
+    if hasattr(model, "level_variances"):
+        return torch.as_tensor(model.level_variances(), dtype=torch.float64)
+    g = model.grid
+    return g.alpha**2 * data_variance(model) + g.sigma**2
+
+
+@dataclass
+class ReverseMove:
+    """A Gaussian reverse move ``x_k ~ N(mean, std^2 I)`` from level ``l`` and the backward (noising) kernel
+    ``L(x_l | x_k) = N(a x_k, s_back^2 I)`` its importance weight uses. ``mean: (B, d)``; scalars float64."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    a: torch.Tensor
+    s_back: torch.Tensor
+
+
+def reverse_kernel(grid, i_to: int, i_from: int, x: torch.Tensor, score: torch.Tensor, kind: str = "gaussian",
+                   variances: torch.Tensor | None = None) -> ReverseMove:
+    """Gaussian reverse move from level ``i_from`` (= l) to the cleaner level ``i_to`` (= k).
+
+    Parameters
+    ----------
+    grid : LevelGrid
+    x : (B, d) tensor at level ``i_from``; score : (B, d), the model's score there.
+    kind : {"gaussian", "ancestral", "em"}
+    variances : (N,) float64, optional
+        Level variances ``V`` of the ``"gaussian"`` kernel (:func:`level_variances`; default unit data
+        variance). With ``a = alpha_l / alpha_k`` and ``s_b^2 = V_l - a^2 V_k`` (``= s^2``, the grid's transition
+        variance, whenever ``V = alpha^2 v + sigma^2``) the move is ``N((x + s_b^2 score) / a, s_b^2 V_k / V_l)``,
+        the exact reverse of ``L = N(a x_k, s_b^2)`` for Gaussian levels of variance ``V``. For compositions
+        (whose levels are not a diffusion) ``V`` follows the composed energy, not the grid.
+
+    Returns
+    -------
+    ReverseMove
     """
     a, s = grid.transition_coeffs(i_to, i_from)
     if kind == "gaussian":
-        mean = (x + (s**2).to(x) * score) / a.to(x)
-        v_k = grid.alpha[i_to] ** 2 * v_data + grid.sigma[i_to] ** 2
-        v_l = grid.alpha[i_from] ** 2 * v_data + grid.sigma[i_from] ** 2
-        return mean, s * torch.sqrt(v_k / v_l)
+        if variances is None:
+            variances = grid.alpha**2 + grid.sigma**2
+        v_k, v_l = variances[i_to], variances[i_from]
+        s_b = torch.sqrt(torch.clamp(v_l - a**2 * v_k, min=1e-12 * float(v_l)))
+        mean = (x + (s_b**2).to(x) * score) / a.to(x)
+        return ReverseMove(mean, s_b * torch.sqrt(v_k / v_l), a, s_b)
     if kind == "ancestral":
         mean = (x + (s**2).to(x) * score) / a.to(x)
-        return mean, s / a
+        return ReverseMove(mean, s / a, a, s)
     if kind == "em":
-        return x * (1 - torch.log(a)).to(x) + (s**2).to(x) * score, s
+        return ReverseMove(x * (1 - torch.log(a)).to(x) + (s**2).to(x) * score, s, a, s)
     raise ConfigError(f"kernel: expected one of {KERNELS}, got {kind!r}")
 
 
@@ -174,12 +214,13 @@ def reverse_sde(model, n: int, generator: torch.Generator | None = None, levels=
     lv = resolve_levels(model.grid.n, levels)
     x = x_init if x_init is not None else initial_particles(model, n, generator)[0]
     counter = EvalCounter()
+    variances = level_variances(model)
     for j in _progress(range(len(lv) - 1, 0, -1), progress, "reverse SDE"):
         i_from, i_to = lv[j], lv[j - 1]
         score = model.score(x, i_from)
         counter.model += x.shape[0] * int(getattr(model, "n_models", 1))
-        mean, std = reverse_kernel(model.grid, i_to, i_from, x, score, kernel, data_variance(model))
-        x = mean + std.to(x) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        mv = reverse_kernel(model.grid, i_to, i_from, x, score, kernel, variances)
+        x = mv.mean + mv.std.to(x) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     bad = int((~torch.isfinite(x).all(-1)).sum())
     return SamplerResult(x, lv[::-1], counter.model, bad, time.perf_counter() - t0)
 

@@ -43,18 +43,17 @@ from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess
 from boltzdiff.samplers.results import SMCResult
 from boltzdiff.samplers.sde import (
     _progress,
-    data_variance,
     gaussian_log_density,
     initial_particles,
+    level_variances,
     resolve_levels,
     reverse_kernel,
 )
 
 
 def level_variance(model, level: int) -> float:
-    """``alpha_k^2 v_data + sigma_k^2``: the scale of level ``level`` (MCMC step sizes are relative to it)."""
-    g = model.grid
-    return float(g.alpha[level] ** 2 * data_variance(model) + g.sigma[level] ** 2)
+    """The scale of level ``level`` (:func:`~boltzdiff.samplers.sde.level_variances`); MCMC steps are relative."""
+    return float(level_variances(model)[level])
 
 
 class _Particles:
@@ -165,7 +164,8 @@ def smc(model, n: int, *, generator: torch.Generator | None = None, levels=None,
     counter = EvalCounter()
     run = _Run(n, generator, ess_threshold, resampler, progress)
 
-    v_data = data_variance(model)
+    variances = level_variances(model)
+    own_path = hasattr(model, "level_variances")  # a composition: its backward kernel follows its own variances
 
     # -- start at the noisiest level ----------------------------------------------------------------------
     top = lv[-1]
@@ -178,11 +178,14 @@ def smc(model, n: int, *, generator: torch.Generator | None = None, levels=None,
     # -- move down the levels -----------------------------------------------------------------------------
     for j in _progress(range(len(lv) - 1, 0, -1), progress, "SMC levels"):
         i_from, i_to = lv[j], lv[j - 1]
-        mean, std = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, v_data)
+        mv = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, variances)
         eps = torch.randn(p.x.shape, generator=generator, dtype=torch.float64).to(p.x)
-        x_new = mean + std.to(p.x) * eps
-        log_m = gaussian_log_density(x_new, mean, std)
-        log_k = grid.forward_log_density(p.x, x_new, i_to, i_from).to(torch.float64)
+        x_new = mv.mean + mv.std.to(p.x) * eps
+        log_m = gaussian_log_density(x_new, mv.mean, mv.std)
+        if own_path and kernel == "gaussian":
+            log_k = gaussian_log_density(p.x, mv.a.to(x_new) * x_new, mv.s_back)
+        else:  # the model's forward noising transition K
+            log_k = grid.forward_log_density(p.x, x_new, i_to, i_from).to(torch.float64)
         ef_new, s_new = model_energy_and_score(model, x_new, i_to, counter)
         inc = (-ef_new) - p.state.log_prob + log_k - log_m
         p.x, p.state = x_new, DensityEval(-ef_new, s_new)

@@ -1,0 +1,239 @@
+"""Diffusion SMC over levels, resampling and weights, checked against exact answers (no learning).
+
+The "model" is the exact noised mixture (:class:`ExactMixtureEnergy`, f = 0), or a deliberately wrong but still
+normalised one (other mode weights), so the true normaliser is known: Z = 1 for every run below. Unbiasedness is
+checked with the z-score of the mean of exp(log Z) over independent seeds (the SMC estimator of Z itself is
+unbiased; log Z is not), and mode weights with the z-score of their mean over independent seeds.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from boltzdiff.errors import ConfigError, NonFiniteEnergyError
+from boltzdiff.models.base import LevelEnergy
+from boltzdiff.models.energy import PreconditionedEnergy
+from boltzdiff.models.exact import ExactMixtureEnergy
+from boltzdiff.noise import VPSchedule, make_grid
+from boltzdiff.samplers import MCMCConfig, kish_ess, smc, systematic_resample
+from boltzdiff.samplers.diagnostics import weighted_mode_weights
+from boltzdiff.samplers.resampling import multinomial_resample
+from boltzdiff.targets.gmm import GaussianMixture
+
+Z_MAX = 3.0
+
+
+@pytest.fixture(scope="module")
+def gmm3():
+    return GaussianMixture([0.2, 0.5, 0.3], [[-3.0, 0.0], [3.0, 0.0], [0.0, 4.0]], [0.5, 1.0, 0.7])
+
+
+@pytest.fixture(scope="module")
+def grid128():
+    return make_grid(VPSchedule(), 128)
+
+
+def wrong_model(gmm, grid):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ExactMixtureEnergy(gmm, grid, weights=torch.tensor([0.6, 0.2, 0.2]))
+
+
+# -- resampling and ESS -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", [systematic_resample, multinomial_resample])
+def test_resampling_is_unbiased(fn):
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.log(torch.tensor([0.01, 0.3, 0.05, 0.2, 0.14, 0.1, 0.15, 0.05], dtype=torch.float64))
+    n, R = 8, 4000
+    counts = torch.stack([torch.bincount(fn(log_w, n, generator=g), minlength=n) for _ in range(R)]).double()
+    expected = n * torch.softmax(log_w, 0)
+    se = counts.std(0) / math.sqrt(R)
+    z = (counts.mean(0) - expected) / se
+    assert z.abs().max() < Z_MAX, z
+    if fn is systematic_resample:  # each particle is copied floor(n W) or ceil(n W) times
+        assert ((counts >= torch.floor(expected)) & (counts <= torch.ceil(expected))).all()
+
+
+def test_systematic_resampling_drops_zero_weights():
+    log_w = torch.tensor([0.0, -math.inf, 1.0, -math.inf], dtype=torch.float64)
+    idx = systematic_resample(log_w, 1000, generator=torch.Generator().manual_seed(0))
+    assert set(idx.tolist()) <= {0, 2}
+
+
+def test_kish_ess():
+    assert kish_ess(torch.zeros(10)) == pytest.approx(1.0)
+    assert kish_ess(torch.tensor([0.0] + [-math.inf] * 9)) == pytest.approx(0.1)
+    lw = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    w = torch.exp(lw)
+    assert kish_ess(lw) == pytest.approx(float(w.sum() ** 2 / (w**2).sum() / 1000), rel=1e-10)
+    assert kish_ess(lw + 1e5) == pytest.approx(kish_ess(lw), rel=1e-10)  # no overflow: log-space
+    assert kish_ess(torch.full((5,), -math.inf)) == 0.0
+
+
+# -- exactness of the weights ------------------------------------------------------------------------------------
+def test_weights_are_exactly_constant_when_the_kernel_is_the_exact_posterior():
+    """For a Gaussian level energy the 'gaussian' kernel is the exact reverse transition: every incremental
+    weight is zero (up to round-off), which pins the sign and content of each term of the weight formula."""
+    gmm = GaussianMixture([1.0], [[1.0, -0.5, 2.0]], [0.4])
+    grid = make_grid(VPSchedule(), 64)
+    r = smc(ExactMixtureEnergy(gmm, grid), 500, generator=torch.Generator().manual_seed(0))
+    assert r.log_w.dtype == torch.float64
+    assert r.log_w.abs().max() < 1e-8
+    assert abs(r.log_Z) < 1e-8 and r.ess == pytest.approx(1.0) and r.n_resample == 0
+
+
+def test_untrained_preconditioned_model_float32():
+    """A zero network is exactly the noised Gaussian N(alpha mu, a^2): weights constant up to float32 round-off."""
+    torch.manual_seed(0)
+    from boltzdiff.models.energy import build_mlp_energy
+
+    grid = make_grid(VPSchedule(), 64, "logsnr")
+    model = build_mlp_energy(grid, torch.tensor([0.5, -1.0]), 0.7, width=16, depth=1).eval()
+    assert isinstance(model, PreconditionedEnergy)
+    r = smc(model, 300, generator=torch.Generator().manual_seed(1))
+    assert r.x.dtype == torch.float32 and r.log_w.dtype == torch.float64
+    assert r.log_w.abs().max() < 1e-3 and r.ess > 0.999
+    assert r.n_model_evals == 300 * 64
+
+
+@pytest.mark.parametrize("ess_threshold", [0.0, 0.3, 1.0])
+def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
+    """Z-score of mean exp(log Z) over 20 seeds; a coarse 12-level sub-grid and a plain ancestral kernel make the
+    weights far from uniform, and resampling never / adaptively / at every step."""
+    model = wrong_model(gmm3, grid128)
+    zs = []
+    for seed in range(20):
+        r = smc(model, 400, generator=torch.Generator().manual_seed(seed), levels=12, kernel="ancestral",
+                ess_threshold=ess_threshold)
+        zs.append(math.exp(r.log_Z))
+    zs = np.array(zs)
+    assert zs.std() > 1e-3  # a non-trivial check
+    z = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
+    assert abs(z) < Z_MAX, (zs.mean(), z)
+
+
+def test_ess_stays_high_with_exact_energies(gmm3, grid128):
+    r = smc(ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0)
+    assert r.n_resample == 0
+    assert r.ess > 0.8 and float(r.ess_trace.min()) > 0.8
+    assert r.ess_trace.shape == (128,)
+    assert abs(r.log_Z) < 0.05
+    assert r.n_model_evals == 2000 * 128 and r.n_target_evals == 0
+
+
+def test_smc_mode_weights_match_exact_within_3_se(gmm3, grid128):
+    """SMC on the exact level energies: the mean over 12 seeds of the weighted mode weights matches the truth."""
+    model = ExactMixtureEnergy(gmm3, grid128)
+    est = np.array([weighted_mode_weights(gmm3, r.x, r.log_w) for r in
+                    (smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12))])
+    z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
+    assert np.abs(z).max() < Z_MAX, z
+
+
+def test_to_target_corrects_a_wrong_model(gmm3, grid128):
+    """A model with wrong mode weights, annealed on to the exact target energy: weighted mode weights (mean over
+    12 seeds) within 3 standard errors of the truth, Z = 1 unbiased, and target evaluations counted."""
+    model = wrong_model(gmm3, grid128)
+    est, zs = [], []
+    for s in range(12):
+        r = smc(model, 500, generator=torch.Generator().manual_seed(s), levels=32, target=gmm3, n_bridge=8,
+                bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3))
+        est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
+        zs.append(math.exp(r.log_Z))
+    est, zs = np.array(est), np.array(zs)
+    z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
+    assert np.abs(z).max() < Z_MAX, (est.mean(0), z)
+    zz = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
+    assert abs(zz) < Z_MAX
+    # the model alone is wrong: its level-0 mode weight for mode 0 is 0.6, the target's 0.2
+    assert abs(est.mean(0)[0] - 0.6) > 0.2
+    assert r.n_target_evals == 500 * (1 + 8 * 2) and r.lambdas.shape == (9,)
+    assert r.acceptance is not None and 0.2 < r.acceptance <= 1.0
+
+
+def test_mcmc_rejuvenation_keeps_weights_consistent(gmm3, grid128):
+    model = wrong_model(gmm3, grid128)
+    est = []
+    for s in range(8):
+        r = smc(model, 400, generator=torch.Generator().manual_seed(s), levels=24,
+                mcmc=MCMCConfig("hmc", n_steps=1, n_leapfrog=3))
+        est.append(weighted_mode_weights(model.gmm, r.x, r.log_w))
+    est = np.array(est)
+    z = (est.mean(0) - model.gmm.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
+    assert np.abs(z).max() < Z_MAX, z
+    assert r.acceptance is not None and r.step_size is not None
+
+
+def test_log_weights_finite_for_10k_particles():
+    """10^4 particles in 32-D on a coarse sub-grid with a wrong model: float64 log-weights stay finite."""
+    gmm = GaussianMixture([2 / 3, 1 / 3], [[1.0] * 32, [-1.0] * 32], 0.25)
+    grid = make_grid(VPSchedule(), 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ExactMixtureEnergy(gmm, grid, weights=torch.tensor([0.5, 0.5]))
+    r = smc(model, 10_000, generator=torch.Generator().manual_seed(0), levels=16, kernel="ancestral",
+            ess_threshold=0.0, target=gmm, n_bridge=2, bridge_mcmc=MCMCConfig("mala", 0))
+    assert r.log_w.dtype == torch.float64 and r.log_w.shape == (10_000,)
+    assert torch.isfinite(r.log_w).all() and math.isfinite(r.log_Z)
+    assert r.log_w.abs().max() > 50  # large log-weights, handled without exponentiating
+    assert 0.0 < r.ess <= 1.0 and r.n_nonfinite == 0
+
+
+# -- bad input and non-finite energies ---------------------------------------------------------------------------
+class NaNWhere(LevelEnergy):
+    """An exact level energy that returns NaN where ``x[:, 0] > cut``."""
+
+    def __init__(self, base, cut):
+        super().__init__()
+        self.base, self.cut, self.grid, self.dim = base, cut, base.grid, base.dim
+
+    def energy(self, x, level):
+        e = self.base.energy(x, level)
+        return torch.where(x[:, 0] > self.cut, torch.full_like(e, float("nan")), e)
+
+    def log_norm(self):
+        return self.base.log_norm()
+
+
+def test_nan_energies_get_zero_weight_and_are_counted(gmm3, grid128):
+    model = NaNWhere(ExactMixtureEnergy(gmm3, grid128), cut=2.0)  # kills most of mode 1 (mean x = 3)
+    r = smc(model, 1000, generator=torch.Generator().manual_seed(0), levels=32, ess_threshold=0.0)
+    dead = ~torch.isfinite(r.log_w)
+    assert r.n_nonfinite == int(dead.sum()) > 0
+    assert torch.isfinite(r.log_w[~dead]).all() and (r.x[~dead, 0] <= 2.0).all()
+    assert 0 < r.ess < 1
+
+
+def test_all_nan_fails_with_a_clear_error(gmm3, grid128):
+    model = NaNWhere(ExactMixtureEnergy(gmm3, grid128), cut=-1e9)
+    with pytest.raises(NonFiniteEnergyError, match="every particle"):
+        smc(model, 100, generator=torch.Generator().manual_seed(0), levels=8)
+
+
+def test_nan_target_energies_are_counted(gmm3, grid128):
+    class Cut(GaussianMixture):
+        def _energy(self, x):
+            u = super()._energy(x)
+            return torch.where(x[:, 1] > 2.0, torch.full_like(u, float("inf")), u)
+
+    tgt = Cut(gmm3.weights, gmm3.means, gmm3.std)
+    r = smc(ExactMixtureEnergy(gmm3, grid128), 500, generator=torch.Generator().manual_seed(0), levels=16,
+            target=tgt, n_bridge=2, ess_threshold=0.0)
+    assert r.n_nonfinite > 0 and r.n_nonfinite == int((~torch.isfinite(r.log_w)).sum())
+
+
+@pytest.mark.parametrize("kw", [dict(n=0), dict(n=10, ess_threshold=1.5), dict(n=10, levels=1),
+                                dict(n=10, levels=[0, 5]), dict(n=10, kernel="nope"), dict(n=10, resampler="x")])
+def test_bad_arguments(gmm3, grid128, kw):
+    n = kw.pop("n")
+    with pytest.raises(ConfigError):
+        smc(ExactMixtureEnergy(gmm3, grid128), n, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_target_dimension_mismatch(gmm3, grid128):
+    other = GaussianMixture([1.0], [[0.0, 0.0, 0.0]], 1.0)
+    with pytest.raises(ConfigError, match="dimension"):
+        smc(ExactMixtureEnergy(gmm3, grid128), 10, target=other)
