@@ -177,3 +177,32 @@ def test_cvs(aldp):
     hw, _ = distance_histogram(x, bins=20, range=(0, 8), weights=np.r_[np.ones(5), np.zeros(5)])
     h5, _ = distance_histogram(x[:5], bins=20, range=(0, 8))
     assert np.allclose(hw, h5)
+
+
+def test_md_on_the_lj_openmm_system(tmp_path):
+    lj = boltzdiff.load_system("lj13")
+    # reduced units: mass 1, eps 1 kJ/mol, r_m 1 nm -> time unit 1 ps; 5 fs steps are small
+    cfg = MDConfig(ns=0.01, timestep_fs=5.0, save_every_ps=0.5, seed=2)
+    res = run_md(lj, tmp_path / "ljmd", cfg, progress=False)
+    assert res.positions.shape == (20, 13, 3)
+    u = lj.target.energy(torch.as_tensor(res.positions, dtype=torch.float64)).numpy()
+    assert np.allclose(u, res.energies, atol=1e-3)  # OpenMM reduced energies == torch target (float32 frames)
+    from boltzdiff.cli import main
+
+    out = tmp_path / "cli"
+    args = [
+        "simulate",
+        "lj13",
+        "--engine",
+        "md",
+        "--ns",
+        "0.002",
+        "--timestep-fs",
+        "5",
+        "--save-every-ps",
+        "0.5",
+    ]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out / "positions.npy").shape == (4, 13, 3)
+    bad = ["simulate", "alanine_dipeptide", "--engine", "mcmc", "--out", str(tmp_path / "x"), "--no-progress"]
+    assert main(bad) == 2

@@ -35,6 +35,12 @@ def test_lj_definition_unique_pairs_and_oscillator():
     assert t2.energy(x3).item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_lj_openmm_temperature_gives_kT_of_one_kjmol():
+    from boltzdiff.targets.openmm import kT_kjmol
+
+    assert kT_kjmol(LJ_OPENMM_TEMPERATURE) == pytest.approx(1.0, rel=1e-12)
+
+
 def test_dw4_definition():
     t = DoubleWell()
     x = torch.tensor([[[0.0, 0], [4.0, 0], [4.0, 3.0], [0.0, 3.0]]], dtype=torch.float64)

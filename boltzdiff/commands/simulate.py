@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from boltzdiff.errors import ConfigError
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,6 +25,12 @@ def register(sub) -> None:
     p.add_argument("--variant", default=None, help="spec variant (e.g. implicit, vacuum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "md", "mcmc"],
+        default="auto",
+        help="auto: MD for kind openmm, MCMC for torch targets; md also works for LJ (its OpenMM System)",
+    )
     md = p.add_argument_group("MD (kind: openmm)")
     md.add_argument("--ns", type=float, default=1.0, help="simulation length (ns)")
     md.add_argument("--temperature", type=float, default=None, help="K (default: the system's)")
@@ -53,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
     system = load_system(args.system, args.variant)
     try:
-        if system.kind == "openmm":
+        engine = args.engine
+        if engine == "auto":
+            engine = "md" if system.kind == "openmm" else "mcmc"
+        if engine == "mcmc" and system.kind == "openmm":
+            raise ConfigError(
+                f"simulate: --engine mcmc needs a torch target; {system.name} is an OpenMM system"
+            )
+        if engine == "md":
             cfg = MDConfig(
                 ns=args.ns,
                 temperature=args.temperature,
@@ -66,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
             )
             res = run_md(system, args.out, cfg, progress=not args.no_progress)
-            print(
-                f"MD {system.name}: {res.n_frames} frames in {res.out_dir} ({res.speed:.0f} ns/day this run)"
-            )
+            speed = "already complete" if res.speed != res.speed else f"{res.speed:.0f} ns/day this run"
+            print(f"MD {system.name}: {res.n_frames} frames in {res.out_dir} ({speed})")
         else:
             cfg = MCMCConfig(
                 n_steps=args.steps,
