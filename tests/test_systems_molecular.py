@@ -174,6 +174,14 @@ def test_energy_cli(tmp_path, capsys, aldp):
         main(["energy", "alanine_dipeptide", str(tmp_path / "x.npy"), "--out", str(tmp_path / "u.npy")]) == 0
     )
     assert np.allclose(np.load(tmp_path / "u.npy"), aldp.target.energy(torch.as_tensor(x)).numpy())
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as fh:  # mdtraj's HDF5 layout
+        fh.create_dataset("coordinates", data=x.astype(np.float32)).attrs["units"] = b"nanometers"
+    assert (
+        main(["energy", "alanine_dipeptide", str(tmp_path / "x.h5"), "--out", str(tmp_path / "u.txt")]) == 0
+    )
+    assert np.allclose(np.loadtxt(tmp_path / "u.txt"), np.load(tmp_path / "u.npy"), atol=1e-3)
     np.save(tmp_path / "bad.npy", x * 10)
     assert main(["energy", "alanine_dipeptide", str(tmp_path / "bad.npy")]) == 2
     assert "look like Angstrom" in capsys.readouterr().err

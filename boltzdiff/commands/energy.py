@@ -41,6 +41,8 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
             x = np.load(path)
         except (ValueError, OSError) as e:
             raise ConfigError(f"{path}: cannot read .npy ({e})") from None
+    elif path.suffix in (".h5", ".hdf5"):
+        x = _read_mdtraj_h5(path)
     else:
         import mdtraj
 
@@ -76,6 +78,25 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
         from boltzdiff.targets.openmm import check_positions
 
         check_positions(x, n, str(path), system.extras.get("bonds"))
+    return x
+
+
+def _read_mdtraj_h5(path: Path) -> np.ndarray:
+    """``coordinates (F, n, 3)`` of an mdtraj HDF5 file, read with h5py (no PyTables needed), in nm."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            if "coordinates" not in fh:
+                raise ConfigError(f"{path}: no 'coordinates' dataset (expected an mdtraj HDF5 trajectory)")
+            ds = fh["coordinates"]
+            units = ds.attrs.get("units", b"nanometers")
+            units = units.decode() if isinstance(units, bytes) else str(units)
+            x = np.asarray(ds[...], dtype=np.float64)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read HDF5 ({e})") from None
+    if units not in ("nanometers", "nanometer", "nm"):
+        raise ConfigError(f"{path}: coordinates are in {units!r}; expected nanometers")
     return x
 
 
