@@ -141,3 +141,15 @@ def test_target_with_workers_matches_in_process(aldp):
         assert torch.allclose(t.force(x), aldp.target.force(x), rtol=0, atol=1e-8)
         # fewer configurations than workers
         assert torch.allclose(t.energy(x[:1]), aldp.target.energy(x[:1]), atol=1e-10)
+
+
+def test_dead_worker_is_reported_and_pool_restarts(aldp):
+    x = _configs(aldp, 4, seed=7)
+    with OpenMMBridge(aldp.extras["openmm_system"], 300.0, n_workers=2) as br:
+        e0 = br.evaluate(x).energy
+        br._procs[0].kill()
+        br._procs[0].join()
+        with pytest.raises(RuntimeError, match="worker process exited"):
+            br.evaluate(x)
+        assert br._procs == []
+        assert np.array_equal(br.evaluate(x).energy, e0)  # a fresh pool on the next call

@@ -122,6 +122,8 @@ class OpenMMBridge:
         self.n_workers = int(n_workers)
         self.energy_cap = float(energy_cap)
         self.bad_energy = bad_energy
+        #: seconds to wait for a worker process to report ready
+        self.start_timeout = 120.0
         self._xml = openmm.XmlSerializer.serialize(system)
         self._ctx = None
         self._integ = None
@@ -153,7 +155,13 @@ class OpenMMBridge:
             self._procs.append(p)
             self._conns.append(parent)
         for conn in self._conns:
-            status, msg = conn.recv()
+            if not conn.poll(self.start_timeout):
+                self.close()
+                raise RuntimeError(f"OpenMM worker did not start within {self.start_timeout:g} s")
+            try:
+                status, msg = conn.recv()
+            except EOFError:
+                status, msg = "error", "the worker process exited"
             if status != "ready":
                 self.close()
                 raise ConfigError(f"OpenMM worker failed to start: {msg}")
@@ -202,11 +210,19 @@ class OpenMMBridge:
                 self._ctx, self._integ = _make_context(self._xml, self.platform, self.platform_properties)
             return _evaluate(self._ctx, pos, forces)
         chunks = [c for c in np.array_split(pos, min(self.n_workers, pos.shape[0])) if c.shape[0]]
-        for conn, c in zip(self._conns, chunks):
-            conn.send((c, forces))
+        try:
+            for conn, c in zip(self._conns, chunks):
+                conn.send((c, forces))
+        except OSError:  # BrokenPipeError: a worker died; drop the pool, restart on the next call
+            self.close()
+            raise RuntimeError("OpenMM worker failed: worker process exited") from None
         es, fs, err = [], [], None
         for conn, _ in zip(self._conns, chunks):
-            status, out = conn.recv()
+            try:
+                status, out = conn.recv()
+            except EOFError:  # the worker died (e.g. killed): drop the pool, restart on the next call
+                status, out = "error", "worker process exited"
+                self.close()
             if status != "ok":
                 err = out
                 continue
