@@ -139,7 +139,7 @@ def dihedral(x: torch.Tensor, indices: tuple[int, int, int, int] | list[int]) ->
 
 
 def signed_volume(x: torch.Tensor, center: int, a: int, b: int, c: int) -> torch.Tensor:
-    """Chirality at atom ``center``: ``(x_a - x_c) . ((x_b - x_c) x (x_c' - x_c))``, shape ``(B,)``.
+    """Chirality at atom ``o = center``: ``(x_a - x_o) . ((x_b - x_o) x (x_c - x_o))``, shape ``(B,)``.
 
     The sign flips under reflection and not under rotation/translation, so comparing it with a reference
     structure's sign detects a mirror-image (e.g. D- instead of L-) configuration. For an L-amino acid with
