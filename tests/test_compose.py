@@ -36,7 +36,12 @@ def log_overlap(a: GaussianMixture, b: GaussianMixture) -> float:
     """log int p_a p_b dx for isotropic mixtures."""
     v = a.std[:, None] ** 2 + b.std[None, :] ** 2
     d2 = ((a.means[:, None] - b.means[None]) ** 2).sum(-1)
-    lw = torch.log(a.weights)[:, None] + torch.log(b.weights)[None] - 0.5 * d2 / v - 0.5 * a.dim * torch.log(2 * math.pi * v)
+    lw = (
+        torch.log(a.weights)[:, None]
+        + torch.log(b.weights)[None]
+        - 0.5 * d2 / v
+        - 0.5 * a.dim * torch.log(2 * math.pi * v)
+    )
     return float(torch.logsumexp(lw.reshape(-1), 0))
 
 
@@ -49,18 +54,22 @@ def test_product_and_mixture_energies(pair, grid):
     assert torch.allclose(prod.energy(x, lv), ea.energy(x, lv) + eb.energy(x, lv))
     mix = MixtureEnergy([ea, eb], [1.0, 3.0])
     for k in (0, 40, 127):
-        exact = mixture_of([noised(a, grid.alpha[k], grid.sigma[k]), noised(b, grid.alpha[k], grid.sigma[k])], [1, 3])
+        exact = mixture_of(
+            [noised(a, grid.alpha[k], grid.sigma[k]), noised(b, grid.alpha[k], grid.sigma[k])], [1, 3]
+        )
         assert torch.allclose(mix.energy(x, k), exact.energy(x), atol=1e-10)
-        assert torch.allclose(mix.log_q(x, k), -exact.energy(x), atol=1e-10)  # f = 0: normalised at every level
+        assert torch.allclose(
+            mix.log_q(x, k), -exact.energy(x), atol=1e-10
+        )  # f = 0: normalised at every level
     temp = TemperedEnergy(ea, 2.0)
     assert torch.allclose(temp.energy(x, 3), 2.0 * ea.energy(x, 3))
     assert prod.n_models == 2 and mix.n_models == 2 and temp.n_models == 1
 
 
 def test_product_smc_reproduces_exact_product_weights(pair, grid):
-    """SMC with E_a + E_b at every level ends at p_a p_b / Z: mode weights of 10 seeds within 3 standard errors
-    of ``GaussianMixture.product`` (which has unequal weights here), their TV <= 0.05, and the SMC estimate of
-    log Z matches log int p_a p_b at level 0 (z-score of mean exp(log Z - exact))."""
+    """SMC with E_a + E_b at every level ends at p_a p_b / Z: mode weights of 10 seeds within 3 standard
+    errors of ``GaussianMixture.product`` (which has unequal weights here), their TV <= 0.05, and the SMC
+    estimate of log Z matches log int p_a p_b at level 0 (z-score of mean exp(log Z - exact))."""
     a, b = pair
     prod = ProductEnergy([ExactMixtureEnergy(a, grid), ExactMixtureEnergy(b, grid)])
     exact = a.product(b)
@@ -96,8 +105,12 @@ def test_mixture_composition_sampled_by_reverse_sde(pair, grid):
 
 def test_tempered_gaussian_halves_the_variance(grid):
     g = GaussianMixture([1.0], [[1.0, -1.0]], 0.5)
-    r = smc(TemperedEnergy(ExactMixtureEnergy(g, grid), 2.0), 4000, generator=torch.Generator().manual_seed(0),
-            levels=64)
+    r = smc(
+        TemperedEnergy(ExactMixtureEnergy(g, grid), 2.0),
+        4000,
+        generator=torch.Generator().manual_seed(0),
+        levels=64,
+    )
     W = torch.softmax(r.log_w, 0)
     ess_n = r.ess * 4000
     v0 = 0.25 + float(grid.sigma[0]) ** 2  # level-0 variance (alpha_0 ~ 1)

@@ -1,4 +1,5 @@
-"""MCMC kernels: MALA and HMC leave Gaussians invariant, adapt their step size, reject non-finite proposals."""
+"""MCMC kernels: MALA and HMC leave Gaussians invariant, adapt their step size, reject non-finite
+proposals."""
 
 import math
 
@@ -75,8 +76,12 @@ def test_invariant_at_a_noise_level_of_a_level_energy(kind):
     g = torch.Generator().manual_seed(2)
     x0, _ = gmm.sample_with_labels(4000, g, a, s)
     var = a**2 * 0.09 + s**2
-    cfg = MCMCConfig(kind, n_steps=10, step_size=0.3 * float(var) if kind == "mala" else 0.5 * float(var.sqrt()),
-                     adapt=False)
+    cfg = MCMCConfig(
+        kind,
+        n_steps=10,
+        step_size=0.3 * float(var) if kind == "mala" else 0.5 * float(var.sqrt()),
+        adapt=False,
+    )
     r = run_mcmc(LevelDensity(model, k), x0, cfg, generator=g)
     _assert_moments(r.x, a * gmm.means[0], var.expand(2))
 

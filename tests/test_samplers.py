@@ -1,4 +1,5 @@
-"""Reverse diffusion (SDE / probability-flow ODE), sampler helpers, diagnostics, and the sample/compose CLI."""
+"""Reverse diffusion (SDE / probability-flow ODE), sampler helpers, diagnostics, and the sample/compose
+CLI."""
 
 import json
 import math
@@ -39,7 +40,9 @@ def test_noisiest_gaussian():
     m = build_mlp_energy(grid, torch.tensor([1.0, 2.0]), 0.5, width=8, depth=1)
     mean, std = noisiest_gaussian(m)
     assert torch.allclose(mean, grid.alpha[-1] * torch.tensor([1.0, 2.0], dtype=torch.float64), atol=1e-6)
-    assert float(std) == pytest.approx(math.sqrt(float(grid.alpha[-1] ** 2 * 0.25 + grid.sigma[-1] ** 2)), rel=1e-5)
+    assert float(std) == pytest.approx(
+        math.sqrt(float(grid.alpha[-1] ** 2 * 0.25 + grid.sigma[-1] ** 2)), rel=1e-5
+    )
     ve = make_grid(VESchedule(sigma_max=10.0), 16)
     g = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
     mean, std = noisiest_gaussian(ExactMixtureEnergy(g, ve))
@@ -69,7 +72,9 @@ def test_reverse_diffusion_of_a_gaussian(sampler):
         assert z_mean.abs().max() < Z_MAX and z_var.abs().max() < Z_MAX
     else:
         assert torch.allclose(r.x.mean(0), m0, atol=0.01 * math.sqrt(v0) + 4 * math.sqrt(v0 / n))
-        assert torch.allclose(r.x.std(0), torch.tensor(math.sqrt(v0), dtype=torch.float64), rtol=0.01 + 4 / math.sqrt(2 * n))
+        assert torch.allclose(
+            r.x.std(0), torch.tensor(math.sqrt(v0), dtype=torch.float64), rtol=0.01 + 4 / math.sqrt(2 * n)
+        )
 
 
 def test_reverse_sde_mode_weights_with_exact_scores(gmm3):
@@ -96,7 +101,7 @@ def test_weighted_mode_weights(gmm3):
     assert total_variation([0.5, 0.5], [1.0, 0.0]) == pytest.approx(0.5)
 
 
-# -- CLI --------------------------------------------------------------------------------------------------------
+# -- CLI ----------------------------------------------------------------------------------------------
 def _fake_runs(monkeypatch, tmp_path, gmms):
     """Run dirs whose 'trained model' is the exact level energy of each mixture (load_run is replaced)."""
     grid = make_grid(VPSchedule(), 32)
@@ -104,8 +109,12 @@ def _fake_runs(monkeypatch, tmp_path, gmms):
     for name, g in gmms.items():
         d = tmp_path / name
         d.mkdir()
-        runs[str(d)] = types.SimpleNamespace(model=ExactMixtureEnergy(g, grid),
-                                             system=types.SimpleNamespace(name=name, target=g), run_dir=d, config={})
+        runs[str(d)] = types.SimpleNamespace(
+            model=ExactMixtureEnergy(g, grid),
+            system=types.SimpleNamespace(name=name, target=g),
+            run_dir=d,
+            config={},
+        )
 
     def fake_load_run(run_dir, ema=True, device="cpu"):
         if str(run_dir) not in runs:
@@ -118,9 +127,15 @@ def _fake_runs(monkeypatch, tmp_path, gmms):
     return [str(tmp_path / n) for n in gmms]
 
 
-@pytest.mark.parametrize("argv", [["--sampler", "smc"], ["--sampler", "smc", "--to-target", "--mcmc-steps", "1",
-                                                       "--bridge-steps", "2"],
-                                  ["--sampler", "sde"], ["--sampler", "ode", "--levels", "8"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sampler", "smc"],
+        ["--sampler", "smc", "--to-target", "--mcmc-steps", "1", "--bridge-steps", "2"],
+        ["--sampler", "sde"],
+        ["--sampler", "ode", "--levels", "8"],
+    ],
+)
 def test_cli_sample(monkeypatch, tmp_path, gmm3, argv):
     (run,) = _fake_runs(monkeypatch, tmp_path, {"g3": gmm3})
     out = tmp_path / "s.npz"
@@ -143,20 +158,40 @@ def test_cli_compose(monkeypatch, tmp_path):
     assert main(["compose", ra, rb, "--op", "product", "--n", "300", "--out", str(out), "--no-progress"]) == 0
     summ = json.loads(out.with_suffix(".json").read_text())
     assert len(summ["modes"]["exact"]) == 4 and summ["n_model_evals"] == 2 * 300 * 32
-    assert main(["compose", ra, rb, "--op", "mixture", "--weights", "1,3", "--n", "300", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                ra,
+                rb,
+                "--op",
+                "mixture",
+                "--weights",
+                "1,3",
+                "--n",
+                "300",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.with_suffix(".json").read_text())["weights"] == [1.0, 3.0]
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["compose", "{a}", "{c}", "--op", "product", "--n", "10"], "dimension"),
-    (["compose", "{a}", "{a}", "--op", "product", "--weights", "1,2", "--n", "10"], "--weights"),
-    (["compose", "{a}", "{a}", "--op", "mixture", "--weights", "1,x", "--n", "10"], "--weights"),
-    (["sample", "{a}", "--n", "0"], "--n"),
-    (["sample", "{a}", "--n", "5", "--sampler", "sde", "--to-target"], "--to-target"),
-    (["sample", "{missing}", "--n", "5"], "does not exist"),
-    (["sample", "{empty}", "--n", "5"], "no trained model"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["compose", "{a}", "{c}", "--op", "product", "--n", "10"], "dimension"),
+        (["compose", "{a}", "{a}", "--op", "product", "--weights", "1,2", "--n", "10"], "--weights"),
+        (["compose", "{a}", "{a}", "--op", "mixture", "--weights", "1,x", "--n", "10"], "--weights"),
+        (["sample", "{a}", "--n", "0"], "--n"),
+        (["sample", "{a}", "--n", "5", "--sampler", "sde", "--to-target"], "--to-target"),
+        (["sample", "{missing}", "--n", "5"], "does not exist"),
+        (["sample", "{empty}", "--n", "5"], "no trained model"),
+    ],
+)
 def test_cli_bad_input_is_one_line(monkeypatch, tmp_path, capsys, argv, msg):
     a = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
     c = GaussianMixture([1.0], [[0.0, 0.0, 0.0]], 1.0)

@@ -1,9 +1,10 @@
 """Diffusion SMC over levels, resampling and weights, checked against exact answers (no learning).
 
-The "model" is the exact noised mixture (:class:`ExactMixtureEnergy`, f = 0), or a deliberately wrong but still
-normalised one (other mode weights), so the true normaliser is known: Z = 1 for every run below. Unbiasedness is
-checked with the z-score of the mean of exp(log Z) over independent seeds (the SMC estimator of Z itself is
-unbiased; log Z is not), and mode weights with the z-score of their mean over independent seeds.
+The "model" is the exact noised mixture (:class:`ExactMixtureEnergy`, f = 0), or a deliberately wrong but
+still normalised one (other mode weights), so the true normaliser is known: Z = 1 for every run below.
+Unbiasedness is checked with the z-score of the mean of exp(log Z) over independent seeds (the SMC estimator
+of Z itself is unbiased; log Z is not), and mode weights with the z-score of their mean over independent
+seeds.
 """
 
 import math
@@ -42,7 +43,8 @@ def wrong_model(gmm, grid):
         return ExactMixtureEnergy(gmm, grid, weights=torch.tensor([0.6, 0.2, 0.2]))
 
 
-# -- resampling and ESS -----------------------------------------------------------------------------------------
+# -- resampling and ESS
+# -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fn", [systematic_resample, multinomial_resample])
 def test_resampling_is_unbiased(fn):
     g = torch.Generator().manual_seed(0)
@@ -73,7 +75,8 @@ def test_kish_ess():
     assert kish_ess(torch.full((5,), -math.inf)) == 0.0
 
 
-# -- exactness of the weights ------------------------------------------------------------------------------------
+# -- exactness of the weights
+# ------------------------------------------------------------------------------------
 def test_weights_are_exactly_constant_when_the_kernel_is_the_exact_posterior():
     """For a Gaussian level energy the 'gaussian' kernel is the exact reverse transition: every incremental
     weight is zero (up to round-off), which pins the sign and content of each term of the weight formula."""
@@ -86,7 +89,8 @@ def test_weights_are_exactly_constant_when_the_kernel_is_the_exact_posterior():
 
 
 def test_untrained_preconditioned_model_float32():
-    """A zero network is exactly the noised Gaussian N(alpha mu, a^2): weights constant up to float32 round-off."""
+    """A zero network is exactly the noised Gaussian N(alpha mu, a^2): weights constant up to float32
+    round-off."""
     torch.manual_seed(0)
     from boltzdiff.models.energy import build_mlp_energy
 
@@ -101,13 +105,19 @@ def test_untrained_preconditioned_model_float32():
 
 @pytest.mark.parametrize("ess_threshold", [0.0, 0.3, 1.0])
 def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
-    """Z-score of mean exp(log Z) over 20 seeds; a coarse 12-level sub-grid and a plain ancestral kernel make the
-    weights far from uniform, and resampling never / adaptively / at every step."""
+    """Z-score of mean exp(log Z) over 20 seeds; a coarse 12-level sub-grid and a plain ancestral kernel make
+    the weights far from uniform, and resampling never / adaptively / at every step."""
     model = wrong_model(gmm3, grid128)
     zs = []
     for seed in range(20):
-        r = smc(model, 400, generator=torch.Generator().manual_seed(seed), levels=12, kernel="ancestral",
-                ess_threshold=ess_threshold)
+        r = smc(
+            model,
+            400,
+            generator=torch.Generator().manual_seed(seed),
+            levels=12,
+            kernel="ancestral",
+            ess_threshold=ess_threshold,
+        )
         zs.append(math.exp(r.log_Z))
     zs = np.array(zs)
     assert zs.std() > 1e-3  # a non-trivial check
@@ -116,7 +126,9 @@ def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
 
 
 def test_ess_stays_high_with_exact_energies(gmm3, grid128):
-    r = smc(ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0)
+    r = smc(
+        ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0
+    )
     assert r.n_resample == 0
     assert r.ess > 0.8 and float(r.ess_trace.min()) > 0.8
     assert r.ess_trace.shape == (128,)
@@ -125,22 +137,36 @@ def test_ess_stays_high_with_exact_energies(gmm3, grid128):
 
 
 def test_smc_mode_weights_match_exact_within_3_se(gmm3, grid128):
-    """SMC on the exact level energies: the mean over 12 seeds of the weighted mode weights matches the truth."""
+    """SMC on the exact level energies: the mean over 12 seeds of the weighted mode weights matches the
+    truth."""
     model = ExactMixtureEnergy(gmm3, grid128)
-    est = np.array([weighted_mode_weights(gmm3, r.x, r.log_w) for r in
-                    (smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12))])
+    est = np.array(
+        [
+            weighted_mode_weights(gmm3, r.x, r.log_w)
+            for r in (
+                smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12)
+            )
+        ]
+    )
     z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
     assert np.abs(z).max() < Z_MAX, z
 
 
 def test_to_target_corrects_a_wrong_model(gmm3, grid128):
-    """A model with wrong mode weights, annealed on to the exact target energy: weighted mode weights (mean over
-    12 seeds) within 3 standard errors of the truth, Z = 1 unbiased, and target evaluations counted."""
+    """A model with wrong mode weights, annealed on to the exact target energy: weighted mode weights (mean
+    over 12 seeds) within 3 standard errors of the truth, Z = 1 unbiased, and target evaluations counted."""
     model = wrong_model(gmm3, grid128)
     est, zs = [], []
     for s in range(12):
-        r = smc(model, 500, generator=torch.Generator().manual_seed(s), levels=32, target=gmm3, n_bridge=8,
-                bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3))
+        r = smc(
+            model,
+            500,
+            generator=torch.Generator().manual_seed(s),
+            levels=32,
+            target=gmm3,
+            n_bridge=8,
+            bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
+        )
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
         zs.append(math.exp(r.log_Z))
     est, zs = np.array(est), np.array(zs)
@@ -158,8 +184,13 @@ def test_mcmc_rejuvenation_keeps_weights_consistent(gmm3, grid128):
     model = wrong_model(gmm3, grid128)
     est = []
     for s in range(8):
-        r = smc(model, 400, generator=torch.Generator().manual_seed(s), levels=24,
-                mcmc=MCMCConfig("hmc", n_steps=1, n_leapfrog=3))
+        r = smc(
+            model,
+            400,
+            generator=torch.Generator().manual_seed(s),
+            levels=24,
+            mcmc=MCMCConfig("hmc", n_steps=1, n_leapfrog=3),
+        )
         est.append(weighted_mode_weights(model.gmm, r.x, r.log_w))
     est = np.array(est)
     z = (est.mean(0) - model.gmm.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
@@ -174,15 +205,25 @@ def test_log_weights_finite_for_10k_particles():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ExactMixtureEnergy(gmm, grid, weights=torch.tensor([0.5, 0.5]))
-    r = smc(model, 10_000, generator=torch.Generator().manual_seed(0), levels=16, kernel="ancestral",
-            ess_threshold=0.0, target=gmm, n_bridge=2, bridge_mcmc=MCMCConfig("mala", 0))
+    r = smc(
+        model,
+        10_000,
+        generator=torch.Generator().manual_seed(0),
+        levels=16,
+        kernel="ancestral",
+        ess_threshold=0.0,
+        target=gmm,
+        n_bridge=2,
+        bridge_mcmc=MCMCConfig("mala", 0),
+    )
     assert r.log_w.dtype == torch.float64 and r.log_w.shape == (10_000,)
     assert torch.isfinite(r.log_w).all() and math.isfinite(r.log_Z)
     assert r.log_w.abs().max() > 50  # large log-weights, handled without exponentiating
     assert 0.0 < r.ess <= 1.0 and r.n_nonfinite == 0
 
 
-# -- bad input and non-finite energies ---------------------------------------------------------------------------
+# -- bad input and non-finite energies
+# ---------------------------------------------------------------------------
 class NaNWhere(LevelEnergy):
     """An exact level energy that returns NaN where ``x[:, 0] > cut``."""
 
@@ -220,13 +261,29 @@ def test_nan_target_energies_are_counted(gmm3, grid128):
             return torch.where(x[:, 1] > 2.0, torch.full_like(u, float("inf")), u)
 
     tgt = Cut(gmm3.weights, gmm3.means, gmm3.std)
-    r = smc(ExactMixtureEnergy(gmm3, grid128), 500, generator=torch.Generator().manual_seed(0), levels=16,
-            target=tgt, n_bridge=2, ess_threshold=0.0)
+    r = smc(
+        ExactMixtureEnergy(gmm3, grid128),
+        500,
+        generator=torch.Generator().manual_seed(0),
+        levels=16,
+        target=tgt,
+        n_bridge=2,
+        ess_threshold=0.0,
+    )
     assert r.n_nonfinite > 0 and r.n_nonfinite == int((~torch.isfinite(r.log_w)).sum())
 
 
-@pytest.mark.parametrize("kw", [dict(n=0), dict(n=10, ess_threshold=1.5), dict(n=10, levels=1),
-                                dict(n=10, levels=[0, 5]), dict(n=10, kernel="nope"), dict(n=10, resampler="x")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n=0),
+        dict(n=10, ess_threshold=1.5),
+        dict(n=10, levels=1),
+        dict(n=10, levels=[0, 5]),
+        dict(n=10, kernel="nope"),
+        dict(n=10, resampler="x"),
+    ],
+)
 def test_bad_arguments(gmm3, grid128, kw):
     n = kw.pop("n")
     with pytest.raises(ConfigError):

@@ -1,9 +1,9 @@
 """``boltzdiff sample``: draw (weighted) samples from a trained model.
 
-Writes ``FILE.npz`` with arrays ``x`` ``(n, d)`` and ``log_w`` ``(n,)`` (zeros for the unweighted ``sde``/``ode``
-samplers) and ``FILE.json`` with the summary (``ess``, evaluation counts, ...; for Gaussian-mixture targets also
-the mode weights of the weighted samples against the exact ones). Both are written to a temporary file first and
-renamed, so an interrupted run leaves no partial output.
+Writes ``FILE.npz`` with arrays ``x`` ``(n, d)`` and ``log_w`` ``(n,)`` (zeros for the unweighted
+``sde``/``ode`` samplers) and ``FILE.json`` with the summary (``ess``, evaluation counts, ...; for
+Gaussian-mixture targets also the mode weights of the weighted samples against the exact ones). Both are
+written to a temporary file first and renamed, so an interrupted run leaves no partial output.
 """
 
 from __future__ import annotations
@@ -31,14 +31,32 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``sample`` and ``compose``."""
     p.add_argument("--n", type=_int, required=True, help="number of samples / particles")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--levels", type=_int, help="use a sub-grid of M levels evenly spaced in index (default: all)")
-    p.add_argument("--mcmc", choices=["mala", "hmc"], default="mala", help="MCMC kernel for rejuvenation (smc)")
-    p.add_argument("--mcmc-steps", type=_int, default=0, dest="mcmc_steps",
-                   help="MCMC steps per level (smc) and per bridge step (--to-target; default 2 there)")
-    p.add_argument("--ess-threshold", type=float, default=0.3, dest="ess_threshold",
-                   help="resample when the normalised ESS falls below this (smc)")
-    p.add_argument("--kernel", choices=["gaussian", "ancestral", "em"], default="gaussian",
-                   help="reverse-SDE kernel (sde, smc)")
+    p.add_argument(
+        "--levels", type=_int, help="use a sub-grid of M levels evenly spaced in index (default: all)"
+    )
+    p.add_argument(
+        "--mcmc", choices=["mala", "hmc"], default="mala", help="MCMC kernel for rejuvenation (smc)"
+    )
+    p.add_argument(
+        "--mcmc-steps",
+        type=_int,
+        default=0,
+        dest="mcmc_steps",
+        help="MCMC steps per level (smc) and per bridge step (--to-target; default 2 there)",
+    )
+    p.add_argument(
+        "--ess-threshold",
+        type=float,
+        default=0.3,
+        dest="ess_threshold",
+        help="resample when the normalised ESS falls below this (smc)",
+    )
+    p.add_argument(
+        "--kernel",
+        choices=["gaussian", "ancestral", "em"],
+        default="gaussian",
+        help="reverse-SDE kernel (sde, smc)",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw (not EMA) weights")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output FILE.npz (the summary goes to FILE.json)")
@@ -102,15 +120,27 @@ def smc_configs(args):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="sample a trained model (reverse SDE/ODE or weighted SMC)",
-                       description="Draw samples from a trained energy model; SMC gives importance weights, "
-                                   "and --to-target ends at the system's exact energy.")
+    p = sub.add_parser(
+        "sample",
+        help="sample a trained model (reverse SDE/ODE or weighted SMC)",
+        description="Draw samples from a trained energy model; SMC gives importance weights, "
+        "and --to-target ends at the system's exact energy.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `boltzdiff train`")
     p.add_argument("--sampler", choices=["sde", "ode", "smc"], default="smc")
-    p.add_argument("--to-target", action="store_true", dest="to_target",
-                   help="(smc) anneal from the model's cleanest level to the exact target energy")
-    p.add_argument("--bridge-steps", type=_int, default=16, dest="bridge_steps",
-                   help="(smc --to-target) steps of the geometric bridge")
+    p.add_argument(
+        "--to-target",
+        action="store_true",
+        dest="to_target",
+        help="(smc) anneal from the model's cleanest level to the exact target energy",
+    )
+    p.add_argument(
+        "--bridge-steps",
+        type=_int,
+        default=16,
+        dest="bridge_steps",
+        help="(smc --to-target) steps of the geometric bridge",
+    )
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -135,21 +165,47 @@ def run(args) -> int:
     progress = not args.no_progress
     if args.sampler == "smc":
         mcmc, bridge = smc_configs(args)
-        res = smc(model, args.n, generator=gen, levels=args.levels, kernel=args.kernel,
-                  ess_threshold=args.ess_threshold, mcmc=mcmc, target=target if args.to_target else None,
-                  n_bridge=args.bridge_steps, bridge_mcmc=bridge, progress=progress)
+        res = smc(
+            model,
+            args.n,
+            generator=gen,
+            levels=args.levels,
+            kernel=args.kernel,
+            ess_threshold=args.ess_threshold,
+            mcmc=mcmc,
+            target=target if args.to_target else None,
+            n_bridge=args.bridge_steps,
+            bridge_mcmc=bridge,
+            progress=progress,
+        )
     elif args.sampler == "sde":
-        res = reverse_sde(model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress)
+        res = reverse_sde(
+            model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress
+        )
     else:
         res = probability_flow_ode(model, args.n, generator=gen, levels=args.levels, progress=progress)
-    summary = dict(sampler=args.sampler, run_dir=str(args.run_dir), system=run_.system.name,
-                   to_target=bool(args.to_target), seed=int(args.seed), **res.summary())
+    summary = dict(
+        sampler=args.sampler,
+        run_dir=str(args.run_dir),
+        system=run_.system.name,
+        to_target=bool(args.to_target),
+        seed=int(args.seed),
+        **res.summary(),
+    )
     if isinstance(target, GaussianMixture):
         summary["modes"] = mode_report(target, res.x, res.log_w)
     out, js = write_outputs(args.out, res.x, res.log_w, summary)
-    log.info("%s: %d samples, ESS %.3f, %d model / %d target evaluations, %.1f s -> %s (+ %s)", args.sampler,
-             args.n, summary["ess"], summary["n_model_evals"], summary["n_target_evals"], summary["wall_s"], out,
-             js.name)
+    log.info(
+        "%s: %d samples, ESS %.3f, %d model / %d target evaluations, %.1f s -> %s (+ %s)",
+        args.sampler,
+        args.n,
+        summary["ess"],
+        summary["n_model_evals"],
+        summary["n_target_evals"],
+        summary["wall_s"],
+        out,
+        js.name,
+    )
     if summary.get("n_nonfinite"):
         log.warning("%d particle events had a non-finite energy and got weight zero", summary["n_nonfinite"])
     return 0

@@ -1,5 +1,5 @@
-"""Samplers: reverse diffusion (SDE/ODE), diffusion SMC/AIS over levels (optionally ending at the exact target),
-MCMC kernels, resampling, composition of level energies, and diagnostics against analytic targets."""
+"""Samplers: reverse diffusion (SDE/ODE), diffusion SMC/AIS over levels (optionally ending at the exact
+target), MCMC kernels, resampling, composition of level energies, and diagnostics against analytic targets."""
 
 from boltzdiff.samplers.compose import MixtureEnergy, ProductEnergy, TemperedEnergy, check_compatible, compose
 from boltzdiff.samplers.diagnostics import mode_report, total_variation, weighted_mode_weights
@@ -20,9 +20,31 @@ from boltzdiff.samplers.sde import noisiest_gaussian, probability_flow_ode, reso
 from boltzdiff.samplers.smc import smc
 
 __all__ = [
-    "BridgeDensity", "EvalCounter", "LevelDensity", "MCMCConfig", "MCMCResult", "MixtureEnergy", "ProductEnergy",
-    "SMCResult", "SamplerResult", "TargetDensity", "TemperedEnergy", "check_compatible", "compose", "hmc",
-    "kish_ess", "mala", "mode_report", "multinomial_resample", "noisiest_gaussian", "probability_flow_ode",
-    "resolve_levels", "reverse_sde", "run_mcmc", "smc", "systematic_resample", "total_variation",
+    "BridgeDensity",
+    "EvalCounter",
+    "LevelDensity",
+    "MCMCConfig",
+    "MCMCResult",
+    "MixtureEnergy",
+    "ProductEnergy",
+    "SMCResult",
+    "SamplerResult",
+    "TargetDensity",
+    "TemperedEnergy",
+    "check_compatible",
+    "compose",
+    "hmc",
+    "kish_ess",
+    "mala",
+    "mode_report",
+    "multinomial_resample",
+    "noisiest_gaussian",
+    "probability_flow_ode",
+    "resolve_levels",
+    "reverse_sde",
+    "run_mcmc",
+    "smc",
+    "systematic_resample",
+    "total_variation",
     "weighted_mode_weights",
 ]

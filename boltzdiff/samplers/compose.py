@@ -3,16 +3,18 @@
 All compositions are :class:`~boltzdiff.models.base.LevelEnergy` objects on the components' common level grid,
 so the samplers (notably :func:`~boltzdiff.samplers.smc.smc`) apply unchanged.
 
-- :class:`ProductEnergy`: ``E = sum_j E_j`` at every level, ``f = sum_j f_j``. This is *not* the noised product
-  (the noised version of ``p_1 p_2`` is not ``p_{1,t} p_{2,t}``), so only level 0 is the intended density and
-  SMC weights/MCMC are needed to sample it; the SMC ``log_Z`` then estimates ``log int q_1 q_2`` at level 0.
-- :class:`MixtureEnergy`: ``E = -logsumexp_j(-E_j - f_j + log pi_j)``, ``f = 0``: exact at every level when each
-  component is normalised (``-E_j - f_j`` a normalised log-density), which is what DiffCLF's ``f`` provides.
+- :class:`ProductEnergy`: ``E = sum_j E_j`` at every level, ``f = sum_j f_j``. This is *not* the noised
+  product (the noised version of ``p_1 p_2`` is not ``p_{1,t} p_{2,t}``), so only level 0 is the intended
+  density and SMC weights/MCMC are needed to sample it; the SMC ``log_Z`` then estimates ``log int q_1 q_2``
+  at level 0.
+- :class:`MixtureEnergy`: ``E = -logsumexp_j(-E_j - f_j + log pi_j)``, ``f = 0``: exact at every level when
+  each component is normalised (``-E_j - f_j`` a normalised log-density), which is what DiffCLF's ``f``
+  provides.
 - :class:`TemperedEnergy`: ``E = beta E_model``, ``f = beta f_model`` (unnormalised for ``beta != 1``).
 
 Products and tempered energies are not diffusions (level ``l`` is not level ``k`` noised), so they expose
-``level_variances()`` (a Gaussian approximation of each composed level) and the SMC then weights with a backward
-kernel that follows those variances instead of the grid's noising transition (see
+``level_variances()`` (a Gaussian approximation of each composed level) and the SMC then weights with a
+backward kernel that follows those variances instead of the grid's noising transition (see
 :func:`~boltzdiff.samplers.sde.reverse_kernel`); any backward kernel keeps the SMC weights valid.
 
 Components must share the dimension and the level grid; otherwise a :class:`~boltzdiff.errors.ConfigError`.
@@ -112,7 +114,8 @@ class ProductEnergy(_Composed):
 
 
 class MixtureEnergy(_Composed):
-    """Mixture ``q(x, t) = sum_j pi_j exp(-E_j(x, t) - f_j)``: ``E = -logsumexp_j(-E_j - f_j + log pi_j)``, ``f = 0``.
+    """Mixture ``q(x, t) = sum_j pi_j exp(-E_j(x, t) - f_j)``: ``E = -logsumexp_j(-E_j - f_j + log pi_j)``,
+    ``f = 0``.
 
     Parameters
     ----------
@@ -124,8 +127,11 @@ class MixtureEnergy(_Composed):
     def __init__(self, models: Sequence[LevelEnergy], weights: Sequence[float] | None = None):
         super().__init__(models, "mixture")
         k = len(self.models)
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(
-            [float(v) for v in weights], dtype=torch.float64)
+        w = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor([float(v) for v in weights], dtype=torch.float64)
+        )
         if w.numel() != k:
             raise ConfigError(f"mixture: {w.numel()} weights given for {k} models")
         if not torch.all(torch.isfinite(w)) or torch.any(w <= 0):
@@ -139,8 +145,10 @@ class MixtureEnergy(_Composed):
 
     def energy(self, x, level):
         lv = self._levels(x, level)
-        terms = [-m.energy(x, lv).to(x.dtype) - self._f(m, x)[lv] + self.log_pi[j].to(x.dtype)
-                 for j, m in enumerate(self.models)]
+        terms = [
+            -m.energy(x, lv).to(x.dtype) - self._f(m, x)[lv] + self.log_pi[j].to(x.dtype)
+            for j, m in enumerate(self.models)
+        ]
         return -torch.logsumexp(torch.stack(terms, -1), -1)
 
     def log_norm(self):
@@ -187,8 +195,9 @@ class TemperedEnergy(_Composed):
         return mean, std / math.sqrt(self.beta)
 
 
-def compose(models: Sequence[LevelEnergy], op: str, weights: Sequence[float] | None = None,
-            beta: float | None = None) -> LevelEnergy:
+def compose(
+    models: Sequence[LevelEnergy], op: str, weights: Sequence[float] | None = None, beta: float | None = None
+) -> LevelEnergy:
     """Build a composition by name: ``op`` in ``{"product", "mixture", "temper"}``."""
     if op == "product":
         if weights is not None:

@@ -11,7 +11,9 @@ from boltzdiff.targets.gmm import GaussianMixture
 def _as_log_w(log_w, n: int) -> torch.Tensor:
     if log_w is None:
         return torch.zeros(n, dtype=torch.float64)
-    return torch.as_tensor(np.asarray(log_w) if not isinstance(log_w, torch.Tensor) else log_w).to(torch.float64)
+    return torch.as_tensor(np.asarray(log_w) if not isinstance(log_w, torch.Tensor) else log_w).to(
+        torch.float64
+    )
 
 
 def weighted_mode_weights(gmm: GaussianMixture, x, log_w=None, hard: bool = False) -> np.ndarray:
@@ -24,8 +26,8 @@ def weighted_mode_weights(gmm: GaussianMixture, x, log_w=None, hard: bool = Fals
     x : (n, d) tensor or array
         Samples (at level 0, i.e. in data space).
     log_w : (n,) tensor or array, optional
-        Log-importance weights (zeros when omitted). Samples with ``-inf`` weight or non-finite coordinates are
-        ignored.
+        Log-importance weights (zeros when omitted). Samples with ``-inf`` weight or non-finite coordinates
+        are ignored.
     hard : bool
         Assign each sample to its most responsible component instead of splitting it by posterior
         responsibility (the soft version is unbiased: ``E_p[r_k(x)] = w_k``).
@@ -79,7 +81,8 @@ def mixture_of(gmms: list[GaussianMixture], weights) -> GaussianMixture:
 
 
 def mode_report(gmm: GaussianMixture, x, log_w=None) -> dict:
-    """Mode weights of weighted samples vs the exact ones: ``{estimated, exact, max_abs_error, tv, stderr}``."""
+    """Mode weights of weighted samples vs the exact ones: ``{estimated, exact, max_abs_error, tv,
+    stderr}``."""
     est = weighted_mode_weights(gmm, x, log_w)
     exact = gmm.weights.numpy()
     return dict(

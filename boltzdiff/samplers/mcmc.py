@@ -1,10 +1,11 @@
 """MCMC kernels (MALA, HMC) with step-size adaptation, on any log-density with a gradient.
 
 A log-density is an object with ``evaluate(x) -> DensityEval`` (log-density ``(B,)`` float64, its gradient
-``(B, d)`` and optional auxiliary per-particle values carried along with accepted moves). Adapters are provided
-for one level of a :class:`~boltzdiff.models.base.LevelEnergy`, for a :class:`~boltzdiff.targets.base.Target`,
-and for the geometric bridge between a model's cleanest level and a target. Evaluations are counted in a shared
-:class:`EvalCounter` (per particle).
+``(B, d)`` and optional auxiliary per-particle values carried along with accepted moves). Adapters are
+provided for one level of a :class:`~boltzdiff.models.base.LevelEnergy`, for a
+:class:`~boltzdiff.targets.base.Target`,
+and for the geometric bridge between a model's cleanest level and a target. Evaluations are counted in a
+shared :class:`EvalCounter` (per particle).
 
 Proposals whose log-density or gradient is not finite are rejected.
 """
@@ -41,8 +42,11 @@ class DensityEval:
         aux = None
         if self.aux is not None and other.aux is not None:
             aux = torch.where(mask[:, None], other.aux, self.aux)
-        return DensityEval(torch.where(mask, other.log_prob, self.log_prob),
-                           torch.where(mask[:, None], other.grad, self.grad), aux)
+        return DensityEval(
+            torch.where(mask, other.log_prob, self.log_prob),
+            torch.where(mask[:, None], other.grad, self.grad),
+            aux,
+        )
 
     def index(self, idx: torch.Tensor) -> DensityEval:
         return DensityEval(self.log_prob[idx], self.grad[idx], None if self.aux is None else self.aux[idx])
@@ -52,9 +56,11 @@ def _n_models(model) -> int:
     return int(getattr(model, "n_models", 1))
 
 
-def model_energy_and_score(model, x: torch.Tensor, level: int, counter: EvalCounter | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(E(x, t_level) + f_level as (B,) float64, score (B, d))``, both detached; counts ``B`` evaluations."""
+def model_energy_and_score(
+    model, x: torch.Tensor, level: int, counter: EvalCounter | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E(x, t_level) + f_level as (B,) float64, score (B, d))``, both detached; counts ``B``
+    evaluations."""
     e, s = model.energy_and_score(x, level)
     if counter is not None:
         counter.model += x.shape[0] * _n_models(model)
@@ -62,8 +68,9 @@ def model_energy_and_score(model, x: torch.Tensor, level: int, counter: EvalCoun
     return e.to(torch.float64) + f, s
 
 
-def target_energy_and_grad(target, x: torch.Tensor, counter: EvalCounter | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def target_energy_and_grad(
+    target, x: torch.Tensor, counter: EvalCounter | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(u(x) (B,) float64, grad u (B, d))``, detached; counts ``B`` target evaluations."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
@@ -99,12 +106,18 @@ class TargetDensity:
 class BridgeDensity:
     """``log pi_lam(x) = -(1 - lam) (E(x, t_level) + f_level) - lam u(x)``.
 
-    Its evaluations carry ``aux = [E + f, u, score (d), grad u (d)]`` (float64, ``(B, 2 + 2d)``), so a state can
-    be re-expressed at another ``lam`` without new evaluations (:meth:`rebase`).
+    Its evaluations carry ``aux = [E + f, u, score (d), grad u (d)]`` (float64, ``(B, 2 + 2d)``), so a state
+    can be re-expressed at another ``lam`` without new evaluations (:meth:`rebase`).
     """
 
     def __init__(self, model, target, lam: float, level: int = 0, counter: EvalCounter | None = None):
-        self.model, self.target, self.lam, self.level, self.counter = model, target, float(lam), int(level), counter
+        self.model, self.target, self.lam, self.level, self.counter = (
+            model,
+            target,
+            float(lam),
+            int(level),
+            counter,
+        )
 
     def combine(self, ef: torch.Tensor, s: torch.Tensor, u: torch.Tensor, gu: torch.Tensor) -> DensityEval:
         lam = self.lam
@@ -134,8 +147,8 @@ class MCMCConfig:
     n_steps : int
         MCMC steps per call (per level in SMC).
     step_size : float or None
-        Initial step size (MALA: ``h`` in ``x + h grad + sqrt(2h) xi``; HMC: leapfrog ``eps``), relative to the
-        level's variance (MALA) or standard deviation (HMC) when used inside SMC; None picks a default.
+        Initial step size (MALA: ``h`` in ``x + h grad + sqrt(2h) xi``; HMC: leapfrog ``eps``), relative to
+        the level's variance (MALA) or standard deviation (HMC) when used inside SMC; None picks a default.
     target_accept : float or None
         Acceptance rate the adaptation aims at (defaults: 0.574 for MALA, 0.65 for HMC).
     adapt : bool
@@ -170,8 +183,9 @@ class MCMCConfig:
 
 @dataclass
 class MCMCResult:
-    """State after MCMC: ``x: (B, d)``, its :class:`DensityEval` ``state``, mean ``acceptance`` over steps, the
-    final (adapted) ``step_size``, ``acceptance_trace`` per step, and ``n_evals`` density evaluations per particle."""
+    """State after MCMC: ``x: (B, d)``, its :class:`DensityEval` ``state``, mean ``acceptance`` over steps,
+    the final (adapted) ``step_size``, ``acceptance_trace`` per step, and ``n_evals`` density evaluations per
+    particle."""
 
     x: torch.Tensor
     state: DensityEval
@@ -192,9 +206,11 @@ def _accept(log_alpha: torch.Tensor, ok: torch.Tensor, generator) -> torch.Tenso
     return log_u < log_alpha
 
 
-def mala_step(density, x: torch.Tensor, state: DensityEval, h: float, generator=None
-              ) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
-    """One Metropolis-adjusted Langevin step with step size ``h``; returns ``(x, state, accepted (B,) bool)``."""
+def mala_step(
+    density, x: torch.Tensor, state: DensityEval, h: float, generator=None
+) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
+    """One Metropolis-adjusted Langevin step with step size ``h``; returns ``(x, state, accepted (B,)
+    bool)``."""
     xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     y = x + h * state.grad + math.sqrt(2 * h) * xi
     new = density.evaluate(y)
@@ -204,8 +220,9 @@ def mala_step(density, x: torch.Tensor, state: DensityEval, h: float, generator=
     return torch.where(acc[:, None], y, x), state.select(acc, new), acc
 
 
-def hmc_step(density, x: torch.Tensor, state: DensityEval, eps: float, n_leapfrog: int, generator=None
-             ) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
+def hmc_step(
+    density, x: torch.Tensor, state: DensityEval, eps: float, n_leapfrog: int, generator=None
+) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
     """One Hamiltonian Monte Carlo step (identity mass, ``n_leapfrog`` leapfrog steps of size ``eps``)."""
     p0 = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     y, p, ev = x, p0 + 0.5 * eps * state.grad, state
@@ -219,8 +236,15 @@ def hmc_step(density, x: torch.Tensor, state: DensityEval, eps: float, n_leapfro
     return torch.where(acc[:, None], y, x), state.select(acc, ev), acc
 
 
-def run_mcmc(density, x: torch.Tensor, config: MCMCConfig, generator: torch.Generator | None = None,
-             state: DensityEval | None = None, scale: float = 1.0, alive: torch.Tensor | None = None) -> MCMCResult:
+def run_mcmc(
+    density,
+    x: torch.Tensor,
+    config: MCMCConfig,
+    generator: torch.Generator | None = None,
+    state: DensityEval | None = None,
+    scale: float = 1.0,
+    alive: torch.Tensor | None = None,
+) -> MCMCResult:
     """Run ``config.n_steps`` MALA or HMC steps from ``x: (B, d)``.
 
     Parameters
@@ -251,27 +275,53 @@ def run_mcmc(density, x: torch.Tensor, config: MCMCConfig, generator: torch.Gene
             x, state, acc = mala_step(density, x, state, config.step_size * scale, generator)
             n_evals += 1
         else:
-            x, state, acc = hmc_step(density, x, state, config.step_size * math.sqrt(scale), config.n_leapfrog,
-                                     generator)
+            x, state, acc = hmc_step(
+                density, x, state, config.step_size * math.sqrt(scale), config.n_leapfrog, generator
+            )
             n_evals += config.n_leapfrog
         rate = float(acc[live].double().mean()) if live.any() else 0.0
         trace.append(rate)
         if config.adapt:
-            config.step_size = float(config.step_size * math.exp(config.adapt_rate * (rate - config.target_accept)))
+            config.step_size = float(
+                config.step_size * math.exp(config.adapt_rate * (rate - config.target_accept))
+            )
     mean_acc = float(sum(trace) / len(trace)) if trace else float("nan")
     return MCMCResult(x, state, mean_acc, float(config.step_size), trace, n_evals)
 
 
-def mala(density, x: torch.Tensor, n_steps: int, step_size: float, generator: torch.Generator | None = None,
-         adapt: bool = False, target_accept: float = 0.574) -> MCMCResult:
-    """MALA on ``density`` from ``x: (B, d)``: ``y = x + h grad log p + sqrt(2h) xi``, Metropolis-corrected."""
+def mala(
+    density,
+    x: torch.Tensor,
+    n_steps: int,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    adapt: bool = False,
+    target_accept: float = 0.574,
+) -> MCMCResult:
+    """MALA on ``density`` from ``x: (B, d)``: ``y = x + h grad log p + sqrt(2h) xi``,
+    Metropolis-corrected."""
     cfg = MCMCConfig("mala", n_steps=n_steps, step_size=step_size, target_accept=target_accept, adapt=adapt)
     return run_mcmc(density, x, cfg, generator)
 
 
-def hmc(density, x: torch.Tensor, n_steps: int, step_size: float, n_leapfrog: int = 5,
-        generator: torch.Generator | None = None, adapt: bool = False, target_accept: float = 0.65) -> MCMCResult:
-    """HMC on ``density`` from ``x: (B, d)`` with identity mass and ``n_leapfrog`` leapfrog steps of ``step_size``."""
-    cfg = MCMCConfig("hmc", n_steps=n_steps, step_size=step_size, target_accept=target_accept, adapt=adapt,
-                     n_leapfrog=n_leapfrog)
+def hmc(
+    density,
+    x: torch.Tensor,
+    n_steps: int,
+    step_size: float,
+    n_leapfrog: int = 5,
+    generator: torch.Generator | None = None,
+    adapt: bool = False,
+    target_accept: float = 0.65,
+) -> MCMCResult:
+    """HMC on ``density`` from ``x: (B, d)`` with identity mass and ``n_leapfrog`` leapfrog steps of
+    ``step_size``."""
+    cfg = MCMCConfig(
+        "hmc",
+        n_steps=n_steps,
+        step_size=step_size,
+        target_accept=target_accept,
+        adapt=adapt,
+        n_leapfrog=n_leapfrog,
+    )
     return run_mcmc(density, x, cfg, generator)

@@ -25,12 +25,14 @@ def kish_ess(log_w: torch.Tensor) -> float:
     return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0) - math.log(n)))
 
 
-def systematic_resample(log_w: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None
-                        ) -> torch.Tensor:
+def systematic_resample(
+    log_w: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Systematic resampling: ancestor indices ``(n,)`` long.
 
-    One uniform ``U`` is drawn and the points ``(U + j) / n`` are located in the cumulative normalised weights,
-    so particle ``i`` is copied ``floor(n W_i)`` or ``ceil(n W_i)`` times (unbiased: ``E[count_i] = n W_i``).
+    One uniform ``U`` is drawn and the points ``(U + j) / n`` are located in the cumulative normalised
+    weights, so particle ``i`` is copied ``floor(n W_i)`` or ``ceil(n W_i)`` times (unbiased: ``E[count_i] = n
+    W_i``).
     """
     W = torch.softmax(log_w.to(torch.float64), 0)
     n = int(n if n is not None else W.numel())
@@ -41,9 +43,11 @@ def systematic_resample(log_w: torch.Tensor, n: int | None = None, generator: to
     return idx.clamp_(max=W.numel() - 1)
 
 
-def multinomial_resample(log_w: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None
-                         ) -> torch.Tensor:
-    """Multinomial resampling: ``n`` i.i.d. ancestor indices ``(n,)`` long drawn with the normalised weights."""
+def multinomial_resample(
+    log_w: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Multinomial resampling: ``n`` i.i.d. ancestor indices ``(n,)`` long drawn with the normalised
+    weights."""
     W = torch.softmax(log_w.to(torch.float64), 0)
     n = int(n if n is not None else W.numel())
     return torch.multinomial(W, n, replacement=True, generator=generator)

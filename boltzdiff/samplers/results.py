@@ -36,8 +36,15 @@ class SamplerResult:
         return torch.zeros(self.x.shape[0], dtype=torch.float64)
 
     def summary(self) -> dict:
-        return dict(n=int(self.x.shape[0]), ess=1.0, n_levels=len(self.levels), n_model_evals=int(self.n_model_evals),
-                    n_target_evals=0, n_nonfinite=int(self.n_nonfinite), wall_s=float(self.wall_s))
+        return dict(
+            n=int(self.x.shape[0]),
+            ess=1.0,
+            n_levels=len(self.levels),
+            n_model_evals=int(self.n_model_evals),
+            n_target_evals=0,
+            n_nonfinite=int(self.n_nonfinite),
+            wall_s=float(self.wall_s),
+        )
 
 
 @dataclass

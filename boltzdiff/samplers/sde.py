@@ -1,14 +1,15 @@
 """Reverse diffusion on a level grid: reverse-SDE kernels, the probability-flow ODE, and shared helpers.
 
 With the forward transition between grid levels ``k < l``, ``x_l = a x_k + s eps`` (``a = alpha_l / alpha_k``,
-``s^2 = sigma_l^2 - a^2 sigma_k^2``), the reverse moves from level ``l`` to level ``k`` use the score at ``l``:
+``s^2 = sigma_l^2 - a^2 sigma_k^2``), the reverse moves from level ``l`` to level ``k`` use the score at
+``l``:
 
 - ``"ancestral"`` (exponential-integrator / Tweedie form): ``x_k ~ N((x_l + s^2 score) / a, s^2 / a^2)``;
   ``(x_l + s^2 score) / a`` is exactly ``E[x_k | x_l]`` when the score is exact.
 - ``"gaussian"`` (default): the same mean with the exact posterior variance for data of per-coordinate
-  variance ``v_data``: ``s^2 v_k / v_l`` with ``v_i = alpha_i^2 v_data + sigma_i^2``. The plain ancestral variance
-  ``s^2 / a^2`` overshoots it by ``v_l / (a^2 v_k)``, which costs ESS in high dimension at coarse noisy steps.
-  Compositions supply their own level variances (see :func:`reverse_kernel`).
+  variance ``v_data``: ``s^2 v_k / v_l`` with ``v_i = alpha_i^2 v_data + sigma_i^2``. The plain ancestral
+  variance ``s^2 / a^2`` overshoots it by ``v_l / (a^2 v_k)``, which costs ESS in high dimension at coarse
+  noisy steps. Compositions supply their own level variances (see :func:`reverse_kernel`).
 - ``"em"`` (Euler-Maruyama of the reverse SDE, with ``f dt = log a`` and ``g^2 dt = s^2``):
   ``x_k ~ N(x_l (1 - log a) + s^2 score, s^2)``.
 - probability-flow ODE (first-order exponential integrator, i.e. DDIM with eta = 0):
@@ -51,7 +52,8 @@ def model_device(model) -> torch.device:
 def resolve_levels(n_grid: int, levels=None) -> list[int]:
     """Grid indices to visit, ascending, always including 0 and ``n_grid - 1``.
 
-    ``levels``: None (every level), an int ``m`` (``m`` levels evenly spaced in index), or a sequence of indices.
+    ``levels``: None (every level), an int ``m`` (``m`` levels evenly spaced in index), or a sequence of
+    indices.
     """
     if levels is None:
         return list(range(n_grid))
@@ -71,8 +73,8 @@ def noisiest_gaussian(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``(d,)`` and isotropic std (scalar) float64 of the start distribution at the noisiest level.
 
     - a model with ``initial_gaussian()`` (compositions) says it itself;
-    - a :class:`~boltzdiff.models.energy.PreconditionedEnergy` (``alpha``, ``a2``, ``mu``): ``N(alpha mu, a2)``
-      at the last level, its exact energy for a zero network;
+    - a :class:`~boltzdiff.models.energy.PreconditionedEnergy` (``alpha``, ``a2``, ``mu``): ``N(alpha mu,
+      a2)`` at the last level, its exact energy for a zero network;
     - an exact mixture energy (``gmm``): the moment-matched Gaussian of the noised mixture;
     - otherwise ``N(0, alpha^2 + sigma^2)`` (unit-variance data).
     """
@@ -132,8 +134,15 @@ class ReverseMove:
     s_back: torch.Tensor
 
 
-def reverse_kernel(grid, i_to: int, i_from: int, x: torch.Tensor, score: torch.Tensor, kind: str = "gaussian",
-                   variances: torch.Tensor | None = None) -> ReverseMove:
+def reverse_kernel(
+    grid,
+    i_to: int,
+    i_from: int,
+    x: torch.Tensor,
+    score: torch.Tensor,
+    kind: str = "gaussian",
+    variances: torch.Tensor | None = None,
+) -> ReverseMove:
     """Gaussian reverse move from level ``i_from`` (= l) to the cleaner level ``i_to`` (= k).
 
     Parameters
@@ -143,10 +152,11 @@ def reverse_kernel(grid, i_to: int, i_from: int, x: torch.Tensor, score: torch.T
     kind : {"gaussian", "ancestral", "em"}
     variances : (N,) float64, optional
         Level variances ``V`` of the ``"gaussian"`` kernel (:func:`level_variances`; default unit data
-        variance). With ``a = alpha_l / alpha_k`` and ``s_b^2 = V_l - a^2 V_k`` (``= s^2``, the grid's transition
-        variance, whenever ``V = alpha^2 v + sigma^2``) the move is ``N((x + s_b^2 score) / a, s_b^2 V_k / V_l)``,
-        the exact reverse of ``L = N(a x_k, s_b^2)`` for Gaussian levels of variance ``V``. For compositions
-        (whose levels are not a diffusion) ``V`` follows the composed energy, not the grid.
+        variance). With ``a = alpha_l / alpha_k`` and ``s_b^2 = V_l - a^2 V_k`` (``= s^2``, the grid's
+        transition variance, whenever ``V = alpha^2 v + sigma^2``) the move is ``N((x + s_b^2 score) / a,
+        s_b^2 V_k / V_l)``, the exact reverse of ``L = N(a x_k, s_b^2)`` for Gaussian levels of variance
+        ``V``. For compositions (whose levels are not a diffusion) ``V`` follows the composed energy, not the
+        grid.
 
     Returns
     -------
@@ -168,8 +178,9 @@ def reverse_kernel(grid, i_to: int, i_from: int, x: torch.Tensor, score: torch.T
     raise ConfigError(f"kernel: expected one of {KERNELS}, got {kind!r}")
 
 
-def initial_particles(model, n: int, generator: torch.Generator | None = None, dtype=None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_particles(
+    model, n: int, generator: torch.Generator | None = None, dtype=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` draws ``(n, d)`` from :func:`noisiest_gaussian` and their float64 log-density ``(n,)``."""
     if int(n) < 1:
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
@@ -189,8 +200,15 @@ def _progress(it, enabled: bool, desc: str):
 
 
 @torch.no_grad()
-def reverse_sde(model, n: int, generator: torch.Generator | None = None, levels=None, kernel: str = "gaussian",
-                x_init: torch.Tensor | None = None, progress: bool = False) -> SamplerResult:
+def reverse_sde(
+    model,
+    n: int,
+    generator: torch.Generator | None = None,
+    levels=None,
+    kernel: str = "gaussian",
+    x_init: torch.Tensor | None = None,
+    progress: bool = False,
+) -> SamplerResult:
     """Unweighted samples by the reverse SDE on the model's level grid (or a sub-grid).
 
     Parameters
@@ -226,8 +244,14 @@ def reverse_sde(model, n: int, generator: torch.Generator | None = None, levels=
 
 
 @torch.no_grad()
-def probability_flow_ode(model, n: int, generator: torch.Generator | None = None, levels=None,
-                         x_init: torch.Tensor | None = None, progress: bool = False) -> SamplerResult:
+def probability_flow_ode(
+    model,
+    n: int,
+    generator: torch.Generator | None = None,
+    levels=None,
+    x_init: torch.Tensor | None = None,
+    progress: bool = False,
+) -> SamplerResult:
     """Samples by the probability-flow ODE (first-order exponential integrator / DDIM with eta = 0).
 
     Only the start is random. Same parameters as :func:`reverse_sde`.
@@ -241,7 +265,9 @@ def probability_flow_ode(model, n: int, generator: torch.Generator | None = None
         i_from, i_to = lv[j], lv[j - 1]
         score = model.score(x, i_from)
         counter.model += x.shape[0] * int(getattr(model, "n_models", 1))
-        a_l, s_l, a_k, s_k = (v.to(x) for v in (g.alpha[i_from], g.sigma[i_from], g.alpha[i_to], g.sigma[i_to]))
+        a_l, s_l, a_k, s_k = (
+            v.to(x) for v in (g.alpha[i_from], g.sigma[i_from], g.alpha[i_to], g.sigma[i_to])
+        )
         x0_hat = (x + s_l**2 * score) / a_l
         x = a_k * x0_hat - s_k * s_l * score
     bad = int((~torch.isfinite(x).all(-1)).sum())

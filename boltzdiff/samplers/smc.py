@@ -12,9 +12,9 @@ reset; the normaliser estimate is ``log Z = sum_epochs [logsumexp(log w) - log n
 Optional MCMC (MALA/HMC) rejuvenation at each level targets ``q_k`` and leaves the weights unchanged.
 
 With ``target``, the particles are then carried from ``q_0`` to the target's ``exp(-u)`` along the geometric
-bridge ``pi_lam ∝ exp(-(1 - lam)(E(x, t_0) + f_0) - lam u(x))`` (AIS: weight ``-(lam_j - lam_{j-1})(u - E - f)``
-then MCMC targeting ``pi_{lam_j}``), so the weighted particles are consistent for the target whatever the model's
-errors.
+bridge ``pi_lam ∝ exp(-(1 - lam)(E(x, t_0) + f_0) - lam u(x))`` (AIS: weight
+``-(lam_j - lam_{j-1})(u - E - f)``, then MCMC targeting ``pi_{lam_j}``), so the weighted particles are
+consistent for the target whatever the model's errors.
 
 Particles whose energy is not finite get weight zero (``log_w = -inf``) and are counted; if all do, a
 :class:`~boltzdiff.errors.NonFiniteEnergyError` is raised.
@@ -52,7 +52,8 @@ from boltzdiff.samplers.sde import (
 
 
 def level_variance(model, level: int) -> float:
-    """The scale of level ``level`` (:func:`~boltzdiff.samplers.sde.level_variances`); MCMC steps are relative."""
+    """The scale of level ``level`` (:func:`~boltzdiff.samplers.sde.level_variances`); MCMC steps are
+    relative."""
     return float(level_variances(model)[level])
 
 
@@ -82,7 +83,9 @@ class _Run:
         alive = torch.isfinite(p.log_w)
         ok = torch.isfinite(inc)
         self.n_nonfinite += int((alive & ~ok).sum())
-        p.log_w = torch.where(alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf))
+        p.log_w = torch.where(
+            alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf)
+        )
         if not torch.isfinite(p.log_w).any():
             raise NonFiniteEnergyError(
                 f"smc: every particle had a non-finite energy or weight {where} ({self.n_nonfinite} particle "
@@ -109,10 +112,21 @@ class _Run:
 
 
 @torch.no_grad()
-def smc(model, n: int, *, generator: torch.Generator | None = None, levels=None, kernel: str = "gaussian",
-        ess_threshold: float = 0.3, resampler: str = "systematic", mcmc: MCMCConfig | None = None,
-        target=None, n_bridge: int = 16, bridge_mcmc: MCMCConfig | None = None,
-        progress: bool = False) -> SMCResult:
+def smc(
+    model,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    levels=None,
+    kernel: str = "gaussian",
+    ess_threshold: float = 0.3,
+    resampler: str = "systematic",
+    mcmc: MCMCConfig | None = None,
+    target=None,
+    n_bridge: int = 16,
+    bridge_mcmc: MCMCConfig | None = None,
+    progress: bool = False,
+) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
 
     Parameters
@@ -165,7 +179,9 @@ def smc(model, n: int, *, generator: torch.Generator | None = None, levels=None,
     run = _Run(n, generator, ess_threshold, resampler, progress)
 
     variances = level_variances(model)
-    own_path = hasattr(model, "level_variances")  # a composition: its backward kernel follows its own variances
+    own_path = hasattr(
+        model, "level_variances"
+    )  # a composition: its backward kernel follows its own variances
 
     # -- start at the noisiest level ----------------------------------------------------------------------
     top = lv[-1]
