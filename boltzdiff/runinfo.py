@@ -17,6 +17,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: mkstemp creates files readable by their owner only; outputs get the usual permissions instead
+_FILE_MODE = _umask_mode()
+
 PACKAGES = ["boltzdiff", "torch", "numpy", "scipy", "openmm", "mdtraj", "pyyaml", "matplotlib"]
 
 
@@ -30,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,6 +63,7 @@ def atomic_save(path: str | Path, save_fn) -> None:
     os.close(fd)
     try:
         save_fn(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -55,8 +55,12 @@ def build_model(cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data:
 
     n, sdim = system.target.event_shape
     opts = dict(cfg.egnn)
-    if "atom_types" not in opts and system.extras.get("atom_types") is not None:
-        opts["atom_types"] = list(system.extras["atom_types"])
+    if "atom_types" not in opts:
+        if system.extras.get("atom_types") is not None:
+            opts["atom_types"] = list(system.extras["atom_types"])
+        elif system.topology is not None:
+            # molecules: every atom its own type (the atoms of a molecule are labelled, not interchangeable)
+            opts["atom_types"] = list(range(n))
     return build_egnn_energy(grid, n, sdim, sigma_data, time_input=cfg.time_input, **opts)
 
 

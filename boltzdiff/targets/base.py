@@ -128,3 +128,26 @@ def as_target(obj: Any, dim: int | None = None) -> Target:
     if not hasattr(obj, "energy"):
         raise ConfigError(f"as_target: {type(obj).__name__} has no energy(x) method")
     return WrappedTarget(obj, dim=dim)
+
+
+class ComRestrained(Target):
+    """A translation-invariant particle target made proper by a harmonic term on the centre of mass.
+
+    ``u'(x) = u(x) + n |x_bar|^2 / (2 var)`` with ``x_bar`` the centre of the ``n`` particles: the centre of mass
+    then follows ``N(0, var / n)`` independently of the internal coordinates, so every translation-invariant
+    observable has the same distribution under ``u'`` as under ``u``. With ``var`` equal to the model's own
+    centre-of-mass variance, importance weights against an invariant model are unchanged by this gauge.
+    """
+
+    normalized = False
+
+    def __init__(self, target: Target, var: float):
+        super().__init__(target.dim, target.event_shape)
+        if len(target.event_shape) != 2:
+            raise ConfigError("ComRestrained: needs a particle target with event_shape (n, spatial_dim)")
+        self.inner, self.var = target, float(var)
+
+    def _energy(self, x):
+        n, s = self.event_shape
+        com = x.reshape(x.shape[0], n, s).mean(1)
+        return self.inner.energy(x) + n * (com**2).sum(-1) / (2 * self.var)

@@ -1,0 +1,22 @@
+"""``boltzdiff analyze RUN_DIR``: ESS, free energies, comparison with the reference, plots and report."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="analyse a `boltzdiff run` directory (analysis.json, PNGs, report.md)")
+    p.add_argument("run_dir")
+    p.add_argument("--n-bootstrap", type=int, default=200)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from boltzdiff.analysis.pipeline_analysis import analyze_run
+    from boltzdiff.errors import ConfigError
+
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"analyze: run dir {args.run_dir} does not exist")
+    analyze_run(args.run_dir, n_bootstrap=args.n_bootstrap)
+    return 0

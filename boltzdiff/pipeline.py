@@ -1,0 +1,198 @@
+"""``boltzdiff run``: reference data -> training (DSM warm-up, then DSM + DiffCLF) -> SMC ending at the exact
+target -> analysis -> report, in one run directory. Each stage is skipped when its output exists, so an
+interrupted run resumes by running the same command again; each stage is also a subcommand.
+
+Run directory layout::
+
+    pipeline.json          system, variant, preset and the resolved stage settings (checked on resume)
+    run_info.json          seed, git commit, package versions
+    reference/             MD (molecules) or MCMC (particles) reference: positions.npy, energies.npy
+    train/                 the training run (see boltzdiff.train)
+    samples.npz/.json      SMC particles ``x`` (n, d), float64 ``log_w`` and the sampler summary
+    analysis.json, *.png, report.md
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boltzdiff.config import TrainConfig, merge_config
+from boltzdiff.errors import ConfigError
+from boltzdiff.runinfo import atomic_save, atomic_write_json, write_run_info
+from boltzdiff.systems import System, load_system
+
+log = logging.getLogger(__name__)
+
+#: built-in presets; a system's run.yaml ``presets:`` entries are merged over these
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "reference": {},
+        "train": {"steps": 1500},
+        "sample": {"n": 2000, "levels": None, "mcmc_steps": 0, "n_bridge": 16, "to_target": True},
+    },
+    "full": {
+        "reference": {},
+        "train": {},
+        "sample": {"n": 5000, "levels": None, "mcmc_steps": 2, "n_bridge": 32, "to_target": True},
+    },
+}
+STAGES = ("reference", "train", "sample", "analyze")
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "cpu") -> dict:
+    """Stage settings: built-in preset < the system's run.yaml (``train:`` then ``presets.<preset>``)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    rd = system.run_defaults or {}
+    s = _merge(PRESETS[preset], {"train": rd.get("train", {})})
+    s = _merge(s, (rd.get("presets") or {}).get(preset, {}))
+    s["train"] = {**s["train"], "seed": seed, "device": device}
+    return s
+
+
+def kind_of(system: System) -> str:
+    """'analytic' (exact samples), 'molecule' (OpenMM) or 'particles' (torch particle targets)."""
+    if system.target.has_exact_samples:
+        return "analytic"
+    return "molecule" if system.kind == "openmm" else "particles"
+
+
+def _check_run_dir(out: Path, system: System, preset: str) -> None:
+    f = out / "pipeline.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        if old.get("system_path") != str(system.path) or old.get("variant") != system.variant:
+            raise ConfigError(f"{out} holds a run of system {old.get('system')!r} (variant {old.get('variant')}); "
+                              f"choose another --out for {system.name!r}")
+        if old.get("preset") != preset:
+            raise ConfigError(f"{out} holds a run with preset {old.get('preset')!r}, not {preset!r}")
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+def stage_reference(system: System, out: Path, settings: dict, progress: bool) -> Path | None:
+    """Reference samples: MD for molecules, MCMC for particle targets, none for analytic targets."""
+    kind = kind_of(system)
+    if kind == "analytic":
+        return None
+    ref = out / "reference"
+    done = ref / "positions.npy"
+    prog = ref / "progress.json"
+    if done.exists() and prog.exists() and json.loads(prog.read_text()).get("completed"):
+        log.info("reference: %s exists, skipped", done)
+        return done
+    from boltzdiff import md
+
+    if kind == "molecule":
+        cfg = md.MDConfig(**{"ns": 1.0, **settings["reference"]})
+        md.run_md(system, ref, cfg, progress=progress)
+    else:
+        cfg = md.MCMCConfig(**settings["reference"])
+        md.run_mcmc(system, ref, cfg, progress=progress)
+    return done
+
+
+def stage_train(system: System, out: Path, settings: dict, data: Path | None, progress: bool):
+    from boltzdiff.train import train
+
+    tdir = out / "train"
+    if (tdir / "model.pt").exists():
+        log.info("train: %s exists, skipped", tdir / "model.pt")
+        return
+    over = dict(settings["train"])
+    cfg = merge_config(TrainConfig(), over, "preset train settings")
+    cfg.system = str(system.path)
+    cfg.variant = system.variant
+    if data is not None:
+        cfg.data = str(data)
+    cfg.validate()
+    train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
+
+
+def sampling_target(system: System, model):
+    """The exact target for SMC; particle targets get the model's centre-of-mass Gaussian as a gauge."""
+    from boltzdiff.targets.base import ComRestrained
+
+    t = system.target
+    if kind_of(system) != "analytic" and len(t.event_shape) == 2:
+        a2_0 = float(model.a2[0])
+        return ComRestrained(t, a2_0)
+    return t
+
+
+def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed: int):
+    from boltzdiff.samplers import MCMCConfig, smc
+    from boltzdiff.train import load_run
+
+    f = out / "samples.npz"
+    if f.exists() and (out / "samples.json").exists():
+        log.info("sample: %s exists, skipped", f)
+        return
+    run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
+    s = settings["sample"]
+    n = int(s["n"])
+    if n < 1:
+        raise ConfigError(f"sample.n: expected a positive number of particles, got {n}")
+    mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
+    target = sampling_target(system, run.model) if s.get("to_target", True) else None
+    gen = torch.Generator().manual_seed(seed + 1)
+    t0 = time.time()
+    res = smc(run.model, n, generator=gen, levels=s.get("levels"), mcmc=mcmc, target=target,
+              n_bridge=int(s.get("n_bridge", 16)), progress=progress)
+    x = res.x.detach().double().cpu()
+    if kind_of(system) != "analytic" and len(system.target.event_shape) == 2:
+        n_, sd = system.target.event_shape
+        xr = x.reshape(-1, n_, sd)
+        x = (xr - xr.mean(1, keepdim=True)).reshape(x.shape[0], -1)
+    summary = dict(res.summary(), wall_s=time.time() - t0, to_target=bool(target is not None), seed=seed + 1,
+                   ess_trace=res.ess_trace.tolist())
+
+    def save(p):
+        with open(p, "wb") as fh:
+            np.savez(fh, x=x.numpy(), log_w=res.log_w.double().cpu().numpy())
+
+    atomic_save(f, save)
+    atomic_write_json(out / "samples.json", summary)
+
+
+def run_pipeline(system_name: str, out_dir: str | Path, preset: str = "quick", variant: str | None = None,
+                 seed: int = 0, device: str = "cpu", progress: bool = True, stages=STAGES) -> dict:
+    """Run (or resume) every stage; returns analysis.json's contents."""
+    from boltzdiff.analysis.pipeline_analysis import analyze_run
+
+    system = load_system(system_name, variant)
+    out = Path(out_dir)
+    _check_run_dir(out, system, preset)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = resolve_settings(system, preset, seed, device)
+    if not (out / "pipeline.json").exists():
+        atomic_write_json(out / "pipeline.json", dict(system=system.name, system_path=str(system.path),
+                                                      variant=system.variant, preset=preset, seed=seed,
+                                                      settings=settings, kind=kind_of(system)))
+        write_run_info(out, dict(system=system.name, variant=system.variant, preset=preset, settings=settings), seed)
+    t0 = time.time()
+    data = stage_reference(system, out, settings, progress) if "reference" in stages else None
+    if "train" in stages:
+        if kind_of(system) != "analytic" and data is None:
+            data = out / "reference" / "positions.npy"
+        stage_train(system, out, settings, data, progress)
+    if "sample" in stages:
+        stage_sample(system, out, settings, progress, seed)
+    result = {}
+    if "analyze" in stages:
+        result = analyze_run(out, system=system)
+    log.info("pipeline finished in %.0f s; see %s", time.time() - t0, out / "report.md")
+    return result
