@@ -49,7 +49,7 @@ def test_noisiest_gaussian():
     assert float(std) == pytest.approx(math.sqrt(1 + 100), rel=1e-6)
 
 
-@pytest.mark.parametrize("sampler", ["sde", "ode"])
+@pytest.mark.parametrize("sampler", ["sde", "sde-fisher", "ode"])
 def test_reverse_diffusion_of_a_gaussian(sampler):
     """Exact score of N(m, 0.3^2): the 'gaussian' SDE kernel is the exact reverse transition (z-test of the
     moments); the first-order ODE integrator on 128 levels is within 1% (its discretisation error)."""
@@ -59,6 +59,8 @@ def test_reverse_diffusion_of_a_gaussian(sampler):
     gen = torch.Generator().manual_seed(0)
     n = 4000
     if sampler == "sde":
+        r = reverse_sde(model, n, generator=gen, kernel_variance="model")
+    elif sampler == "sde-fisher":  # kernel variance fitted to the samples' Fisher information at each step
         r = reverse_sde(model, n, generator=gen)
     else:
         r = probability_flow_ode(model, n, generator=gen)
@@ -66,7 +68,7 @@ def test_reverse_diffusion_of_a_gaussian(sampler):
     assert torch.equal(r.log_w, torch.zeros(n, dtype=torch.float64))
     v0 = float(grid.alpha[0] ** 2 * 0.09 + grid.sigma[0] ** 2)
     m0 = grid.alpha[0] * g.means[0]
-    if sampler == "sde":
+    if sampler.startswith("sde"):
         z_mean = (r.x.mean(0) - m0) / math.sqrt(v0 / n)
         z_var = (r.x.var(0) - v0) / (v0 * math.sqrt(2 / (n - 1)))
         assert z_mean.abs().max() < Z_MAX and z_var.abs().max() < Z_MAX
@@ -87,6 +89,14 @@ def test_reverse_sde_mode_weights_with_exact_scores(gmm3):
     for kernel in ("ancestral", "em"):
         r = reverse_sde(model, 500, generator=torch.Generator().manual_seed(0), levels=32, kernel=kernel)
         assert torch.isfinite(r.x).all()
+
+
+def test_smc_mode_report(gmm3):
+    from boltzdiff.samplers.diagnostics import smc_mode_report
+
+    model = ExactMixtureEnergy(gmm3, make_grid(VPSchedule(), 32))
+    rep = smc_mode_report(model, gmm3, 300, torch.Generator().manual_seed(0), to_target=True, n_bridge=2)
+    assert len(rep["estimated"]) == 3 and rep["n_target_evals"] > 0 and 0 < rep["ess"] <= 1
 
 
 def test_weighted_mode_weights(gmm3):

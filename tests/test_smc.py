@@ -82,7 +82,12 @@ def test_weights_are_exactly_constant_when_the_kernel_is_the_exact_posterior():
     weight is zero (up to round-off), which pins the sign and content of each term of the weight formula."""
     gmm = GaussianMixture([1.0], [[1.0, -0.5, 2.0]], [0.4])
     grid = make_grid(VPSchedule(), 64)
-    r = smc(ExactMixtureEnergy(gmm, grid), 500, generator=torch.Generator().manual_seed(0))
+    r = smc(
+        ExactMixtureEnergy(gmm, grid),
+        500,
+        generator=torch.Generator().manual_seed(0),
+        kernel_variance="model",
+    )
     assert r.log_w.dtype == torch.float64
     assert r.log_w.abs().max() < 1e-8
     assert abs(r.log_Z) < 1e-8 and r.ess == pytest.approx(1.0) and r.n_resample == 0
@@ -97,7 +102,7 @@ def test_untrained_preconditioned_model_float32():
     grid = make_grid(VPSchedule(), 64, "logsnr")
     model = build_mlp_energy(grid, torch.tensor([0.5, -1.0]), 0.7, width=16, depth=1).eval()
     assert isinstance(model, PreconditionedEnergy)
-    r = smc(model, 300, generator=torch.Generator().manual_seed(1))
+    r = smc(model, 300, generator=torch.Generator().manual_seed(1), kernel_variance="model")
     assert r.x.dtype == torch.float32 and r.log_w.dtype == torch.float64
     assert r.log_w.abs().max() < 1e-3 and r.ess > 0.999
     assert r.n_model_evals == 300 * 64
@@ -282,6 +287,7 @@ def test_nan_target_energies_are_counted(gmm3, grid128):
         dict(n=10, levels=[0, 5]),
         dict(n=10, kernel="nope"),
         dict(n=10, resampler="x"),
+        dict(n=10, kernel_variance="x"),
     ],
 )
 def test_bad_arguments(gmm3, grid128, kw):

@@ -92,3 +92,27 @@ def mode_report(gmm: GaussianMixture, x, log_w=None) -> dict:
         tv=total_variation(est, exact),
         stderr=mode_weight_stderr(gmm, x, log_w).tolist(),
     )
+
+
+def smc_mode_report(
+    model,
+    gmm: GaussianMixture,
+    n: int = 2000,
+    generator: torch.Generator | None = None,
+    levels=None,
+    to_target: bool = False,
+    **smc_kwargs,
+) -> dict:
+    """Run diffusion SMC on ``model`` and compare the weighted mode weights with the exact ``gmm`` ones.
+
+    For ``boltzdiff evaluate`` on analytic targets. ``to_target`` ends at ``gmm``'s exact energy. Returns
+    :func:`mode_report`'s dict plus ``ess``, ``log_Z``, ``n_model_evals``, ``n_target_evals`` and
+    ``n_nonfinite``.
+    """
+    from boltzdiff.samplers.smc import smc
+
+    res = smc(model, n, generator=generator, levels=levels, target=gmm if to_target else None, **smc_kwargs)
+    rep = mode_report(gmm, res.x, res.log_w)
+    s = res.summary()
+    rep.update({k: s[k] for k in ("ess", "log_Z", "n_model_evals", "n_target_evals", "n_nonfinite")})
+    return rep

@@ -123,6 +123,34 @@ def level_variances(model) -> torch.Tensor:
     return g.alpha**2 * data_variance(model) + g.sigma**2
 
 
+def fisher_level_variances(
+    grid, level: int, score: torch.Tensor, log_w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Level variances ``(N,)``, ``alpha^2 v + sigma^2`` with ``v`` fitted to the weighted Fisher information.
+
+    At level ``level``, ``V = d / E_W[|score|^2]`` (exact for an isotropic Gaussian) and ``v = (V - sigma^2) /
+    alpha^2`` (clamped positive). Particles with a non-finite score or weight are ignored.
+
+    Parameters
+    ----------
+    grid : LevelGrid
+    score : (B, d) tensor
+        Scores of the current particles at ``level``.
+    log_w : (B,) float64, optional
+        Their log-weights (uniform when omitted).
+    """
+    if log_w is None:
+        log_w = torch.zeros(score.shape[0], dtype=torch.float64)
+    ok = torch.isfinite(log_w) & torch.isfinite(score).all(-1)
+    W = torch.softmax(torch.where(ok, log_w, torch.full_like(log_w, -math.inf)), 0)
+    g2 = (torch.nan_to_num(score.double()) ** 2).sum(-1)
+    fisher = float((W * g2).sum()) / score.shape[1]
+    v_l = 1.0 / max(fisher, 1e-30)
+    a_l, s_l = grid.alpha[level], grid.sigma[level]
+    v = torch.clamp((v_l - s_l**2) / a_l**2, min=1e-6 * float(s_l**2 + 1e-12) / float(a_l**2))
+    return grid.alpha**2 * v + grid.sigma**2
+
+
 @dataclass
 class ReverseMove:
     """A Gaussian reverse move ``x_k ~ N(mean, std^2 I)`` from level ``l`` and the backward (noising) kernel
@@ -208,6 +236,7 @@ def reverse_sde(
     kernel: str = "gaussian",
     x_init: torch.Tensor | None = None,
     progress: bool = False,
+    kernel_variance: str = "fisher",
 ) -> SamplerResult:
     """Unweighted samples by the reverse SDE on the model's level grid (or a sub-grid).
 
@@ -222,6 +251,9 @@ def reverse_sde(
     kernel : {"gaussian", "ancestral", "em"}
     x_init : (n, d) tensor, optional
         Start at the noisiest level (default: :func:`noisiest_gaussian`).
+    kernel_variance : {"fisher", "model"}
+        Level variances of the ``"gaussian"`` kernel: fitted at each step to the samples' Fisher information
+        (:func:`fisher_level_variances`, default) or the model's own (:func:`level_variances`).
 
     Returns
     -------
@@ -229,6 +261,8 @@ def reverse_sde(
         ``x: (n, d)`` at level 0.
     """
     t0 = time.perf_counter()
+    if kernel_variance not in ("model", "fisher"):
+        raise ConfigError(f"kernel_variance: expected 'model' or 'fisher', got {kernel_variance!r}")
     lv = resolve_levels(model.grid.n, levels)
     x = x_init if x_init is not None else initial_particles(model, n, generator)[0]
     counter = EvalCounter()
@@ -237,6 +271,8 @@ def reverse_sde(
         i_from, i_to = lv[j], lv[j - 1]
         score = model.score(x, i_from)
         counter.model += x.shape[0] * int(getattr(model, "n_models", 1))
+        if kernel_variance == "fisher" and not hasattr(model, "level_variances"):
+            variances = fisher_level_variances(model.grid, i_from, score)
         mv = reverse_kernel(model.grid, i_to, i_from, x, score, kernel, variances)
         x = mv.mean + mv.std.to(x) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     bad = int((~torch.isfinite(x).all(-1)).sum())

@@ -43,6 +43,7 @@ from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess
 from boltzdiff.samplers.results import SMCResult
 from boltzdiff.samplers.sde import (
     _progress,
+    fisher_level_variances,
     gaussian_log_density,
     initial_particles,
     level_variances,
@@ -111,6 +112,10 @@ class _Run:
         self.acc_trace.extend(r.acceptance_trace)
 
 
+def _fisher_variances(grid, i_to: int, i_from: int, p: _Particles) -> torch.Tensor:
+    return fisher_level_variances(grid, i_from, p.state.grad, p.log_w)
+
+
 @torch.no_grad()
 def smc(
     model,
@@ -121,6 +126,7 @@ def smc(
     kernel: str = "gaussian",
     ess_threshold: float = 0.3,
     resampler: str = "systematic",
+    kernel_variance: str = "fisher",
     mcmc: MCMCConfig | None = None,
     target=None,
     n_bridge: int = 16,
@@ -144,6 +150,13 @@ def smc(
     ess_threshold : float
         Resample when the normalised ESS falls below it (0 never, 1 always).
     resampler : {"systematic", "multinomial"}
+    kernel_variance : {"fisher", "model"}
+        Level variances of the ``"gaussian"`` kernel (default ``"fisher"``): ``"model"``, the model's Gaussian
+        approximation (``alpha^2 v_data + sigma^2`` with the model's ``sigma_data``, or a composition's own),
+        or ``"fisher"``: at each step
+        ``v_data`` is re-estimated from the weighted particles' scores, ``V_l = d / E_W[|score|^2]`` (exact
+        for a Gaussian), which follows the local curvature of multi-modal levels (the global ``sigma_data``
+        includes the spread between modes). The backward kernel stays the model's noising transition.
     mcmc : MCMCConfig, optional
         Rejuvenation at every level (targeting ``q_k``); ``n_steps = 0`` or None for none. Its step size is
         relative to the level's variance and adapted (the config is copied, not modified).
@@ -165,6 +178,8 @@ def smc(
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ConfigError(f"ess_threshold: expected a number in [0, 1], got {ess_threshold}")
+    if kernel_variance not in ("model", "fisher"):
+        raise ConfigError(f"kernel_variance: expected 'model' or 'fisher', got {kernel_variance!r}")
     if resampler not in RESAMPLERS:
         raise ConfigError(f"resampler: expected one of {sorted(RESAMPLERS)}, got {resampler!r}")
     if target is not None and int(getattr(target, "dim", model.dim)) != model.dim:
@@ -194,6 +209,8 @@ def smc(
     # -- move down the levels -----------------------------------------------------------------------------
     for j in _progress(range(len(lv) - 1, 0, -1), progress, "SMC levels"):
         i_from, i_to = lv[j], lv[j - 1]
+        if kernel_variance == "fisher" and not own_path:
+            variances = _fisher_variances(grid, i_to, i_from, p)
         mv = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, variances)
         eps = torch.randn(p.x.shape, generator=generator, dtype=torch.float64).to(p.x)
         x_new = mv.mean + mv.std.to(p.x) * eps
