@@ -106,7 +106,7 @@ def main(argv=None):
     if args.write_systems:
         write_systems(root)
         return
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # the development machine is shared
     warnings.simplefilter("ignore", UserWarning)
     ga, gb = (GaussianMixture(**SYSTEMS[k], name=k) for k in ("comp_a", "comp_b"))
     print(f"exact product weights {np.round(ga.product(gb).weights.numpy(), 4).tolist()}")

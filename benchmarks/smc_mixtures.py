@@ -112,7 +112,7 @@ def main(argv=None):
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--skip-trained", action="store_true")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # the development machine is shared
     warnings.simplefilter("ignore", UserWarning)
     print(HEADER)
     if not args.skip_exact:

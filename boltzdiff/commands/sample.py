@@ -111,6 +111,16 @@ def write_outputs(out: str, x, log_w, summary: dict) -> tuple[Path, Path]:
     return out_p, json_p
 
 
+def exact_target(run_):
+    """The target to end at: the pipeline's choice (particle systems get the model's centre-of-mass Gaussian
+    as a gauge, so the bridge's end is normalisable), else the system's target."""
+    try:
+        from boltzdiff.pipeline import sampling_target
+    except ImportError:  # pragma: no cover - the pipeline module is optional here
+        return run_.system.target
+    return sampling_target(run_.system, run_.model)
+
+
 def smc_configs(args):
     from boltzdiff.samplers.mcmc import MCMCConfig
 
@@ -165,6 +175,8 @@ def run(args) -> int:
     progress = not args.no_progress
     if args.sampler == "smc":
         mcmc, bridge = smc_configs(args)
+        if args.to_target:
+            target = exact_target(run_)
         res = smc(
             model,
             args.n,
