@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts (not part of the library)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "_work"
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, force: bool = False):
+    """Train (resuming if interrupted) and evaluate; cached in ``out/eval.json``."""
+    from boltzdiff.evaluate import evaluate_mixture
+    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.train import load_run, train
+
+    ev_file = out / "eval.json"
+    if ev_file.exists() and not force:
+        return json.loads(ev_file.read_text())
+    t0 = time.time()
+    if not (out / "model.pt").exists():
+        train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    run = load_run(out)
+    ev = evaluate_mixture(run.model, run.system.target, n_chains=n_chains, n_samples=n_samples, seed=12345).to_dict()
+    ev["train_wall_s"] = summary["wall_s"]
+    ev["sec_per_step"] = summary["sec_per_step"]
+    ev["eval_wall_s"] = time.time() - t0
+    atomic_write_json(ev_file, ev)
+    return ev
+
+
+def fmt_row(cols, widths):
+    return " | ".join(str(c).ljust(w) for c, w in zip(cols, widths))
+
+
+def print_table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    print("| " + fmt_row(header, widths) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + fmt_row(r, widths) + " |")
