@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--n-chains", type=int, default=32, help="noising chains for the classification loss")
     p.add_argument("--n-samples", type=int, default=2000, help="exact samples per level")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--smc-particles", type=int, default=2000,
+                   help="also report the mode weights of diffusion-SMC samples (0 to skip)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +35,18 @@ def run(args) -> int:
         raise ConfigError(f"evaluate: system {run_.system.name} has no exact noised marginals (only Gaussian "
                           "mixtures do); use `boltzdiff analyze` for molecular systems")
     ev = evaluate_mixture(run_.model, target, n_chains=args.n_chains, n_samples=args.n_samples, seed=args.seed).to_dict()
+    if args.smc_particles > 0:
+        import torch
+
+        from boltzdiff.samplers.diagnostics import smc_mode_report
+
+        for key, to_target in (("smc", False), ("smc_to_target", True)):
+            rep = smc_mode_report(run_.model, target, n=args.smc_particles, to_target=to_target,
+                                  generator=torch.Generator().manual_seed(args.seed + 1))
+            ev[key] = rep
+            log.info("SMC%s: mode weights %s (exact %s), max abs error %.4f, ESS %.3f",
+                     " ending at the target" if to_target else "", [round(w, 4) for w in rep["estimated"]],
+                     [round(w, 4) for w in rep["exact"]], rep["max_abs_error"], rep["ess"])
     ev["system"] = run_.system.name
     ev["loss"] = run_.config.get("loss")
     out = Path(args.run_dir)
