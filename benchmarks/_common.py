@@ -17,7 +17,8 @@ WORK = ROOT / "benchmarks" / "_work"
 def machine() -> str:
     import os
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def median(xs):
@@ -38,7 +39,9 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)
     summary = json.loads((out / "train_summary.json").read_text())
     run = load_run(out)
-    ev = evaluate_mixture(run.model, run.system.target, n_chains=n_chains, n_samples=n_samples, seed=12345).to_dict()
+    ev = evaluate_mixture(
+        run.model, run.system.target, n_chains=n_chains, n_samples=n_samples, seed=12345
+    ).to_dict()
     ev["train_wall_s"] = summary["wall_s"]
     ev["sec_per_step"] = summary["sec_per_step"]
     ev["eval_wall_s"] = time.time() - t0

@@ -15,13 +15,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, WORK, machine, print_table, train_and_eval  # noqa: E402
+from _common import WORK, machine, print_table, train_and_eval  # noqa: E402
 
 from boltzdiff.config import TrainConfig  # noqa: E402
 
 # the paper-like starting point: linear grid in t, uniform level draws, raw t as the time input, joint training
-BASE = dict(spacing="linear", level_sampling="uniform", time_input="t", warmup_steps=0, lr_f=1e-3, k=4,
-            lambda_clf=1.0)
+BASE = dict(
+    spacing="linear",
+    level_sampling="uniform",
+    time_input="t",
+    warmup_steps=0,
+    lr_f=1e-3,
+    k=4,
+    lambda_clf=1.0,
+    fourier_scale=4.0,
+)
 # the recipe we ship as the mixture default (TrainConfig defaults)
 RECIPE = {k: getattr(TrainConfig(), k) for k in BASE}
 
@@ -40,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     "recipe, lambda_clf=0.1": {**RECIPE, "lambda_clf": 0.1},
     "recipe, lambda_clf=10": {**RECIPE, "lambda_clf": 10.0},
     "recipe, N=32 levels": {**RECIPE, "n_levels": 32},
+    "recipe, smooth time embedding (fourier_scale=1)": {**RECIPE, "fourier_scale": 1.0},
+    "recipe, fourier_scale=1, k=2": {**RECIPE, "fourier_scale": 1.0, "k": 2},
 }
 
 
@@ -63,18 +73,51 @@ def main():
         over = dict(over)
         if over.get("warmup_steps") == -1:
             over["warmup_steps"] = args.steps // 3
-        cfg = TrainConfig(system=args.system, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                          num_threads=args.threads, **over)
-        out = WORK / "ablation" / Path(args.system).name / f"s{args.steps}_b{args.batch_size}_seed{args.seed}" / slug(name)
+        cfg = TrainConfig(
+            system=args.system,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            num_threads=args.threads,
+            **over,
+        )
+        out = (
+            WORK
+            / "ablation"
+            / Path(args.system).name
+            / f"s{args.steps}_b{args.batch_size}_seed{args.seed}"
+            / slug(name)
+        )
         print(f"... {name}", file=sys.stderr, flush=True)
         ev = train_and_eval(cfg, out)
         med_std = sorted(ev["log_ratio_std"])[len(ev["log_ratio_std"]) // 2]
-        rows.append([name, f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}", f"{ev['clf_excess_fitted_f']:.4f}",
-                     f"{ev['mode_weight_error']:.3f}", " ".join(f"{w:.3f}" for w in ev["mode_weights"]),
-                     f"{med_std:.3f}", f"{ev['train_wall_s']:.0f}"])
-    print(f"\nAblation on {Path(args.system).name}: {args.steps} steps, batch {args.batch_size}, seed {args.seed}; {machine()}")
-    print_table(["variant", "clf_excess (learned f)", "clf_excess (fitted f)", "mode-weight err", "mode weights",
-                 "median log-ratio std", "train s"], rows)
+        rows.append(
+            [
+                name,
+                f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}",
+                f"{ev['clf_excess_fitted_f']:.4f}",
+                f"{ev['mode_weight_error']:.3f}",
+                " ".join(f"{w:.3f}" for w in ev["mode_weights"]),
+                f"{med_std:.3f}",
+                f"{ev['train_wall_s']:.0f}",
+            ]
+        )
+    print(
+        f"\nAblation on {Path(args.system).name}: {args.steps} steps, batch {args.batch_size}, "
+        f"seed {args.seed}; {machine()}"
+    )
+    print_table(
+        [
+            "variant",
+            "clf_excess (learned f)",
+            "clf_excess (fitted f)",
+            "mode-weight err",
+            "mode weights",
+            "median log-ratio std",
+            "train s",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def step_times(system: str, repeats: int, threads: int) -> tuple[float, float]:
             x0 = data[torch.randint(0, len(data), (cfg.batch_size,), generator=g)]
             lv = draw_levels(cfg.batch_size, cfg.n_levels, cfg.k, g, cfg.level_sampling, cfg.level_window)
             t = time.perf_counter()
-            out = dsm_only_loss(m, x0, lv, sd, g) if name == "dsm" else diffclf_loss(m, x0, lv, sd, generator=g)
+            out = (
+                dsm_only_loss(m, x0, lv, sd, g) if name == "dsm" else diffclf_loss(m, x0, lv, sd, generator=g)
+            )
             opt.zero_grad()
             out.total.backward()
             opt.step()
@@ -73,16 +75,36 @@ def main():
             print(f"... {system} {loss} ({cfg.steps} steps)", file=sys.stderr, flush=True)
             res[loss] = ev = train_and_eval(cfg, out)
             med = sorted(ev["log_ratio_std"])[len(ev["log_ratio_std"]) // 2]
-            rows.append([system, loss, f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}",
-                         f"{ev['clf_excess_fitted_f']:.4f}", f"{ev['mode_weight_error']:.3f}", f"{med:.3f}",
-                         f"{ev['train_wall_s'] / 60:.1f}", cfg.steps])
+            rows.append(
+                [
+                    system,
+                    loss,
+                    f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}",
+                    f"{ev['clf_excess_fitted_f']:.4f}",
+                    f"{ev['mode_weight_error']:.3f}",
+                    f"{med:.3f}",
+                    f"{ev['train_wall_s'] / 60:.1f}",
+                    cfg.steps,
+                ]
+            )
         ratio = res["dsm"]["clf_excess_fitted_f"] / max(res["diffclf"]["clf_excess_fitted_f"], 1e-12)
         rows.append([system, "ratio DSM(fitted f)/DiffCLF(fitted f)", "", f"{ratio:.1f}x", "", "", "", ""])
         t_dsm, t_clf = step_times(system, args.repeats, args.threads or torch.get_num_threads())
         speed.append([system, f"{t_dsm:.4f}", f"{t_clf:.4f}", f"{t_clf / t_dsm:.2f}"])
     print(f"\nMachine: {machine()}")
-    print_table(["system", "loss", "clf_excess (learned f)", "clf_excess (fitted f)", "mode-weight err (max abs)",
-                 "median log-ratio std", "train min", "steps"], rows)
+    print_table(
+        [
+            "system",
+            "loss",
+            "clf_excess (learned f)",
+            "clf_excess (fitted f)",
+            "mode-weight err (max abs)",
+            "median log-ratio std",
+            "train min",
+            "steps",
+        ],
+        rows,
+    )
     print(f"\nSeconds per optimiser step at equal batch (median of {args.repeats}, interleaved):")
     print_table(["system", "DSM-only s/step", "DiffCLF s/step", "ratio"], speed)
 

@@ -45,6 +45,7 @@ class TrainConfig:
     width: int = 128
     depth: int = 3
     time_input: str = "logsnr"
+    fourier_scale: float = 4.0
     egnn: dict = field(default_factory=dict)
     data: str | None = None
     n_data: int = 100_000

@@ -29,7 +29,9 @@ def load_array(path: str | Path, dim: int) -> np.ndarray:
             with np.load(p) as z:
                 keys = [k for k in ("x", "positions") if k in z] or list(z.keys())
                 if len(keys) != 1 and not any(k in z for k in ("x", "positions")):
-                    raise ConfigError(f"data: {p} holds arrays {list(z.keys())}; expected one named 'x' or 'positions'")
+                    raise ConfigError(
+                        f"data: {p} holds arrays {list(z.keys())}; expected one named 'x' or 'positions'"
+                    )
                 arr = z[keys[0]]
         elif p.suffix in (".h5", ".hdf5"):
             import h5py
@@ -47,7 +49,9 @@ def load_array(path: str | Path, dim: int) -> np.ndarray:
         raise ConfigError(f"data: cannot read {p} ({e})") from None
     arr = np.asarray(arr)
     if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != dim:
-        raise ConfigError(f"data: {p} has shape {arr.shape}; expected (n, {dim}) or (n, ...) with {dim} values per row")
+        raise ConfigError(
+            f"data: {p} has shape {arr.shape}; expected (n, {dim}) or (n, ...) with {dim} values per row"
+        )
     arr = arr.reshape(arr.shape[0], dim).astype(np.float64)
     ok = np.isfinite(arr).all(-1)
     if not ok.all():

@@ -22,7 +22,9 @@ from boltzdiff.noise import LevelGrid
 from boltzdiff.targets.gmm import GaussianMixture
 
 
-def noising_chains(gmm: GaussianMixture, grid: LevelGrid, n_chains: int, generator: torch.Generator) -> torch.Tensor:
+def noising_chains(
+    gmm: GaussianMixture, grid: LevelGrid, n_chains: int, generator: torch.Generator
+) -> torch.Tensor:
     """Markov noising chains ``(N, n_chains, d)`` float64: level 0 exact, then forward transitions."""
     x, _ = gmm.sample_with_labels(n_chains, generator, grid.alpha[0], grid.sigma[0])
     out = [x]
@@ -37,7 +39,11 @@ def level_energy_matrix(model: LevelEnergy, chains: torch.Tensor, chunk: int = 6
     """``-E(x_i, t_b)`` for every chain element at level i and candidate level b: ``(N_i, C, N_b)`` float64."""
     N, C, d = chains.shape
     nb = model.grid.n
-    dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype()) if list(model.parameters()) else torch.get_default_dtype()
+    dtype = (
+        next((p.dtype for p in model.parameters()), torch.get_default_dtype())
+        if list(model.parameters())
+        else torch.get_default_dtype()
+    )
     flat = chains.reshape(N * C, d)
     out = torch.empty(N * C, nb, dtype=torch.float64)
     rows_per = max(1, chunk // nb)
@@ -134,8 +140,15 @@ def weighted_mode_weights(log_w: torch.Tensor, labels: torch.Tensor, K: int) -> 
     return est.numpy(), se.numpy()
 
 
-def evaluate_mixture(model: LevelEnergy, gmm: GaussianMixture, n_chains: int = 32, n_samples: int = 2000,
-                     n_samples_lowest: int = 20000, seed: int = 0, progress: bool = False) -> MixtureEval:
+def evaluate_mixture(
+    model: LevelEnergy,
+    gmm: GaussianMixture,
+    n_chains: int = 32,
+    n_samples: int = 2000,
+    n_samples_lowest: int = 20000,
+    seed: int = 0,
+    progress: bool = False,
+) -> MixtureEval:
     """Compare a model's level energies with the exact noised mixture (see the module docstring)."""
     from boltzdiff.models.exact import ExactMixtureEnergy
 
@@ -159,7 +172,9 @@ def evaluate_mixture(model: LevelEnergy, gmm: GaussianMixture, n_chains: int = 3
         own = logits[torch.arange(N), :, torch.arange(N)]
         return -(own - torch.logsumexp(logits, -1)).mean(-1)
 
-    excess_levels = (per_level(ne_model, f_model) - per_level(ne_exact, torch.zeros(grid.n, dtype=torch.float64)))
+    excess_levels = per_level(ne_model, f_model) - per_level(
+        ne_exact, torch.zeros(grid.n, dtype=torch.float64)
+    )
     excess_se = per_chain_se(ne_model, f_model, ne_exact)
 
     # per-level log-ratio spread, ESS and mode weights on exact samples of p_t
@@ -177,17 +192,30 @@ def evaluate_mixture(model: LevelEnergy, gmm: GaussianMixture, n_chains: int = 3
             ok = torch.isfinite(lr)
             stds.append(float(lr[ok].std()) if ok.sum() > 1 else float("nan"))
             esss.append(ess_normalised(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64))))
-            mw, se = weighted_mode_weights(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K)
+            mw, se = weighted_mode_weights(
+                torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K
+            )
             mw_levels.append(mw.tolist())
             if i == 0:
                 mw0, se0 = mw, se
     true_w = gmm.weights.numpy()
     return MixtureEval(
-        clf_raw=raw, clf_exact=floor, clf_excess=raw - floor, clf_excess_se=excess_se, clf_raw_fitted_f=raw_fit,
-        clf_excess_fitted_f=raw_fit - floor, clf_excess_per_level=excess_levels.tolist(),
-        log_ratio_std=stds, ess_per_level=esss, mode_weights=mw0.tolist(), true_mode_weights=true_w.tolist(),
-        mode_weights_se=se0.tolist(), mode_weight_error=float(np.abs(mw0 - true_w).max()),
-        mode_weights_per_level=mw_levels, n_chains=n_chains, n_samples=n_samples,
+        clf_raw=raw,
+        clf_exact=floor,
+        clf_excess=raw - floor,
+        clf_excess_se=excess_se,
+        clf_raw_fitted_f=raw_fit,
+        clf_excess_fitted_f=raw_fit - floor,
+        clf_excess_per_level=excess_levels.tolist(),
+        log_ratio_std=stds,
+        ess_per_level=esss,
+        mode_weights=mw0.tolist(),
+        true_mode_weights=true_w.tolist(),
+        mode_weights_se=se0.tolist(),
+        mode_weight_error=float(np.abs(mw0 - true_w).max()),
+        mode_weights_per_level=mw_levels,
+        n_chains=n_chains,
+        n_samples=n_samples,
     )
 
 
@@ -205,7 +233,9 @@ def plot_mixture_eval(ev: dict, path, title: str = "") -> None:
     ax[1].plot(lv, ev["ess_per_level"])
     ax[1].set(xlabel="level", ylabel="normalised ESS", ylim=(0, 1.05), title="ESS of exp(log q - log p_t)")
     ax[2].plot(lv, ev["clf_excess_per_level"])
-    ax[2].set(xlabel="level", ylabel="excess CE (nats)", title=f"classification excess = {ev['clf_excess']:.3g}")
+    ax[2].set(
+        xlabel="level", ylabel="excess CE (nats)", title=f"classification excess = {ev['clf_excess']:.3g}"
+    )
     mw = np.array(ev["mode_weights_per_level"])
     tw = np.array(ev["true_mode_weights"])
     K = mw.shape[1]

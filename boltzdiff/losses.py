@@ -35,8 +35,15 @@ class LossOutput:
     n_energy_evals: int
 
 
-def draw_levels(batch: int, n_levels: int, k: int, generator: torch.Generator | None = None,
-                sampling: str = "uniform", window: int = 4, device=None) -> torch.Tensor:
+def draw_levels(
+    batch: int,
+    n_levels: int,
+    k: int,
+    generator: torch.Generator | None = None,
+    sampling: str = "uniform",
+    window: int = 4,
+    device=None,
+) -> torch.Tensor:
     """Draw ``k`` distinct level indices per data point, ``(B, k)`` long.
 
     ``sampling``: ``"uniform"`` (k distinct levels uniformly from the grid), ``"local"`` (a uniform centre and
@@ -73,8 +80,14 @@ def edm_weight(model: LevelEnergy, level: torch.Tensor, sigma_data: float) -> to
     return lam.to(device=level.device)[level]
 
 
-def _dsm_terms(model: LevelEnergy, x0: torch.Tensor, xt: torch.Tensor, level: torch.Tensor,
-               energy: torch.Tensor, sigma_data: float) -> torch.Tensor:
+def _dsm_terms(
+    model: LevelEnergy,
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    level: torch.Tensor,
+    energy: torch.Tensor,
+    sigma_data: float,
+) -> torch.Tensor:
     """Per-sample DSM terms given energies ``E(x_t, t)`` computed from ``xt`` (which requires grad)."""
     (grad,) = torch.autograd.grad(energy.sum(), xt, create_graph=True)
     a = model.grid.alpha.to(x0)[level][:, None]
@@ -84,8 +97,13 @@ def _dsm_terms(model: LevelEnergy, x0: torch.Tensor, xt: torch.Tensor, level: to
     return lam * ((x0_hat - x0) ** 2).sum(-1) / x0.shape[-1]
 
 
-def dsm_loss(model: LevelEnergy, x0: torch.Tensor, level: torch.Tensor, sigma_data: float,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def dsm_loss(
+    model: LevelEnergy,
+    x0: torch.Tensor,
+    level: torch.Tensor,
+    sigma_data: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Mean DSM loss at the given levels, one noise draw per row. ``x0: (B, d)``, ``level: (B,)``."""
     eps = torch.randn(x0.shape, generator=generator).to(x0)
     a = model.grid.alpha.to(x0)[level][:, None]
@@ -114,9 +132,15 @@ def clf_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(diag - torch.logsumexp(logits, dim=1)).mean()
 
 
-def diffclf_loss(model: LevelEnergy, x0: torch.Tensor, levels: torch.Tensor, sigma_data: float,
-                 lambda_clf: float = 1.0, dsm_weight: float = 1.0,
-                 generator: torch.Generator | None = None) -> LossOutput:
+def diffclf_loss(
+    model: LevelEnergy,
+    x0: torch.Tensor,
+    levels: torch.Tensor,
+    sigma_data: float,
+    lambda_clf: float = 1.0,
+    dsm_weight: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
     """DSM + lambda_clf * multi-level DiffCLF; the k diagonal energies are reused for DSM.
 
     ``x0: (B, d)``, ``levels: (B, k)`` distinct per row. Costs ``B k`` DSM terms (energy + gradient with
@@ -141,18 +165,23 @@ def diffclf_loss(model: LevelEnergy, x0: torch.Tensor, levels: torch.Tensor, sig
         lo = levels[:, b_idx].reshape(-1)
         e_off = model.energy(xo, lo).reshape(B, -1)
         E = torch.zeros(B, k, k, dtype=e_diag.dtype, device=x0.device)  # E[n, b, a]
-        E = E.index_put((torch.arange(B)[:, None], b_idx[None, :].expand(B, -1), a_idx[None, :].expand(B, -1)), e_off)
+        E = E.index_put(
+            (torch.arange(B)[:, None], b_idx[None, :].expand(B, -1), a_idx[None, :].expand(B, -1)), e_off
+        )
         E = E + torch.diag_embed(e_diag.reshape(B, k))
         logits = -E - model.log_norm().to(E)[levels][:, :, None]
         clf = clf_from_logits(logits)
     else:
         clf = torch.zeros((), device=x0.device)
     total = dsm_weight * dsm + lambda_clf * clf
-    return LossOutput(total=total, dsm=dsm.detach(), clf=clf.detach(), n_dsm_terms=B * k, n_energy_evals=B * k * k)
+    return LossOutput(
+        total=total, dsm=dsm.detach(), clf=clf.detach(), n_dsm_terms=B * k, n_energy_evals=B * k * k
+    )
 
 
-def diffclf_binary_loss(model: LevelEnergy, xs: torch.Tensor, xt: torch.Tensor, ls: torch.Tensor,
-                        lt: torch.Tensor) -> torch.Tensor:
+def diffclf_binary_loss(
+    model: LevelEnergy, xs: torch.Tensor, xt: torch.Tensor, ls: torch.Tensor, lt: torch.Tensor
+) -> torch.Tensor:
     """Binary DiffCLF between levels ``ls`` and ``lt`` (``(B,)`` each) on noised samples ``xs``, ``xt``.
 
     ``l_b(x) = -E(x, t_b) - f_b``; ``L = 1/2 softplus(l_t(x_s) - l_s(x_s)) + 1/2 softplus(l_s(x_t) - l_t(x_t))``.
@@ -166,8 +195,13 @@ def diffclf_binary_loss(model: LevelEnergy, xs: torch.Tensor, xt: torch.Tensor, 
     return (0.5 * sp(logit(xs, lt) - logit(xs, ls)) + 0.5 * sp(logit(xt, ls) - logit(xt, lt))).mean()
 
 
-def dsm_only_loss(model: LevelEnergy, x0: torch.Tensor, levels: torch.Tensor, sigma_data: float,
-                  generator: torch.Generator | None = None) -> LossOutput:
+def dsm_only_loss(
+    model: LevelEnergy,
+    x0: torch.Tensor,
+    levels: torch.Tensor,
+    sigma_data: float,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
     """The DSM-only baseline at an equal number of DSM terms: ``x0`` repeated k times, levels ``(B, k)``."""
     B, k = levels.shape
     dsm = dsm_loss(model, x0.repeat_interleave(k, 0), levels.reshape(-1), sigma_data, generator=generator)

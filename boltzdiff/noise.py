@@ -50,12 +50,19 @@ class VPSchedule(Schedule):
 
     kind = "vp"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-4, t_max: float = 1 - 1e-4):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-4, t_max: float = 1 - 1e-4
+    ):
         if not (beta_max > beta_min >= 0):
             raise ConfigError(f"schedule: expected 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         if not (0 < t_min < t_max <= 1):
             raise ConfigError(f"schedule: expected 0 < t_min < t_max <= 1, got {t_min}, {t_max}")
-        self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), float(t_max)
+        self.beta_min, self.beta_max, self.t_min, self.t_max = (
+            float(beta_min),
+            float(beta_max),
+            float(t_min),
+            float(t_max),
+        )
 
     def _int_beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
@@ -77,7 +84,9 @@ class VPSchedule(Schedule):
         return (-b + torch.sqrt(b * b + 4 * a * B)) / (2 * a)
 
     def to_dict(self):
-        return dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, t_min=self.t_min, t_max=self.t_max)
+        return dict(
+            kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, t_min=self.t_min, t_max=self.t_max
+        )
 
 
 class VESchedule(Schedule):
@@ -85,10 +94,17 @@ class VESchedule(Schedule):
 
     kind = "ve"
 
-    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 10.0, t_min: float = 0.0, t_max: float = 1.0):
+    def __init__(
+        self, sigma_min: float = 1e-3, sigma_max: float = 10.0, t_min: float = 0.0, t_max: float = 1.0
+    ):
         if not (0 < sigma_min < sigma_max):
             raise ConfigError(f"schedule: expected 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max, self.t_min, self.t_max = float(sigma_min), float(sigma_max), float(t_min), float(t_max)
+        self.sigma_min, self.sigma_max, self.t_min, self.t_max = (
+            float(sigma_min),
+            float(sigma_max),
+            float(t_min),
+            float(t_max),
+        )
 
     def alpha(self, t):
         return torch.ones_like(t)
@@ -101,7 +117,9 @@ class VESchedule(Schedule):
         return (torch.log(torch.exp(-0.5 * lam) / self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
     def to_dict(self):
-        return dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, t_min=self.t_min, t_max=self.t_max)
+        return dict(
+            kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, t_min=self.t_min, t_max=self.t_max
+        )
 
 
 def make_schedule(spec: dict | None) -> Schedule:
@@ -175,7 +193,9 @@ class LevelGrid:
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return a.to(x) * x + s.to(x) * eps
 
-    def forward_log_density(self, x_to: torch.Tensor, x_from: torch.Tensor, i_from: int, i_to: int) -> torch.Tensor:
+    def forward_log_density(
+        self, x_to: torch.Tensor, x_from: torch.Tensor, i_from: int, i_to: int
+    ) -> torch.Tensor:
         """``log K(x_to | x_from)`` of the forward transition, ``(B,)`` float64."""
         a, s = self.transition_coeffs(i_from, i_to)
         d = x_to.shape[-1]
@@ -195,7 +215,9 @@ def make_grid(schedule: Schedule, n_levels: int, spacing: str = "linear") -> Lev
     if spacing == "linear":
         t = torch.linspace(schedule.t_min, schedule.t_max, int(n_levels), dtype=torch.float64)
     elif spacing == "logsnr":
-        lam = torch.linspace(float(schedule.log_snr(t0)), float(schedule.log_snr(t1)), int(n_levels), dtype=torch.float64)
+        lam = torch.linspace(
+            float(schedule.log_snr(t0)), float(schedule.log_snr(t1)), int(n_levels), dtype=torch.float64
+        )
         t = schedule.t_of_log_snr(lam)
         t[0], t[-1] = t0, t1
     else:

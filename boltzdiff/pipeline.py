@@ -76,8 +76,10 @@ def _check_run_dir(out: Path, system: System, preset: str) -> None:
     if f.exists():
         old = json.loads(f.read_text())
         if old.get("system_path") != str(system.path) or old.get("variant") != system.variant:
-            raise ConfigError(f"{out} holds a run of system {old.get('system')!r} (variant {old.get('variant')}); "
-                              f"choose another --out for {system.name!r}")
+            raise ConfigError(
+                f"{out} holds a run of system {old.get('system')!r} (variant {old.get('variant')}); "
+                f"choose another --out for {system.name!r}"
+            )
         if old.get("preset") != preset:
             raise ConfigError(f"{out} holds a run with preset {old.get('preset')!r}, not {preset!r}")
 
@@ -150,15 +152,28 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
     gen = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
-    res = smc(run.model, n, generator=gen, levels=s.get("levels"), mcmc=mcmc, target=target,
-              n_bridge=int(s.get("n_bridge", 16)), progress=progress)
+    res = smc(
+        run.model,
+        n,
+        generator=gen,
+        levels=s.get("levels"),
+        mcmc=mcmc,
+        target=target,
+        n_bridge=int(s.get("n_bridge", 16)),
+        progress=progress,
+    )
     x = res.x.detach().double().cpu()
     if kind_of(system) != "analytic" and len(system.target.event_shape) == 2:
         n_, sd = system.target.event_shape
         xr = x.reshape(-1, n_, sd)
         x = (xr - xr.mean(1, keepdim=True)).reshape(x.shape[0], -1)
-    summary = dict(res.summary(), wall_s=time.time() - t0, to_target=bool(target is not None), seed=seed + 1,
-                   ess_trace=res.ess_trace.tolist())
+    summary = dict(
+        res.summary(),
+        wall_s=time.time() - t0,
+        to_target=bool(target is not None),
+        seed=seed + 1,
+        ess_trace=res.ess_trace.tolist(),
+    )
 
     def save(p):
         with open(p, "wb") as fh:
@@ -168,8 +183,16 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     atomic_write_json(out / "samples.json", summary)
 
 
-def run_pipeline(system_name: str, out_dir: str | Path, preset: str = "quick", variant: str | None = None,
-                 seed: int = 0, device: str = "cpu", progress: bool = True, stages=STAGES) -> dict:
+def run_pipeline(
+    system_name: str,
+    out_dir: str | Path,
+    preset: str = "quick",
+    variant: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    stages=STAGES,
+) -> dict:
     """Run (or resume) every stage; returns analysis.json's contents."""
     from boltzdiff.analysis.pipeline_analysis import analyze_run
 
@@ -179,10 +202,21 @@ def run_pipeline(system_name: str, out_dir: str | Path, preset: str = "quick", v
     out.mkdir(parents=True, exist_ok=True)
     settings = resolve_settings(system, preset, seed, device)
     if not (out / "pipeline.json").exists():
-        atomic_write_json(out / "pipeline.json", dict(system=system.name, system_path=str(system.path),
-                                                      variant=system.variant, preset=preset, seed=seed,
-                                                      settings=settings, kind=kind_of(system)))
-        write_run_info(out, dict(system=system.name, variant=system.variant, preset=preset, settings=settings), seed)
+        atomic_write_json(
+            out / "pipeline.json",
+            dict(
+                system=system.name,
+                system_path=str(system.path),
+                variant=system.variant,
+                preset=preset,
+                seed=seed,
+                settings=settings,
+                kind=kind_of(system),
+            ),
+        )
+        write_run_info(
+            out, dict(system=system.name, variant=system.variant, preset=preset, settings=settings), seed
+        )
     t0 = time.time()
     data = stage_reference(system, out, settings, progress) if "reference" in stages else None
     if "train" in stages:

@@ -89,7 +89,9 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
     if f.is_file():
         return f
     avail = ", ".join(available_systems()) or "(none)"
-    raise ConfigError(f"system: unknown system {str(name_or_path)!r}; expected one of: {avail}, or a path to a system.yaml")
+    raise ConfigError(
+        f"system: unknown system {str(name_or_path)!r}; expected one of: {avail}, or a path to a system.yaml"
+    )
 
 
 def read_yaml(path: Path, what: str = "YAML") -> dict:
@@ -122,7 +124,9 @@ def load_system(name_or_path: str | Path, variant: str | None = None) -> System:
     variant = variant or default_variant
     if variant is not None:
         if variant not in variants:
-            raise ConfigError(f"{path}: unknown variant {variant!r}; expected one of {sorted(variants) or '(none)'}")
+            raise ConfigError(
+                f"{path}: unknown variant {variant!r}; expected one of {sorted(variants) or '(none)'}"
+            )
         spec = {**spec, **(variants[variant] or {})}
     spec.setdefault("name", path.parent.name)
     kind = spec.get("kind")

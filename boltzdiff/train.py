@@ -47,10 +47,19 @@ def data_stats(x: torch.Tensor, centred: bool) -> tuple[torch.Tensor, float]:
     return mu, sd
 
 
-def build_model(cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data: float,
-                system: System) -> PreconditionedEnergy:
+def build_model(
+    cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, system: System
+) -> PreconditionedEnergy:
     if cfg.network == "mlp":
-        return build_mlp_energy(grid, mu, sigma_data, width=cfg.width, depth=cfg.depth, time_input=cfg.time_input)
+        return build_mlp_energy(
+            grid,
+            mu,
+            sigma_data,
+            width=cfg.width,
+            depth=cfg.depth,
+            time_input=cfg.time_input,
+            fourier_scale=cfg.fourier_scale,
+        )
     from boltzdiff.models.egnn import build_egnn_energy
 
     n, sdim = system.target.event_shape
@@ -109,8 +118,13 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          system: System | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    system: System | None = None,
+) -> TrainResult:
     """Train an energy model as ``cfg`` says, writing everything to ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/ckpt.pt``; without it an existing checkpoint is an error.
@@ -119,15 +133,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     out = Path(out_dir)
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists() and not resume:
-        raise ConfigError(f"--out: {out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"--out: {out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+        )
     if resume and not ckpt_path.exists():
         log.info("no checkpoint in %s; starting a new run", out)
         resume = False
     if resume:
         saved = yaml.safe_load((out / "config.yaml").read_text())
         if saved.get("system") != cfg.system or saved.get("loss") != cfg.loss:
-            raise ConfigError(f"--resume: {out} was trained on system {saved.get('system')!r} with loss "
-                              f"{saved.get('loss')!r}, not {cfg.system!r}/{cfg.loss!r}")
+            raise ConfigError(
+                f"--resume: {out} was trained on system {saved.get('system')!r} with loss "
+                f"{saved.get('loss')!r}, not {cfg.system!r}/{cfg.loss!r}"
+            )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
@@ -149,8 +167,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     f_params = [model.f]
     net_params = [p for n, p in model.named_parameters() if n != "f"]
     opt = torch.optim.AdamW(
-        [dict(params=net_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-         dict(params=f_params, lr=cfg.lr_f, weight_decay=0.0)]
+        [
+            dict(params=net_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+            dict(params=f_params, lr=cfg.lr_f, weight_decay=0.0),
+        ]
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, wall_prev = 0, 0.0
@@ -170,30 +190,49 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         atomic_write_text(out / "system.yaml", yaml.safe_dump(system.spec, sort_keys=False))
         write_run_info(out, cfg.to_dict(), cfg.seed)
 
-    meta = dict(mu=mu.tolist(), sigma_data=sigma_d, grid=grid.to_dict(), network=cfg.network,
-                centred=particles, dim=target.dim)
+    meta = dict(
+        mu=mu.tolist(),
+        sigma_data=sigma_d,
+        grid=grid.to_dict(),
+        network=cfg.network,
+        centred=particles,
+        dim=target.dim,
+    )
     data = data.to(device)
     n = data.shape[0]
 
     def save(final: bool = False):
-        state = dict(model=model.state_dict(), ema=ema.model.state_dict(), opt=opt.state_dict(),
-                     sched=sched.state_dict(), gen=gen.get_state(), step=step, wall_s=wall_prev + (time.time() - t0),
-                     config=cfg.to_dict())
+        state = dict(
+            model=model.state_dict(),
+            ema=ema.model.state_dict(),
+            opt=opt.state_dict(),
+            sched=sched.state_dict(),
+            gen=gen.get_state(),
+            step=step,
+            wall_s=wall_prev + (time.time() - t0),
+            config=cfg.to_dict(),
+        )
         atomic_save(ckpt_path, lambda p: torch.save(state, p))
         if final:
-            atomic_save(out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p))
+            atomic_save(
+                out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p)
+            )
 
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True
+    )
     metrics_fh = open(out / "metrics.jsonl", "a")
     n_bad = 0
     try:
         while step < cfg.steps:
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
             x0 = data[idx]
-            levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
+            levels = draw_levels(
+                cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device
+            )
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
                 res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen)
             else:
@@ -214,11 +253,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             ema.update(model, step)
             step += 1
             if step % 50 == 0 or step == cfg.steps:
-                rec = dict(step=step, loss=float(res.total.detach()), dsm=float(res.dsm),
-                           clf=None if res.clf is None else float(res.clf))
+                rec = dict(
+                    step=step,
+                    loss=float(res.total.detach()),
+                    dsm=float(res.dsm),
+                    clf=None if res.clf is None else float(res.clf),
+                )
                 metrics_fh.write(json.dumps(rec) + "\n")
                 metrics_fh.flush()
-                bar.set_postfix(dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}")
+                bar.set_postfix(
+                    dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}"
+                )
             bar.update(1)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save()
@@ -256,7 +301,9 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
     cfg_file = rd / "config.yaml"
     model_file, ckpt_file = rd / "model.pt", rd / "ckpt.pt"
     if not cfg_file.is_file() or not (model_file.is_file() or ckpt_file.is_file()):
-        raise ConfigError(f"run dir {rd} has no trained model (expected config.yaml and model.pt; run `boltzdiff train`)")
+        raise ConfigError(
+            f"run dir {rd} has no trained model (expected config.yaml and model.pt; run `boltzdiff train`)"
+        )
     raw = yaml.safe_load(cfg_file.read_text()) or {}
     from boltzdiff.config import merge_config
 
@@ -271,10 +318,14 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
         meta = None
     grid = grid_from_dict(meta["grid"]) if meta else build_grid(cfg)
     mu = torch.tensor(meta["mu"]) if meta else state["mu"]
-    sigma_d = meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
+    sigma_d = (
+        meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
+    )
     if system.target.dim != mu.numel():
-        raise ConfigError(f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} "
-                          f"(dim {system.target.dim})")
+        raise ConfigError(
+            f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} "
+            f"(dim {system.target.dim})"
+        )
     model = build_model(cfg, grid, mu, sigma_d, system)
     model.load_state_dict(state)
     model.to(device).eval()

@@ -15,7 +15,9 @@ def unbalanced():
 def test_exact_model_sits_at_the_bayes_floor():
     gmm = unbalanced()
     grid = make_grid(VPSchedule(), 24, "logsnr")
-    ev = evaluate_mixture(ExactMixtureEnergy(gmm, grid), gmm, n_chains=16, n_samples=300, n_samples_lowest=3000)
+    ev = evaluate_mixture(
+        ExactMixtureEnergy(gmm, grid), gmm, n_chains=16, n_samples=300, n_samples_lowest=3000
+    )
     assert ev.clf_excess == 0.0
     # the fitted f of an exact model is ~0 and cannot beat the floor by more than its sampling noise
     assert abs(ev.clf_excess_fitted_f) < 0.02

@@ -102,12 +102,15 @@ def write(tmp_path, text, name="system.yaml"):
 
 
 def test_user_mixture_from_yaml_file_and_folder(tmp_path):
-    write(tmp_path, """
+    write(
+        tmp_path,
+        """
         kind: gaussian_mixture
         weights: [0.6, 0.3, 0.1]
         means: [[0, 0], [3, 0], [0, 3]]
         std: [0.5, 0.4, 0.3]
-    """)
+    """,
+    )
     for ref in (tmp_path, tmp_path / "system.yaml", str(tmp_path / "system.yaml")):
         t = load_system(ref).target
         assert t.dim == 2 and t.n_components == 3
@@ -117,7 +120,10 @@ def test_user_mixture_from_yaml_file_and_folder(tmp_path):
 @pytest.mark.parametrize(
     "body, match",
     [
-        ("weights: [0.5, 0.5, 0.1]\nmeans: [[0, 0], [1, 1]]\nstd: 1", "'weights' has 3 entries but 'means' has 2"),
+        (
+            "weights: [0.5, 0.5, 0.1]\nmeans: [[0, 0], [1, 1]]\nstd: 1",
+            "'weights' has 3 entries but 'means' has 2",
+        ),
         ("weights: [0.5, 0.5]\nmeans: [[0, 0], [1, 1]]\nstd: -1", "'std' must be positive"),
         ("weights: [0.5, 0.5]\nmeans: [[0, 0], [1, 1, 2]]\nstd: 1", "same length"),
         ("weights: [0.5, 0.5]\nstd: 1", "needs 'means'"),

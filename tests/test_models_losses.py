@@ -105,7 +105,9 @@ def test_diffclf_invariant_to_constant_energy_shift_and_gauge():
         gen = torch.Generator().manual_seed(0)
         x0 = gmm.sample(64, gen)
         levels = draw_levels(64, 12, 4, gen)
-        x = grid.alpha[levels][..., None] * x0[:, None] + grid.sigma[levels][..., None] * torch.randn(64, 4, 3, generator=gen)
+        x = grid.alpha[levels][..., None] * x0[:, None] + grid.sigma[levels][..., None] * torch.randn(
+            64, 4, 3, generator=gen
+        )
         base = clf_from_logits(clf_logits(exact, x, levels))
         g = torch.randn(12, generator=gen, dtype=torch.float64) * 5
         shifted = Shifted(exact, 7.5, g)

@@ -16,7 +16,10 @@ def _name(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {CONDA_NAMES.get(_name(r), _name(r)): r for r in py["dependencies"] + py["optional-dependencies"]["test"]}
+    wanted = {
+        CONDA_NAMES.get(_name(r), _name(r)): r
+        for r in py["dependencies"] + py["optional-dependencies"]["test"]
+    }
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = {_name(d): d for d in env["dependencies"] if isinstance(d, str)}
     missing = sorted(set(wanted) - set(conda))

@@ -21,12 +21,25 @@ def make_system(tmp_path, name, run_yaml):
 
 
 def test_dw4_end_to_end_and_resume(tmp_path):
-    sysdir = make_system(tmp_path, "dw4", {
-        "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
-        "presets": {"quick": {"reference": {"n_steps": 300, "n_chains": 8, "burn_in": 100, "save_every": 10,
-                                            "step_size": 0.05},
-                              "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0}}},
-    })
+    sysdir = make_system(
+        tmp_path,
+        "dw4",
+        {
+            "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
+            "presets": {
+                "quick": {
+                    "reference": {
+                        "n_steps": 300,
+                        "n_chains": 8,
+                        "burn_in": 100,
+                        "save_every": 10,
+                        "step_size": 0.05,
+                    },
+                    "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0},
+                }
+            },
+        },
+    )
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "analysis.json").read_text())
@@ -51,9 +64,17 @@ def test_dw4_end_to_end_and_resume(tmp_path):
 def test_mixture_end_to_end(tmp_path):
     d = tmp_path / "mix"
     d.mkdir()
-    (d / "system.yaml").write_text("kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n")
-    (d / "run.yaml").write_text(yaml.safe_dump({"train": {**TINY_TRAIN, "width": 16, "depth": 1},
-                                                "presets": {"quick": {"sample": {"n": 128, "n_bridge": 2}}}}))
+    (d / "system.yaml").write_text(
+        "kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n"
+    )
+    (d / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "train": {**TINY_TRAIN, "width": 16, "depth": 1},
+                "presets": {"quick": {"sample": {"n": 128, "n_bridge": 2}}},
+            }
+        )
+    )
     out = tmp_path / "run"
     assert main(["run", str(d), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "analysis.json").read_text())
@@ -64,7 +85,15 @@ def test_mixture_end_to_end(tmp_path):
 def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path)]) == 2
     assert "not a `boltzdiff run` directory" in capsys.readouterr().err
-    (tmp_path / "pipeline.json").write_text(json.dumps({"system": "dw4", "system_path": str(SYSTEMS_DIR / "dw4" / "system.yaml"),
-                                                        "variant": None, "preset": "quick"}))
+    (tmp_path / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "system": "dw4",
+                "system_path": str(SYSTEMS_DIR / "dw4" / "system.yaml"),
+                "variant": None,
+                "preset": "quick",
+            }
+        )
+    )
     assert main(["analyze", str(tmp_path)]) == 2
     assert "no samples.npz" in capsys.readouterr().err

@@ -11,8 +11,18 @@ from boltzdiff.cli import main
 from boltzdiff.config import TrainConfig
 from boltzdiff.train import load_run, train
 
-SMALL = dict(system="gmm2_unbalanced", steps=12, batch_size=16, n_levels=16, width=16, depth=1, k=3,
-             n_data=500, checkpoint_every=4, lr_warmup=2)
+SMALL = dict(
+    system="gmm2_unbalanced",
+    steps=12,
+    batch_size=16,
+    n_levels=16,
+    width=16,
+    depth=1,
+    k=3,
+    n_data=500,
+    checkpoint_every=4,
+    lr_warmup=2,
+)
 
 
 def small_cfg(**kw):
@@ -21,7 +31,15 @@ def small_cfg(**kw):
 
 def test_train_writes_a_complete_run_dir(tmp_path):
     res = train(small_cfg(), tmp_path / "r", progress=False)
-    for f in ("config.yaml", "run_info.json", "ckpt.pt", "model.pt", "metrics.jsonl", "train_summary.json", "system.yaml"):
+    for f in (
+        "config.yaml",
+        "run_info.json",
+        "ckpt.pt",
+        "model.pt",
+        "metrics.jsonl",
+        "train_summary.json",
+        "system.yaml",
+    ):
         assert (tmp_path / "r" / f).is_file(), f
     info = json.loads((tmp_path / "r" / "run_info.json").read_text())
     assert info["seed"] == 0 and info["config"]["steps"] == 12 and "torch" in info["versions"]
@@ -75,9 +93,14 @@ def run_cli(capsys, *argv):
     "argv, match",
     [
         (["train", "--system", "nope", "--out", "X"], "unknown system 'nope'"),
-        (["train", "--system", "gmm2_unbalanced", "--steps", "0", "--out", "X"], "--steps: expected a positive integer"),
-        (["train", "--system", "gmm2_unbalanced", "--data", "missing.npy", "--steps", "2", "--out", "X"],
-         "missing.npy does not exist"),
+        (
+            ["train", "--system", "gmm2_unbalanced", "--steps", "0", "--out", "X"],
+            "--steps: expected a positive integer",
+        ),
+        (
+            ["train", "--system", "gmm2_unbalanced", "--data", "missing.npy", "--steps", "2", "--out", "X"],
+            "missing.npy does not exist",
+        ),
         (["evaluate", "no_such_run"], "does not exist"),
     ],
 )
@@ -90,10 +113,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, arg
 
 def test_cli_bad_yaml_fields(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bad.yaml").write_text("kind: gaussian_mixture\nweights: [0.5, 0.5, 0.1]\nmeans: [[0], [1]]\nstd: 1\n")
+    (tmp_path / "bad.yaml").write_text(
+        "kind: gaussian_mixture\nweights: [0.5, 0.5, 0.1]\nmeans: [[0], [1]]\nstd: 1\n"
+    )
     rc, err = run_cli(capsys, "train", "--system", "bad.yaml", "--out", "X")
     assert rc == 2 and len(err) == 1 and "'weights' has 3 entries" in err[0]
-    (tmp_path / "neg.yaml").write_text("kind: gaussian_mixture\nweights: [0.5, 0.5]\nmeans: [[0], [1]]\nstd: -0.1\n")
+    (tmp_path / "neg.yaml").write_text(
+        "kind: gaussian_mixture\nweights: [0.5, 0.5]\nmeans: [[0], [1]]\nstd: -0.1\n"
+    )
     rc, err = run_cli(capsys, "train", "--system", "neg.yaml", "--out", "X")
     assert rc == 2 and "'std' must be positive" in err[0]
     (tmp_path / "run.yaml").write_text("stepz: 3\n")
@@ -105,8 +132,25 @@ def test_cli_train_then_evaluate(tmp_path):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "system"}))
     run_dir = tmp_path / "run"
-    assert main(["train", "--system", "gmm2_unbalanced", "--config", str(cfg), "--out", str(run_dir), "--no-progress"]) == 0
-    assert main(["evaluate", str(run_dir), "--n-chains", "4", "--n-samples", "50"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--system",
+                "gmm2_unbalanced",
+                "--config",
+                str(cfg),
+                "--out",
+                str(run_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["evaluate", str(run_dir), "--n-chains", "4", "--n-samples", "50", "--smc-particles", "100"])
+        == 0
+    )
     ev = json.loads((run_dir / "eval.json").read_text())
     for key in ("clf_excess", "log_ratio_std", "ess_per_level", "mode_weights", "true_mode_weights"):
         assert key in ev
@@ -115,6 +159,9 @@ def test_cli_train_then_evaluate(tmp_path):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "boltzdiff.cli", "train", "--system", "nope", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "boltzdiff.cli", "train", "--system", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1

@@ -54,23 +54,35 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     meta = json.loads(pj.read_text())
     system = system or load_system(meta["system_path"], meta.get("variant"))
     if not (out / "samples.npz").exists() or not (out / "samples.json").exists():
-        raise ConfigError(f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)")
+        raise ConfigError(
+            f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)"
+        )
     with np.load(out / "samples.npz") as z:
         x, log_w_raw = z["x"], z["log_w"]
     summ = json.loads((out / "samples.json").read_text())
     cw = clean_log_weights(log_w_raw)
     log_w = cw.log_w_n
     kind = kind_of(system)
-    res: dict = dict(system=system.name, variant=system.variant, preset=meta.get("preset"), kind=kind,
-                     n_samples=int(len(x)), ess=kish_ess(log_w), n_zero_weight=int(cw.n_zero + cw.n_invalid),
-                     n_target_evals=int(summ.get("n_target_evals", 0)), n_model_evals=int(summ.get("n_model_evals", 0)),
-                     sample_wall_s=summ.get("wall_s"))
+    res: dict = dict(
+        system=system.name,
+        variant=system.variant,
+        preset=meta.get("preset"),
+        kind=kind,
+        n_samples=int(len(x)),
+        ess=kish_ess(log_w),
+        n_zero_weight=int(cw.n_zero + cw.n_invalid),
+        n_target_evals=int(summ.get("n_target_evals", 0)),
+        n_model_evals=int(summ.get("n_model_evals", 0)),
+        sample_wall_s=summ.get("wall_s"),
+    )
     train_summary = out / "train" / "train_summary.json"
     if train_summary.exists():
         res["train_wall_s"] = json.loads(train_summary.read_text())["wall_s"]
     figs = []
     if summ.get("ess_trace"):
-        figs.append(("ESS over the SMC steps", plot_ess_trace(np.array(summ["ess_trace"]), out / "ess_trace.png")))
+        figs.append(
+            ("ESS over the SMC steps", plot_ess_trace(np.array(summ["ess_trace"]), out / "ess_trace.png"))
+        )
     target = system.target
     u = _energies(target, x)
     finite = np.isfinite(u)
@@ -85,24 +97,56 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         from boltzdiff.samplers.diagnostics import mode_report
 
         rep = mode_report(target, torch.as_tensor(x), torch.as_tensor(log_w))
-        res.update(mode_weights=rep["estimated"], true_mode_weights=rep["exact"],
-                   mode_weight_error=rep["max_abs_error"], mode_weight_tv=rep["tv"])
-        figs.append(("energy histograms: exact samples, reweighted SMC",
-                     plot_energy_histograms({"exact": (_energies(target, target.sample(len(x), torch.Generator()
-                                                                                    .manual_seed(7)).double().numpy()), None),
-                                             "model (unweighted)": (u, None), "reweighted": (u, log_w)},
-                                            out / "energy_hist.png")))
+        res.update(
+            mode_weights=rep["estimated"],
+            true_mode_weights=rep["exact"],
+            mode_weight_error=rep["max_abs_error"],
+            mode_weight_tv=rep["tv"],
+        )
+        figs.append(
+            (
+                "energy histograms: exact samples, reweighted SMC",
+                plot_energy_histograms(
+                    {
+                        "exact": (
+                            _energies(
+                                target,
+                                target.sample(len(x), torch.Generator().manual_seed(7)).double().numpy(),
+                            ),
+                            None,
+                        ),
+                        "model (unweighted)": (u, None),
+                        "reweighted": (u, log_w),
+                    },
+                    out / "energy_hist.png",
+                ),
+            )
+        )
     else:
         ref_pos = out / "reference" / "positions.npy"
         ref_x = np.load(ref_pos).reshape(-1, target.dim) if ref_pos.exists() else None
-        ref_u = np.load(out / "reference" / "energies.npy") if (out / "reference" / "energies.npy").exists() else None
+        ref_u = (
+            np.load(out / "reference" / "energies.npy")
+            if (out / "reference" / "energies.npy").exists()
+            else None
+        )
         if ref_u is not None:
             res["reference_mean_energy_kT"] = float(np.mean(ref_u))
             res["energy_w1_reweighted"] = wasserstein_1(u[finite], ref_u, log_w[finite])
             res["energy_w1_unweighted"] = wasserstein_1(u[finite], ref_u)
-            figs.append(("reduced energy: reference, model samples, reweighted",
-                         plot_energy_histograms({"reference": (ref_u, None), "model (unweighted)": (u, None),
-                                                 "reweighted": (u, log_w)}, out / "energy_hist.png")))
+            figs.append(
+                (
+                    "reduced energy: reference, model samples, reweighted",
+                    plot_energy_histograms(
+                        {
+                            "reference": (ref_u, None),
+                            "model (unweighted)": (u, None),
+                            "reweighted": (u, log_w),
+                        },
+                        out / "energy_hist.png",
+                    ),
+                )
+            )
         if kind == "molecule":
             res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs))
         else:
@@ -114,13 +158,20 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
             figs.append(("interatomic distances", plot_distance_histograms(hists, out / "distances.png")))
     write_json_atomic(out / "analysis.json", res)
     numbers = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
-    write_report_md(out / "report.md", f"boltzdiff run: {system.name} ({meta.get('preset')})", numbers, figs,
-                    notes="Weighted quantities use the SMC importance weights of particles annealed to the exact "
-                          "target energy; `ess` is the normalised Kish ESS.")
+    write_report_md(
+        out / "report.md",
+        f"boltzdiff run: {system.name} ({meta.get('preset')})",
+        numbers,
+        figs,
+        notes="Weighted quantities use the SMC importance weights of particles annealed to the exact "
+        "target energy; `ess` is the normalised Kish ESS.",
+    )
     return res
 
 
-def _molecule(system, out: Path, x: np.ndarray, log_w: np.ndarray, ref_x, n_bootstrap: int, figs: list) -> dict:
+def _molecule(
+    system, out: Path, x: np.ndarray, log_w: np.ndarray, ref_x, n_bootstrap: int, figs: list
+) -> dict:
     from boltzdiff.cv import phi_psi
     from boltzdiff.models.egnn import fix_chirality, reference_chirality
 
@@ -136,8 +187,12 @@ def _molecule(system, out: Path, x: np.ndarray, log_w: np.ndarray, ref_x, n_boot
 
         quads = ALDP_CHIRAL_QUADS
     if quads:
-        ref_sign = reference_chirality(torch.as_tensor(ref_x.reshape(-1, n, 3)) if ref_x is not None
-                                       else torch.as_tensor(np.asarray(system.positions))[None], quads)
+        ref_sign = reference_chirality(
+            torch.as_tensor(ref_x.reshape(-1, n, 3))
+            if ref_x is not None
+            else torch.as_tensor(np.asarray(system.positions))[None],
+            quads,
+        )
         fx = fix_chirality(xs, quads, ref_sign)
         xs = fx.x
         r["n_mirrored"] = int(fx.n_flipped)
@@ -149,17 +204,32 @@ def _molecule(system, out: Path, x: np.ndarray, log_w: np.ndarray, ref_x, n_boot
     profiles = {"reweighted model": prof}
     if ref_x is not None:
         phi_r, psi_r = phi_psi(ref_x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
-        df_r = delta_f_phi(phi_r, None, n_bootstrap=n_bootstrap, rng=rng, block_length=max(1, len(phi_r) // 50))
+        df_r = delta_f_phi(
+            phi_r, None, n_bootstrap=n_bootstrap, rng=rng, block_length=max(1, len(phi_r) // 50)
+        )
         r.update(md_delta_f_kT=float(df_r.delta_f), md_delta_f_se_kT=float(df_r.se))
-        prof_r = free_energy_profile(phi_r, None, bins=36, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng,
-                                     block_length=max(1, len(phi_r) // 50))
+        prof_r = free_energy_profile(
+            phi_r,
+            None,
+            bins=36,
+            range=(-np.pi, np.pi),
+            n_bootstrap=n_bootstrap,
+            rng=rng,
+            block_length=max(1, len(phi_r) // 50),
+        )
         profiles["MD"] = prof_r
         cmp = pmf_rmse(prof.f_b, prof_r.f_b, weights=prof_r.p_b)
         r["pmf_rmse_kT"] = float(cmp.rmse)
         h_m = weighted_histogram_2d(phi, psi, log_w, bins=36, range=((-np.pi, np.pi), (-np.pi, np.pi)))
         h_r = weighted_histogram_2d(phi_r, psi_r, None, bins=36, range=((-np.pi, np.pi), (-np.pi, np.pi)))
         r["ramachandran_js"] = float(jensen_shannon(h_m.p_xy, h_r.p_xy))
-        figs.append(("Ramachandran plot: MD vs reweighted model",
-                     plot_ramachandran(phi_r, psi_r, phi, psi, log_w, out / "ramachandran.png")))
-    figs.append(("F(phi) with bootstrap bands", plot_free_energy_profiles(profiles, out / "free_energy_phi.png")))
+        figs.append(
+            (
+                "Ramachandran plot: MD vs reweighted model",
+                plot_ramachandran(phi_r, psi_r, phi, psi, log_w, out / "ramachandran.png"),
+            )
+        )
+    figs.append(
+        ("F(phi) with bootstrap bands", plot_free_energy_profiles(profiles, out / "free_energy_phi.png"))
+    )
     return r

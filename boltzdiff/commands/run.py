@@ -6,9 +6,14 @@ DEFAULT_SYSTEM = "alanine_dipeptide"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="reference data, training, SMC to the exact target, analysis, report",
-                       description="Runs (or resumes) every stage of the Boltzmann generator in one run directory.")
-    p.add_argument("system", nargs="?", default=DEFAULT_SYSTEM, help=f"system name or path (default: {DEFAULT_SYSTEM})")
+    p = sub.add_parser(
+        "run",
+        help="reference data, training, SMC to the exact target, analysis, report",
+        description="Runs (or resumes) every stage of the Boltzmann generator in one run directory.",
+    )
+    p.add_argument(
+        "system", nargs="?", default=DEFAULT_SYSTEM, help=f"system name or path (default: {DEFAULT_SYSTEM})"
+    )
     p.add_argument("--preset", default="quick", choices=["quick", "full"])
     p.add_argument("--variant")
     p.add_argument("--out", default=None, help="run directory (default: runs/<system>_<preset>)")
@@ -24,10 +29,31 @@ def run(args) -> int:
 
     from boltzdiff.pipeline import run_pipeline
 
-    out = args.out or str(Path("runs") / f"{Path(args.system).stem if args.system.endswith('.yaml') else Path(args.system).name}_{args.preset}")
-    res = run_pipeline(args.system, out, preset=args.preset, variant=args.variant, seed=args.seed, device=args.device,
-                       progress=not args.no_progress)
-    keys = ["ess", "delta_f_kT", "delta_f_se_kT", "md_delta_f_kT", "pmf_rmse_kT", "mode_weight_error",
-            "energy_w1_reweighted", "mean_energy_kT", "n_target_evals"]
-    logging.getLogger(__name__).info("  ".join(f"{k}={res[k]:.4g}" for k in keys if isinstance(res.get(k), (int, float))))
+    out = args.out or str(
+        Path("runs")
+        / f"{Path(args.system).stem if args.system.endswith('.yaml') else Path(args.system).name}_{args.preset}"
+    )
+    res = run_pipeline(
+        args.system,
+        out,
+        preset=args.preset,
+        variant=args.variant,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    keys = [
+        "ess",
+        "delta_f_kT",
+        "delta_f_se_kT",
+        "md_delta_f_kT",
+        "pmf_rmse_kT",
+        "mode_weight_error",
+        "energy_w1_reweighted",
+        "mean_energy_kT",
+        "n_target_evals",
+    ]
+    logging.getLogger(__name__).info(
+        "  ".join(f"{k}={res[k]:.4g}" for k in keys if isinstance(res.get(k), (int, float)))
+    )
     return 0

@@ -19,16 +19,24 @@ def _nonneg_int(s: str) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train an energy model (DSM or DSM + DiffCLF)",
-                       description="Train a time-dependent energy model on samples of a system.")
+    p = sub.add_parser(
+        "train",
+        help="train an energy model (DSM or DSM + DiffCLF)",
+        description="Train a time-dependent energy model on samples of a system.",
+    )
     p.add_argument("--system", help="system name (systems/<name>), folder, or system.yaml path")
     p.add_argument("--variant", help="system variant (e.g. vacuum/implicit)")
     p.add_argument("--loss", choices=["diffclf", "dsm"], help="DSM + DiffCLF (default) or DSM only")
     p.add_argument("--steps", type=_nonneg_int, help="optimiser steps")
     p.add_argument("--batch-size", type=_nonneg_int, dest="batch_size")
     p.add_argument("--k", type=_nonneg_int, help="distinct levels per data point")
-    p.add_argument("--warmup-steps", type=_nonneg_int, dest="warmup_steps", help="DSM-only steps first (two-stage)")
-    p.add_argument("--data", help="training configurations (.npy/.npz/.h5); default: exact samples if the target has them")
+    p.add_argument(
+        "--warmup-steps", type=_nonneg_int, dest="warmup_steps", help="DSM-only steps first (two-stage)"
+    )
+    p.add_argument(
+        "--data",
+        help="training configurations (.npy/.npz/.h5); default: exact samples if the target has them",
+    )
     p.add_argument("--config", help="run config YAML (fields of TrainConfig, optionally under 'train:')")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu (default) or cuda")
@@ -46,11 +54,24 @@ def run(args) -> int:
         raise ConfigError(f"--steps: expected a positive integer, got {args.steps}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-    over = dict(loss=args.loss, steps=args.steps, batch_size=args.batch_size, k=args.k,
-                warmup_steps=args.warmup_steps, data=args.data, seed=args.seed, device=args.device,
-                variant=args.variant)
+    over = dict(
+        loss=args.loss,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        k=args.k,
+        warmup_steps=args.warmup_steps,
+        data=args.data,
+        seed=args.seed,
+        device=args.device,
+        variant=args.variant,
+    )
     cfg = resolve_train_config(args.system, args.config, over)
     res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    log.info("trained %d steps in %.1f s (%.3f s/step); model in %s", res.steps, res.wall_s, res.sec_per_step,
-             res.run_dir / "model.pt")
+    log.info(
+        "trained %d steps in %.1f s (%.3f s/step); model in %s",
+        res.steps,
+        res.wall_s,
+        res.sec_per_step,
+        res.run_dir / "model.pt",
+    )
     return 0

@@ -39,7 +39,9 @@ class PreconditionedEnergy(LevelEnergy):
         The scale ``c_t`` of the network term.
     """
 
-    def __init__(self, net: nn.Module, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, time_input: str = "logsnr"):
+    def __init__(
+        self, net: nn.Module, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, time_input: str = "logsnr"
+    ):
         super().__init__()
         if time_input not in ("logsnr", "t"):
             raise ConfigError(f"model.time_input: expected 'logsnr' or 't', got {time_input!r}")
@@ -80,9 +82,17 @@ class PreconditionedEnergy(LevelEnergy):
         self.f.sub_(self.f[-1].clone())
 
 
-def build_mlp_energy(grid: LevelGrid, mu: torch.Tensor, sigma_data: float, width: int = 256, depth: int = 3,
-                     time_input: str = "logsnr", n_freq: int = 32) -> PreconditionedEnergy:
+def build_mlp_energy(
+    grid: LevelGrid,
+    mu: torch.Tensor,
+    sigma_data: float,
+    width: int = 256,
+    depth: int = 3,
+    time_input: str = "logsnr",
+    n_freq: int = 32,
+    fourier_scale: float = 4.0,
+) -> PreconditionedEnergy:
     from boltzdiff.models.mlp import ResMLP
 
-    net = ResMLP(int(mu.numel()), width=width, depth=depth, n_freq=n_freq)
+    net = ResMLP(int(mu.numel()), width=width, depth=depth, n_freq=n_freq, fourier_scale=fourier_scale)
     return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)

@@ -13,7 +13,9 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, n_freq: int = 32, scale: float = 4.0):
         super().__init__()
-        self.register_buffer("freqs", torch.randn(n_freq, generator=torch.Generator().manual_seed(1234)) * scale)
+        self.register_buffer(
+            "freqs", torch.randn(n_freq, generator=torch.Generator().manual_seed(1234)) * scale
+        )
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         arg = 2 * math.pi * c[:, None] * self.freqs[None, :]
@@ -46,11 +48,15 @@ class ResMLP(nn.Module):
         Hidden width and number of residual blocks.
     n_freq : int
         Fourier features of the noise input.
+    fourier_scale : float
+        Standard deviation of their frequencies: lower values make the energy vary more smoothly across levels.
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 32):
+    def __init__(
+        self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 32, fourier_scale: float = 4.0
+    ):
         super().__init__()
-        self.temb = FourierEmbedding(n_freq)
+        self.temb = FourierEmbedding(n_freq, fourier_scale)
         emb = 2 * n_freq
         self.temb_mlp = nn.Sequential(nn.Linear(emb, width), nn.SiLU(), nn.Linear(width, width))
         self.inp = nn.Linear(dim, width)

@@ -30,20 +30,28 @@ class GaussianMixture(Target):
     def __init__(self, weights, means, std, *, name: str = "gaussian_mixture"):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.dim() != 2:
-            raise ConfigError(f"{name}: 'means' must be a list of K lists of length dim, got shape {tuple(means.shape)}")
+            raise ConfigError(
+                f"{name}: 'means' must be a list of K lists of length dim, got shape {tuple(means.shape)}"
+            )
         K, d = means.shape
         weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
         if weights.shape[0] != K:
-            raise ConfigError(f"{name}: 'weights' has {weights.shape[0]} entries but 'means' has {K} components")
+            raise ConfigError(
+                f"{name}: 'weights' has {weights.shape[0]} entries but 'means' has {K} components"
+            )
         if not torch.all(torch.isfinite(weights)) or torch.any(weights <= 0):
             raise ConfigError(f"{name}: 'weights' must be positive and finite, got {weights.tolist()}")
         if abs(float(weights.sum()) - 1.0) > 1e-6:
-            warnings.warn(f"{name}: 'weights' sum to {float(weights.sum()):.6g}, not 1; normalising them", stacklevel=2)
+            warnings.warn(
+                f"{name}: 'weights' sum to {float(weights.sum()):.6g}, not 1; normalising them", stacklevel=2
+            )
         std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
         if std.numel() == 1:
             std = std.expand(K).clone()
         if std.shape[0] != K:
-            raise ConfigError(f"{name}: 'std' must be a scalar or have one entry per component ({K}), got {std.numel()}")
+            raise ConfigError(
+                f"{name}: 'std' must be a scalar or have one entry per component ({K}), got {std.numel()}"
+            )
         if not torch.all(torch.isfinite(std)) or torch.any(std <= 0):
             raise ConfigError(f"{name}: 'std' must be positive, got {std.tolist()}")
         if not torch.all(torch.isfinite(means)):
@@ -126,7 +134,9 @@ class GaussianMixture(Target):
             - 0.5 * self.dim * torch.log(2 * math.pi * (v1 + v2))
         )
         w = torch.softmax(logw.reshape(-1), 0)
-        return GaussianMixture(w, m.reshape(-1, self.dim), torch.sqrt(v).reshape(-1), name=f"{self.name}*{other.name}")
+        return GaussianMixture(
+            w, m.reshape(-1, self.dim), torch.sqrt(v).reshape(-1), name=f"{self.name}*{other.name}"
+        )
 
     def to_spec(self) -> dict:
         return dict(
@@ -169,11 +179,20 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
     if "random_means" in spec:
         rm = spec["random_means"]
         if not isinstance(rm, dict) or dim is None:
-            raise ConfigError(f"{where}: 'random_means' needs a mapping {{n_components, low, high, seed}} and 'dim'")
+            raise ConfigError(
+                f"{where}: 'random_means' needs a mapping {{n_components, low, high, seed}} and 'dim'"
+            )
         try:
-            n, lo, hi, seed = int(rm["n_components"]), float(rm["low"]), float(rm["high"]), int(rm.get("seed", 0))
+            n, lo, hi, seed = (
+                int(rm["n_components"]),
+                float(rm["low"]),
+                float(rm["high"]),
+                int(rm.get("seed", 0)),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: 'random_means' expected fields n_components, low, high, seed ({e})") from None
+            raise ConfigError(
+                f"{where}: 'random_means' expected fields n_components, low, high, seed ({e})"
+            ) from None
         g = torch.Generator().manual_seed(seed)
         means = lo + (hi - lo) * torch.rand(n, int(dim), generator=g, dtype=torch.float64)
     elif "means" in spec:
@@ -189,7 +208,9 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
                 raise ConfigError(f"{where}: 'means' expected a list of K lists of length dim")
             lens = {len(r) for r in raw}
             if len(lens) != 1:
-                raise ConfigError(f"{where}: every entry of 'means' must have the same length, got lengths {sorted(lens)}")
+                raise ConfigError(
+                    f"{where}: every entry of 'means' must have the same length, got lengths {sorted(lens)}"
+                )
             try:
                 means = torch.tensor(raw, dtype=torch.float64)
             except (TypeError, ValueError):
@@ -210,7 +231,11 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
         raise ConfigError(f"{where}: give exactly one of 'std' or 'variance' (scalar or one per component)")
     key = "std" if "std" in spec else "variance"
     raw = spec[key]
-    vals = [_parse_scalar(v, key, where) for v in raw] if isinstance(raw, list) else [_parse_scalar(raw, key, where)]
+    vals = (
+        [_parse_scalar(v, key, where) for v in raw]
+        if isinstance(raw, list)
+        else [_parse_scalar(raw, key, where)]
+    )
     vals_t = torch.tensor(vals, dtype=torch.float64)
     if torch.any(vals_t <= 0):
         raise ConfigError(f"{where}: '{key}' must be positive, got {vals}")
