@@ -97,3 +97,20 @@ def test_analyze_bad_input(tmp_path, capsys):
     )
     assert main(["analyze", str(tmp_path)]) == 2
     assert "no samples.npz" in capsys.readouterr().err
+
+
+def test_com_restraint_only_touches_the_centre_of_mass():
+    import torch
+
+    from boltzdiff import load_system
+    from boltzdiff.targets.base import ComRestrained
+
+    t = load_system("dw4").target
+    r = ComRestrained(t, var=0.5)
+    x = torch.randn(6, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    xc = x - x.mean(1, keepdim=True)
+    assert torch.allclose(r.energy(xc), t.energy(xc), atol=1e-10)  # no change on centred configurations
+    shift = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    # a translation changes u' by exactly n |shift|^2 / (2 var) and leaves u unchanged
+    assert torch.allclose(r.energy(xc + shift) - r.energy(xc), torch.full((6,), 4 * 0.58 / (2 * 0.5), dtype=torch.float64))
+    assert torch.allclose(t.energy(xc + shift), t.energy(xc), atol=1e-10)
