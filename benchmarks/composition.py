@@ -50,9 +50,7 @@ def write_systems(root: Path) -> None:
     for name, spec in SYSTEMS.items():
         d = root / "systems" / name
         d.mkdir(parents=True, exist_ok=True)
-        (d / "system.yaml").write_text(
-            yaml.safe_dump(dict(kind="gaussian_mixture", name=name, dim=2, **spec))
-        )
+        (d / "system.yaml").write_text(yaml.safe_dump(dict(kind="gaussian_mixture", name=name, dim=2, **spec)))
 
 
 def row(models, op, method, exact, res, wall):
@@ -66,18 +64,16 @@ def row(models, op, method, exact, res, wall):
         f"{s['n_model_evals']:10d} {wall:7.1f}",
         flush=True,
     )
-    return dict(
-        models=models, op=op, method=method, max_err=float(err), tv=tv, ess=s["ess"], weights=w.tolist()
-    )
+    return dict(models=models, op=op, method=method, max_err=float(err), tv=tv, ess=s["ess"], weights=w.tolist())
 
 
-def bench_pair(label, ma, mb, ga, gb, n, seed):
+def bench_pair(label, ma, mb, ga, gb, n, seed, methods=("SMC", "SMC + 2 MALA/level", "reverse SDE")):
     out = []
     exact_prod = ga.product(gb)
     exact_mix = mixture_of([ga, gb], MIX_WEIGHTS)
     for op, exact in (("product", exact_prod), ("mixture", exact_mix)):
         model = compose([ma, mb], op, weights=MIX_WEIGHTS if op == "mixture" else None)
-        for method in ("SMC", "SMC + 2 MALA/level", "reverse SDE"):
+        for method in methods:
             g = torch.Generator().manual_seed(seed)
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -96,11 +92,17 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="benchmarks/_work")
-    p.add_argument(
-        "--write-systems", action="store_true", help="write the system specs under --runs-dir and exit"
-    )
+    p.add_argument("--write-systems", action="store_true", help="write the system specs under --runs-dir and exit")
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--skip-trained", action="store_true")
+    p.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_A,RUN_B",
+        help="trained runs to compose (repeatable); default <runs-dir>/comp_{a,b}_{dsm,diffclf}",
+    )
+    p.add_argument("--methods", default="SMC,SMC + 2 MALA/level,reverse SDE")
     args = p.parse_args(argv)
     root = Path(args.runs_dir)
     if args.write_systems:
@@ -113,21 +115,22 @@ def main(argv=None):
     print(HEADER)
     if not args.skip_exact:
         grid = make_grid(VPSchedule(), 128, "logsnr")
-        bench_pair(
-            "exact", ExactMixtureEnergy(ga, grid), ExactMixtureEnergy(gb, grid), ga, gb, args.n, args.seed
-        )
+        bench_pair("exact", ExactMixtureEnergy(ga, grid), ExactMixtureEnergy(gb, grid), ga, gb, args.n, args.seed)
     if not args.skip_trained:
         from boltzdiff.train import load_run
 
-        for loss in ("dsm", "diffclf"):
-            dirs = [root / f"comp_a_{loss}", root / f"comp_b_{loss}"]
-            if not all((d / "model.pt").is_file() for d in dirs):
+        pairs = [(lab, dirs.split(",")) for lab, dirs in (q.split("=", 1) for q in args.pair)] or [
+            (f"trained {loss}", [root / f"comp_a_{loss}", root / f"comp_b_{loss}"]) for loss in ("dsm", "diffclf")
+        ]
+        methods = [m.strip() for m in args.methods.split(",")]
+        for label, dirs in pairs:
+            if not all((Path(d) / "model.pt").is_file() for d in dirs):
                 print(f"# {dirs}: no trained models, skipped")
                 continue
             ra, rb = (load_run(d) for d in dirs)
-            bench_pair(
-                f"trained {loss}", ra.model, rb.model, ra.system.target, rb.system.target, args.n, args.seed
-            )
+            ta, tb = ra.system.target, rb.system.target
+            print(f"# {label}: exact product weights {np.round(ta.product(tb).weights.numpy(), 4).tolist()}")
+            bench_pair(label, ra.model, rb.model, ta, tb, args.n, args.seed, methods)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,10 @@ def methods(model, gmm, n, seed, levels=None):
     ]
 
 
-def run_all(system, model_name, model, gmm, n, seed, skip=()):
+def run_all(system, model_name, model, gmm, n, seed, skip=(), only=None):
     out = []
     for name, fn in methods(model, gmm, n, seed):
-        if name in skip:
+        if name in skip or (only and name not in only):
             continue
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -111,6 +111,18 @@ def main(argv=None):
     p.add_argument("--runs-dir", default="benchmarks/_work")
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--skip-trained", action="store_true")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_DIR",
+        help="a trained run to benchmark (repeatable); default <runs-dir>/gmm2_{dsm,diffclf}",
+    )
+    p.add_argument(
+        "--trained-methods",
+        default="reverse SDE,SMC,SMC -> target (16 br.)",
+        help="comma-separated methods for the trained models (names as printed)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # the development machine is shared
     warnings.simplefilter("ignore", UserWarning)
@@ -128,13 +140,16 @@ def main(argv=None):
     if not args.skip_trained:
         from boltzdiff.train import load_run
 
-        for loss in ("dsm", "diffclf"):
-            rd = Path(args.runs_dir) / f"gmm2_{loss}"
-            if not (rd / "model.pt").is_file():
+        runs = [r.split("=", 1) for r in args.run] or [
+            (loss, str(Path(args.runs_dir) / f"gmm2_{loss}")) for loss in ("dsm", "diffclf")
+        ]
+        for label, rd in runs:
+            if not (Path(rd) / "model.pt").is_file():
                 print(f"# {rd}: no trained model, skipped")
                 continue
             run = load_run(rd)
-            run_all(run.system.name, f"trained {loss}", run.model, run.system.target, args.n, args.seed)
+            only = [m.strip() for m in args.trained_methods.split(",")]
+            run_all(run.system.name, label, run.model, run.system.target, args.n, args.seed, only=only)
 
 
 if __name__ == "__main__":
