@@ -31,6 +31,11 @@ from boltzdiff.errors import ConfigError
 from boltzdiff.models.base import LevelEnergy
 
 
+def _describe(grid) -> str:
+    sched = ", ".join(f"{k}={v}" for k, v in grid.schedule.to_dict().items())
+    return f"{grid.n} levels, spacing={getattr(grid, 'spacing', '?')}, {sched}"
+
+
 def check_compatible(models: Sequence[LevelEnergy], what: str = "compose") -> None:
     """Raise :class:`ConfigError` unless all ``models`` have the same ``dim`` and level grid."""
     if len(models) < 1:
@@ -42,7 +47,7 @@ def check_compatible(models: Sequence[LevelEnergy], what: str = "compose") -> No
         if not g0.same_as(m.grid) or g0.schedule.to_dict() != m.grid.schedule.to_dict():
             raise ConfigError(
                 f"{what}: model 1 and model {j} use different level grids "
-                f"({g0.n} levels, {g0.schedule.to_dict()} vs {m.grid.n} levels, {m.grid.schedule.to_dict()})"
+                f"({_describe(g0)} vs {_describe(m.grid)}); compose models trained on the same grid"
             )
 
 
