@@ -40,9 +40,7 @@ def test_noisiest_gaussian():
     m = build_mlp_energy(grid, torch.tensor([1.0, 2.0]), 0.5, width=8, depth=1)
     mean, std = noisiest_gaussian(m)
     assert torch.allclose(mean, grid.alpha[-1] * torch.tensor([1.0, 2.0], dtype=torch.float64), atol=1e-6)
-    assert float(std) == pytest.approx(
-        math.sqrt(float(grid.alpha[-1] ** 2 * 0.25 + grid.sigma[-1] ** 2)), rel=1e-5
-    )
+    assert float(std) == pytest.approx(math.sqrt(float(grid.alpha[-1] ** 2 * 0.25 + grid.sigma[-1] ** 2)), rel=1e-5)
     ve = make_grid(VESchedule(sigma_max=10.0), 16)
     g = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
     mean, std = noisiest_gaussian(ExactMixtureEnergy(g, ve))
@@ -218,3 +216,56 @@ def test_cli_run_dir_without_checkpoint_uses_real_load_run(tmp_path, capsys):
     assert main(["sample", str(tmp_path), "--n", "5", "--out", str(tmp_path / "o.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no trained model" in err[0]
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_a_real_training_run(tmp_path):
+    """`boltzdiff train` (2 steps) then `sample --sampler smc --to-target` and `compose` on the real run dir."""
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--system", "gmm40_2d", "--steps", "2", "--batch-size", "16", "--out", str(run), "--no-progress"]
+        )
+        == 0
+    )
+    out = tmp_path / "s.npz"
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--n",
+                "64",
+                "--levels",
+                "8",
+                "--to-target",
+                "--bridge-steps",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summ = json.loads(out.with_suffix(".json").read_text())
+    assert summ["n_target_evals"] > 0 and len(summ["modes"]["exact"]) == 40
+    assert (
+        main(
+            [
+                "compose",
+                str(run),
+                str(run),
+                "--op",
+                "mixture",
+                "--n",
+                "32",
+                "--levels",
+                "8",
+                "--out",
+                str(tmp_path / "c.npz"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
