@@ -11,9 +11,7 @@ from boltzdiff.targets.gmm import GaussianMixture
 def _as_log_w(log_w, n: int) -> torch.Tensor:
     if log_w is None:
         return torch.zeros(n, dtype=torch.float64)
-    return torch.as_tensor(np.asarray(log_w) if not isinstance(log_w, torch.Tensor) else log_w).to(
-        torch.float64
-    )
+    return torch.as_tensor(np.asarray(log_w) if not isinstance(log_w, torch.Tensor) else log_w).to(torch.float64)
 
 
 def weighted_mode_weights(gmm: GaussianMixture, x, log_w=None, hard: bool = False) -> np.ndarray:

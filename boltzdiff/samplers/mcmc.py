@@ -282,9 +282,7 @@ def run_mcmc(
         rate = float(acc[live].double().mean()) if live.any() else 0.0
         trace.append(rate)
         if config.adapt:
-            config.step_size = float(
-                config.step_size * math.exp(config.adapt_rate * (rate - config.target_accept))
-            )
+            config.step_size = float(config.step_size * math.exp(config.adapt_rate * (rate - config.target_accept)))
     mean_acc = float(sum(trace) / len(trace)) if trace else float("nan")
     return MCMCResult(x, state, mean_acc, float(config.step_size), trace, n_evals)
 

@@ -33,13 +33,10 @@ KERNELS = ("gaussian", "ancestral", "em")
 
 def model_dtype(model) -> torch.dtype:
     """Floating dtype the model computes in (its first floating parameter, else buffer; float64 if none)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point() and t.dim() > 0 and t.dtype in (torch.float32, torch.float64):
-            if isinstance(t, torch.nn.Parameter):
+    for tensors in (model.parameters(), model.buffers()):
+        for t in tensors:
+            if t.is_floating_point():
                 return t.dtype
-    for t in model.buffers():
-        if t.is_floating_point():
-            return t.dtype
     return torch.float64
 
 
@@ -123,9 +120,7 @@ def level_variances(model) -> torch.Tensor:
     return g.alpha**2 * data_variance(model) + g.sigma**2
 
 
-def fisher_level_variances(
-    grid, level: int, score: torch.Tensor, log_w: torch.Tensor | None = None
-) -> torch.Tensor:
+def fisher_level_variances(grid, level: int, score: torch.Tensor, log_w: torch.Tensor | None = None) -> torch.Tensor:
     """Level variances ``(N,)``, ``alpha^2 v + sigma^2`` with ``v`` fitted to the weighted Fisher information.
 
     At level ``level``, ``V = d / E_W[|score|^2]`` (exact for an isotropic Gaussian) and ``v = (V - sigma^2) /
@@ -301,9 +296,7 @@ def probability_flow_ode(
         i_from, i_to = lv[j], lv[j - 1]
         score = model.score(x, i_from)
         counter.model += x.shape[0] * int(getattr(model, "n_models", 1))
-        a_l, s_l, a_k, s_k = (
-            v.to(x) for v in (g.alpha[i_from], g.sigma[i_from], g.alpha[i_to], g.sigma[i_to])
-        )
+        a_l, s_l, a_k, s_k = (v.to(x) for v in (g.alpha[i_from], g.sigma[i_from], g.alpha[i_to], g.sigma[i_to]))
         x0_hat = (x + s_l**2 * score) / a_l
         x = a_k * x0_hat - s_k * s_l * score
     bad = int((~torch.isfinite(x).all(-1)).sum())

@@ -84,9 +84,7 @@ class _Run:
         alive = torch.isfinite(p.log_w)
         ok = torch.isfinite(inc)
         self.n_nonfinite += int((alive & ~ok).sum())
-        p.log_w = torch.where(
-            alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf)
-        )
+        p.log_w = torch.where(alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf))
         if not torch.isfinite(p.log_w).any():
             raise NonFiniteEnergyError(
                 f"smc: every particle had a non-finite energy or weight {where} ({self.n_nonfinite} particle "
@@ -194,9 +192,8 @@ def smc(
     run = _Run(n, generator, ess_threshold, resampler, progress)
 
     variances = level_variances(model)
-    own_path = hasattr(
-        model, "level_variances"
-    )  # a composition: its backward kernel follows its own variances
+    # a composition (not a diffusion) supplies its own level variances; its backward kernel follows them
+    own_path = hasattr(model, "level_variances")
 
     # -- start at the noisiest level ----------------------------------------------------------------------
     top = lv[-1]
