@@ -19,6 +19,7 @@ import torch
 
 from boltzdiff.models.base import LevelEnergy
 from boltzdiff.noise import LevelGrid
+from boltzdiff.samplers.resampling import kish_ess
 from boltzdiff.targets.gmm import GaussianMixture
 
 
@@ -121,12 +122,6 @@ class MixtureEval:
         return dict(self.__dict__)
 
 
-def ess_normalised(log_w: torch.Tensor) -> float:
-    """Kish ESS / n of weights ``exp(log_w)`` (float64, stable)."""
-    lw = log_w.double()
-    return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel())
-
-
 @torch.no_grad()
 def weighted_mode_weights(log_w: torch.Tensor, labels: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray]:
     """Self-normalised weights summed per component, and their delta-method standard errors."""
@@ -191,7 +186,7 @@ def evaluate_mixture(
             lr = lq - lp
             ok = torch.isfinite(lr)
             stds.append(float(lr[ok].std()) if ok.sum() > 1 else float("nan"))
-            esss.append(ess_normalised(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64))))
+            esss.append(kish_ess(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64))))
             mw, se = weighted_mode_weights(
                 torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K
             )

@@ -31,21 +31,15 @@ PACKAGES = ["boltzdiff", "torch", "numpy", "scipy", "openmm", "mdtraj", "pyyaml"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_save(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

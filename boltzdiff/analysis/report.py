@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -58,20 +57,10 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     Numpy/torch scalars and arrays are converted to plain Python; NaN/inf become ``null`` so the file is
     strict JSON. A reader never sees a half-written file, and an interrupted write leaves the old one.
     """
+    from boltzdiff.runinfo import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(obj), fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 
@@ -269,9 +258,7 @@ def write_report_md(
     for caption, png in figures:
         rel = os.path.relpath(Path(png).resolve(), path.parent.resolve())
         lines += [f"![{caption}]({Path(rel).as_posix()})", "", f"*{caption}*", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines))
-    os.replace(tmp, path)
+    from boltzdiff.runinfo import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines))
     return path
