@@ -47,7 +47,12 @@ VARIANTS: dict[str, dict] = {
     "recipe, k=8": {**RECIPE, "k": 8},
     "recipe, lambda_clf=0.1": {**RECIPE, "lambda_clf": 0.1},
     "recipe, lambda_clf=10": {**RECIPE, "lambda_clf": 10.0},
+    "recipe, k=3": {**RECIPE, "k": 3},
     "recipe, N=32 levels": {**RECIPE, "n_levels": 32},
+    "recipe, N=64 levels": {**RECIPE, "n_levels": 64},
+    "recipe, input Fourier 64 x scale 4": {**RECIPE, "input_fourier": 64, "input_fourier_scale": 4.0},
+    "recipe, input Fourier 64 x scale 8": {**RECIPE, "input_fourier": 64, "input_fourier_scale": 8.0},
+    "recipe, N=32 levels, k=3": {**RECIPE, "n_levels": 32, "k": 3},
     "recipe, smooth time embedding (fourier_scale=1)": {**RECIPE, "fourier_scale": 1.0},
     "recipe, fourier_scale=1, k=2": {**RECIPE, "fourier_scale": 1.0, "k": 2},
 }

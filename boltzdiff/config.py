@@ -15,7 +15,8 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the mixture recipe (see benchmarks/RESULTS.md).
 
     Grid: ``n_levels`` levels of ``schedule`` spaced ``spacing``. Model: ``width``/``depth`` residual MLP (or
-    ``network: egnn``), noise input ``time_input``. Loss: ``loss`` in {diffclf, dsm}; DiffCLF uses ``k`` distinct
+    ``network: egnn``), noise input ``time_input``, optionally ``input_fourier`` random Fourier features of the
+    input (frequency scale ``input_fourier_scale``). Loss: ``loss`` in {diffclf, dsm}; DiffCLF uses ``k`` distinct
     levels per data point drawn by ``level_sampling`` (window ``level_window``) and weight ``lambda_clf``;
     ``warmup_steps`` of DSM only first (two-stage). Optimiser: AdamW ``lr`` (``lr_f`` for the log-normalisers),
     EMA ``ema``, clipping ``grad_clip``.
@@ -46,6 +47,8 @@ class TrainConfig:
     depth: int = 3
     time_input: str = "logsnr"
     fourier_scale: float = 4.0
+    input_fourier: int = 0
+    input_fourier_scale: float = 4.0
     egnn: dict = field(default_factory=dict)
     data: str | None = None
     n_data: int = 100_000
@@ -77,6 +80,8 @@ class TrainConfig:
             bad("ema", "a number in [0, 1)")
         if self.lambda_clf < 0:
             bad("lambda_clf", "a non-negative number")
+        if not isinstance(self.input_fourier, int) or self.input_fourier < 0:
+            bad("input_fourier", "a non-negative integer (number of input Fourier features; 0 = off)")
         if self.spacing not in ("linear", "logsnr"):
             bad("spacing", "'linear' or 'logsnr'")
         if self.time_input not in ("logsnr", "t"):

@@ -59,6 +59,8 @@ def build_model(
             depth=cfg.depth,
             time_input=cfg.time_input,
             fourier_scale=cfg.fourier_scale,
+            input_fourier=cfg.input_fourier,
+            input_fourier_scale=cfg.input_fourier_scale,
         )
     from boltzdiff.models.egnn import build_egnn_energy
 
@@ -214,25 +216,19 @@ def train(
         )
         atomic_save(ckpt_path, lambda p: torch.save(state, p))
         if final:
-            atomic_save(
-                out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p)
-            )
+            atomic_save(out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p))
 
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    bar = tqdm(
-        total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True
-    )
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True)
     metrics_fh = open(out / "metrics.jsonl", "a")
     n_bad = 0
     try:
         while step < cfg.steps:
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
             x0 = data[idx]
-            levels = draw_levels(
-                cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device
-            )
+            levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
                 res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen)
             else:
@@ -261,9 +257,7 @@ def train(
                 )
                 metrics_fh.write(json.dumps(rec) + "\n")
                 metrics_fh.flush()
-                bar.set_postfix(
-                    dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}"
-                )
+                bar.set_postfix(dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}")
             bar.update(1)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save()
@@ -318,13 +312,10 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
         meta = None
     grid = grid_from_dict(meta["grid"]) if meta else build_grid(cfg)
     mu = torch.tensor(meta["mu"]) if meta else state["mu"]
-    sigma_d = (
-        meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
-    )
+    sigma_d = meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
     if system.target.dim != mu.numel():
         raise ConfigError(
-            f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} "
-            f"(dim {system.target.dim})"
+            f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} (dim {system.target.dim})"
         )
     model = build_model(cfg, grid, mu, sigma_d, system)
     model.load_state_dict(state)

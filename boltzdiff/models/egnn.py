@@ -65,9 +65,7 @@ class _EdgeMessage(nn.Module):
         return self.act(self.out(self.act(z)))
 
 
-def _scatter_pairs(
-    val: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, n: int, sign_j: float
-) -> torch.Tensor:
+def _scatter_pairs(val: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, n: int, sign_j: float) -> torch.Tensor:
     """``out_k = sum_{p: i_p = k} val_p + sign_j * sum_{p: j_p = k} val_p`` for ``val: (B, P, F)`` ->
     ``(B, n, F)``."""
     out = val.new_zeros(val.shape[0], n, val.shape[2])

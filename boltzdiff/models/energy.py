@@ -91,8 +91,18 @@ def build_mlp_energy(
     time_input: str = "logsnr",
     n_freq: int = 32,
     fourier_scale: float = 4.0,
+    input_fourier: int = 0,
+    input_fourier_scale: float = 4.0,
 ) -> PreconditionedEnergy:
     from boltzdiff.models.mlp import ResMLP
 
-    net = ResMLP(int(mu.numel()), width=width, depth=depth, n_freq=n_freq, fourier_scale=fourier_scale)
+    net = ResMLP(
+        int(mu.numel()),
+        width=width,
+        depth=depth,
+        n_freq=n_freq,
+        fourier_scale=fourier_scale,
+        input_fourier=input_fourier,
+        input_fourier_scale=input_fourier_scale,
+    )
     return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)

@@ -13,9 +13,7 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, n_freq: int = 32, scale: float = 4.0):
         super().__init__()
-        self.register_buffer(
-            "freqs", torch.randn(n_freq, generator=torch.Generator().manual_seed(1234)) * scale
-        )
+        self.register_buffer("freqs", torch.randn(n_freq, generator=torch.Generator().manual_seed(1234)) * scale)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         arg = 2 * math.pi * c[:, None] * self.freqs[None, :]
@@ -50,16 +48,36 @@ class ResMLP(nn.Module):
         Fourier features of the noise input.
     fourier_scale : float
         Standard deviation of their frequencies: lower values make the energy vary more smoothly across levels.
+    input_fourier : int
+        Number of random Fourier features of the (preconditioned) input appended to it (0: none). For
+        low-dimensional targets with many narrow modes, where a plain MLP is too smooth to resolve them.
+    input_fourier_scale : float
+        Typical length of their frequency vectors (cycles per unit of the preconditioned input; each component
+        has standard deviation ``input_fourier_scale / sqrt(dim)``).
     """
 
     def __init__(
-        self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 32, fourier_scale: float = 4.0
+        self,
+        dim: int,
+        width: int = 256,
+        depth: int = 3,
+        n_freq: int = 32,
+        fourier_scale: float = 4.0,
+        input_fourier: int = 0,
+        input_fourier_scale: float = 4.0,
     ):
         super().__init__()
         self.temb = FourierEmbedding(n_freq, fourier_scale)
         emb = 2 * n_freq
         self.temb_mlp = nn.Sequential(nn.Linear(emb, width), nn.SiLU(), nn.Linear(width, width))
-        self.inp = nn.Linear(dim, width)
+        if input_fourier > 0:
+            g = torch.Generator().manual_seed(4321)
+            self.register_buffer(
+                "x_freqs", torch.randn(dim, input_fourier, generator=g) * (input_fourier_scale / math.sqrt(dim))
+            )
+        else:
+            self.x_freqs = None
+        self.inp = nn.Linear(dim + 2 * max(0, input_fourier), width)
         self.blocks = nn.ModuleList([ResBlock(width, width) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, dim)
@@ -70,6 +88,9 @@ class ResMLP(nn.Module):
         # a batch holds few distinct noise levels: embed each once, then gather per row
         levels, inv = torch.unique(c_noise, return_inverse=True)
         temb = self.temb_mlp(self.temb(levels))
+        if self.x_freqs is not None:
+            arg = 2 * math.pi * (x @ self.x_freqs)
+            x = torch.cat([x, torch.cos(arg), torch.sin(arg)], dim=-1)
         h = self.inp(x)
         for b in self.blocks:
             h = b(h, b.emb(temb)[inv])
