@@ -53,14 +53,21 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "cpu") -> dict:
-    """Stage settings: built-in preset < the system's run.yaml (``train:`` then ``presets.<preset>``)."""
+def resolve_settings(
+    system: System, preset: str, seed: int = 0, device: str = "cpu", loss: str | None = None
+) -> dict:
+    """Stage settings: built-in preset < the system's run.yaml (``train:`` then ``presets.<preset>``) <
+    ``loss`` (``dsm`` for the DSM-only comparison)."""
+    if loss not in (None, "diffclf", "dsm"):
+        raise ConfigError(f"--loss: expected 'diffclf' or 'dsm', got {loss!r}")
     if preset not in PRESETS:
         raise ConfigError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     rd = system.run_defaults or {}
     s = _merge(PRESETS[preset], {"train": rd.get("train", {})})
     s = _merge(s, (rd.get("presets") or {}).get(preset, {}))
     s["train"] = {**s["train"], "seed": seed, "device": device}
+    if loss is not None:
+        s["train"]["loss"] = loss
     return s
 
 
@@ -71,7 +78,7 @@ def kind_of(system: System) -> str:
     return "molecule" if system.kind == "openmm" else "particles"
 
 
-def _check_run_dir(out: Path, system: System, preset: str) -> None:
+def _check_run_dir(out: Path, system: System, preset: str, loss: str | None = None) -> None:
     f = out / "pipeline.json"
     if f.exists():
         old = json.loads(f.read_text())
@@ -82,6 +89,9 @@ def _check_run_dir(out: Path, system: System, preset: str) -> None:
             )
         if old.get("preset") != preset:
             raise ConfigError(f"{out} holds a run with preset {old.get('preset')!r}, not {preset!r}")
+        old_loss = old.get("settings", {}).get("train", {}).get("loss", "diffclf")
+        if loss is not None and old_loss != loss:
+            raise ConfigError(f"{out} holds a run trained with loss {old_loss!r}, not {loss!r}")
 
 
 # -- stages ---------------------------------------------------------------------------------------------
@@ -192,15 +202,18 @@ def run_pipeline(
     device: str = "cpu",
     progress: bool = True,
     stages=STAGES,
+    loss: str | None = None,
 ) -> dict:
-    """Run (or resume) every stage; returns analysis.json's contents."""
+    """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only."""
     from boltzdiff.analysis.pipeline_analysis import analyze_run
 
     system = load_system(system_name, variant)
     out = Path(out_dir)
-    _check_run_dir(out, system, preset)
+    _check_run_dir(out, system, preset, loss)
+    if loss is None and (out / "pipeline.json").exists():  # resuming: keep the loss the run started with
+        loss = json.loads((out / "pipeline.json").read_text()).get("settings", {}).get("train", {}).get("loss")
     out.mkdir(parents=True, exist_ok=True)
-    settings = resolve_settings(system, preset, seed, device)
+    settings = resolve_settings(system, preset, seed, device, loss)
     if not (out / "pipeline.json").exists():
         atomic_write_json(
             out / "pipeline.json",

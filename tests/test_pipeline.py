@@ -80,6 +80,13 @@ def test_mixture_end_to_end(tmp_path):
     res = json.loads((out / "analysis.json").read_text())
     assert len(res["mode_weights"]) == 2 and res["true_mode_weights"] == pytest.approx([0.7, 0.3])
     assert 0 < res["ess"] <= 1
+    # the DSM-only comparison: --loss dsm is recorded; resuming that directory with another loss is refused
+    out_dsm = tmp_path / "run_dsm"
+    assert main(["run", str(d), "--out", str(out_dsm), "--loss", "dsm", "--no-progress"]) == 0
+    cfg = yaml.safe_load((out_dsm / "train" / "config.yaml").read_text())
+    assert cfg["loss"] == "dsm"
+    assert main(["run", str(d), "--out", str(out_dsm), "--no-progress"]) == 0  # resume keeps dsm
+    assert main(["run", str(d), "--out", str(out_dsm), "--loss", "diffclf", "--no-progress"]) == 2
 
 
 def test_analyze_bad_input(tmp_path, capsys):

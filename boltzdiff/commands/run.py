@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--variant")
     p.add_argument("--out", default=None, help="run directory (default: runs/<system>_<preset>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--loss", choices=["diffclf", "dsm"], default=None, help="training loss (default: the preset's, DSM + DiffCLF)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -43,6 +46,7 @@ def run(args) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        loss=args.loss,
     )
     keys = [
         "ess",
