@@ -5,7 +5,7 @@ the excess classification loss (learned f), the lowest level's mode-weight error
 per-level log-ratio std and the wall time. Results are cached per variant in benchmarks/_work/ablation/<name>
 (delete a folder to rerun it).
 
-    python benchmarks/ablation.py [--steps 3000] [--only name,name] [--system PATH]
+    python benchmarks/ablation.py [--steps 3000] [--only 'name;name'] [--system PATH]
 """
 
 from __future__ import annotations
@@ -50,6 +50,26 @@ VARIANTS: dict[str, dict] = {
     "recipe, k=3": {**RECIPE, "k": 3},
     "recipe, N=32 levels": {**RECIPE, "n_levels": 32},
     "recipe, N=64 levels": {**RECIPE, "n_levels": 64},
+    "recipe, N=64 levels, k=3": {**RECIPE, "n_levels": 64, "k": 3},
+    "recipe, N=64, input Fourier 64 x scale 4": {
+        **RECIPE,
+        "n_levels": 64,
+        "input_fourier": 64,
+        "input_fourier_scale": 4.0,
+    },
+    "recipe, N=64, input Fourier 64 x scale 8": {
+        **RECIPE,
+        "n_levels": 64,
+        "input_fourier": 64,
+        "input_fourier_scale": 8.0,
+    },
+    "recipe, N=64, k=3, input Fourier 64 x scale 4": {
+        **RECIPE,
+        "n_levels": 64,
+        "k": 3,
+        "input_fourier": 64,
+        "input_fourier_scale": 4.0,
+    },
     "recipe, input Fourier 64 x scale 4": {**RECIPE, "input_fourier": 64, "input_fourier_scale": 4.0},
     "recipe, input Fourier 64 x scale 8": {**RECIPE, "input_fourier": 64, "input_fourier_scale": 8.0},
     "recipe, N=32 levels, k=3": {**RECIPE, "n_levels": 32, "k": 3},
@@ -67,13 +87,15 @@ def main():
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--system", default="gmm2_unbalanced")
-    ap.add_argument("--only", default="", help="comma-separated substrings of variant names")
+    ap.add_argument("--only", default="", help="';'-separated variant names (exact) or substrings of them")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     rows = []
     for name, over in VARIANTS.items():
-        if args.only and not any(s.strip() in name for s in args.only.split(",")):
+        wanted = [s.strip() for s in args.only.split(";") if s.strip()]
+        exact = [w for w in wanted if w in VARIANTS]
+        if wanted and name not in exact and not any(w in name for w in wanted if w not in VARIANTS):
             continue
         over = dict(over)
         if over.get("warmup_steps") == -1:

@@ -30,32 +30,38 @@ def test_zero_network_gives_the_exact_gaussian_marginal(sched):
     sd = 1.7
     torch.set_default_dtype(torch.float64)
     try:
-        m = build_mlp_energy(grid, mu, sd, width=16, depth=1)
         x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
-        for i in (0, 7, 15):
-            var = grid.alpha[i] ** 2 * sd**2 + grid.sigma[i] ** 2
-            ref = torch.distributions.Normal(grid.alpha[i] * mu, torch.sqrt(var)).log_prob(x).sum(-1)
-            assert torch.allclose(-m.energy(x, i), ref, atol=1e-10)
-            assert torch.allclose(m.log_q(x, i), ref, atol=1e-10)  # f = 0: normalised
+        for n_fourier in (0, 8):  # with or without input Fourier features
+            m = build_mlp_energy(grid, mu, sd, width=16, depth=1, input_fourier=n_fourier)
+            for i in (0, 7, 15):
+                var = grid.alpha[i] ** 2 * sd**2 + grid.sigma[i] ** 2
+                ref = torch.distributions.Normal(grid.alpha[i] * mu, torch.sqrt(var)).log_prob(x).sum(-1)
+                assert torch.allclose(-m.energy(x, i), ref, atol=1e-10)
+                assert torch.allclose(m.log_q(x, i), ref, atol=1e-10)  # f = 0: normalised
     finally:
         torch.set_default_dtype(torch.float32)
 
 
-def test_model_score_is_minus_grad_energy():
+@pytest.mark.parametrize("n_fourier", [0, 16])
+def test_model_score_is_minus_grad_energy(n_fourier):
     grid = make_grid(VPSchedule(), 8)
     torch.manual_seed(0)
-    m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=2)
-    for p in m.net.out.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(4, 3, dtype=torch.float32)
-    s = m.score(x.double().float(), 3)
-    h = 1e-3
-    fd = torch.zeros_like(x)
-    for j in range(3):
-        e = torch.zeros_like(x)
-        e[:, j] = h
-        fd[:, j] = -(m.energy(x + e, 3) - m.energy(x - e, 3)) / (2 * h)
-    assert torch.allclose(s, fd, atol=2e-3)
+    torch.set_default_dtype(torch.float64)
+    try:
+        m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=2, input_fourier=n_fourier)
+        for p in m.net.out.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        x = torch.randn(4, 3)
+        s = m.score(x, 3)
+        h = 1e-5
+        fd = torch.zeros_like(x)
+        for j in range(3):
+            e = torch.zeros_like(x)
+            e[:, j] = h
+            fd[:, j] = -(m.energy(x + e, 3) - m.energy(x - e, 3)) / (2 * h)
+        assert torch.allclose(s, fd, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_gauge_sets_noisiest_level_to_zero():
@@ -185,3 +191,16 @@ def test_dsm_only_baseline_uses_equal_dsm_terms():
     b = diffclf_loss(m, x0, lv, 1.0)
     assert a.n_dsm_terms == b.n_dsm_terms == 24
     assert math.isfinite(float(a.total)) and math.isfinite(float(b.total))
+
+
+def test_input_fourier_config_auto_and_validation():
+    from boltzdiff.config import TrainConfig
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.train import resolve_input_fourier
+
+    assert resolve_input_fourier("auto", 2) == 64 and resolve_input_fourier("auto", 32) == 0
+    assert resolve_input_fourier(5, 32) == 5
+    TrainConfig(input_fourier=0).validate()
+    for bad in (-1, "many", True):
+        with pytest.raises(ConfigError, match="input_fourier"):
+            TrainConfig(input_fourier=bad).validate()

@@ -64,9 +64,7 @@ def test_dw4_end_to_end_and_resume(tmp_path):
 def test_mixture_end_to_end(tmp_path):
     d = tmp_path / "mix"
     d.mkdir()
-    (d / "system.yaml").write_text(
-        "kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n"
-    )
+    (d / "system.yaml").write_text("kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n")
     (d / "run.yaml").write_text(
         yaml.safe_dump(
             {
@@ -119,23 +117,48 @@ def test_com_restraint_only_touches_the_centre_of_mass():
     assert torch.allclose(r.energy(xc), t.energy(xc), atol=1e-10)  # no change on centred configurations
     shift = torch.tensor([0.3, -0.7], dtype=torch.float64)
     # a translation changes u' by exactly n |shift|^2 / (2 var) and leaves u unchanged
-    assert torch.allclose(r.energy(xc + shift) - r.energy(xc), torch.full((6,), 4 * 0.58 / (2 * 0.5), dtype=torch.float64))
+    assert torch.allclose(
+        r.energy(xc + shift) - r.energy(xc), torch.full((6,), 4 * 0.58 / (2 * 0.5), dtype=torch.float64)
+    )
     assert torch.allclose(t.energy(xc + shift), t.energy(xc), atol=1e-10)
 
 
 @pytest.mark.slow
 def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     """MD -> EGNN (DSM warm-up + DiffCLF) -> SMC bridged to the OpenMM energy -> free-energy analysis."""
-    sysdir = make_system(tmp_path, "alanine_dipeptide", {
-        "train": {**TINY_TRAIN, "steps": 10, "warmup_steps": 4, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
-        "presets": {"quick": {"reference": {"ns": 0.004, "save_every_ps": 0.05},
-                              "sample": {"n": 32, "n_bridge": 2, "mcmc_steps": 0}}},
-    })
+    sysdir = make_system(
+        tmp_path,
+        "alanine_dipeptide",
+        {
+            "train": {
+                **TINY_TRAIN,
+                "steps": 10,
+                "warmup_steps": 4,
+                "network": "egnn",
+                "egnn": {"hidden": 8, "n_layers": 1},
+            },
+            "presets": {
+                "quick": {
+                    "reference": {"ns": 0.004, "save_every_ps": 0.05},
+                    "sample": {"n": 32, "n_bridge": 2, "mcmc_steps": 0},
+                }
+            },
+        },
+    )
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "analysis.json").read_text())
-    for key in ("ess", "delta_f_kT", "delta_f_se_kT", "mean_energy_kT", "n_target_evals", "pmf_rmse_kT",
-                "ramachandran_js", "n_mirrored", "md_delta_f_kT"):
+    for key in (
+        "ess",
+        "delta_f_kT",
+        "delta_f_se_kT",
+        "mean_energy_kT",
+        "n_target_evals",
+        "pmf_rmse_kT",
+        "ramachandran_js",
+        "n_mirrored",
+        "md_delta_f_kT",
+    ):
         assert key in res, key
     assert res["n_target_evals"] >= 32 * 2
     for png in ("ramachandran.png", "free_energy_phi.png", "energy_hist.png", "ess_trace.png"):

@@ -1,0 +1,119 @@
+"""Boltzmann generator end to end on a system (`boltzdiff run`), DSM + DiffCLF vs DSM-only, one results file.
+
+For each loss, runs (or resumes) the whole pipeline in benchmarks/_work/bg/<system>_<preset>_<loss>, then prints
+ESS, the reweighted energy-histogram W1 against the run's reference chain (particles) or ΔF / PMF RMSE
+(molecules), the target-energy evaluations (reference data + sampling) and the wall time, and writes
+benchmarks/results/<system>.json: the keys of the DiffCLF run's analysis.json plus ``method``, ``preset``,
+``wall_s`` (and, for alanine dipeptide, ``reference_delta_f_kT`` from benchmarks/aldp_reference.py), with every
+run under ``runs``.
+
+    python benchmarks/bg_systems.py dw4 [--preset quick|full] [--losses diffclf,dsm] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work" / "bg"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def reference_evals(settings: dict, kind: str) -> int:
+    """Target-energy evaluations spent on the training data (MD steps or MCMC steps x chains)."""
+    ref = settings.get("reference", {})
+    if kind == "molecule":
+        return round(float(ref.get("ns", 1.0)) * 1e6 / float(ref.get("timestep_fs", 1.0)))
+    if kind == "particles":
+        return int(ref.get("n_steps", 20000)) * int(ref.get("n_chains", 64))
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("system")
+    ap.add_argument("--preset", default="quick", choices=["quick", "full"])
+    ap.add_argument("--variant", default=None)
+    ap.add_argument("--losses", default="diffclf,dsm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from boltzdiff.pipeline import run_pipeline
+    from boltzdiff.systems import load_system
+
+    system = load_system(args.system, args.variant)
+    short = "aldp" if system.name == "alanine_dipeptide" else system.name
+    name = short + (f"_{system.variant}" if system.variant else "")
+    runs = []
+    for loss in [s.strip() for s in args.losses.split(",") if s.strip()]:
+        out = WORK / f"{name}_{args.preset}_{loss}_seed{args.seed}"
+        t0 = time.perf_counter()
+        res = run_pipeline(
+            args.system, out, preset=args.preset, variant=args.variant, seed=args.seed, loss=loss, progress=False
+        )
+        wall = time.perf_counter() - t0
+        meta = json.loads((out / "pipeline.json").read_text())
+        timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+        if not timing:  # first complete run: record what this call took (a resumed call would under-count)
+            timing = dict(wall_s=wall)
+            (out / "timing.json").write_text(json.dumps(timing))
+        n_ref = reference_evals(meta["settings"], meta["kind"])
+        runs.append(
+            dict(
+                res,
+                method="DSM + DiffCLF, SMC to target" if loss == "diffclf" else "DSM only, SMC to target",
+                loss=loss,
+                preset=args.preset,
+                wall_s=timing["wall_s"],
+                n_reference_evals=n_ref,
+                n_total_target_evals=n_ref + int(res.get("n_target_evals", 0)),
+                run_dir=str(out.relative_to(ROOT)),
+            )
+        )
+    keys = [
+        "ess",
+        "energy_w1_reweighted",
+        "energy_w1_unweighted",
+        "delta_f_kT",
+        "delta_f_se_kT",
+        "pmf_rmse_kT",
+        "mean_energy_kT",
+        "n_total_target_evals",
+        "wall_s",
+    ]
+    print(f"{name}, preset {args.preset}, seed {args.seed}")
+    print(f"{'method':<30} " + " ".join(f"{k[:14]:>14}" for k in keys))
+    for r in runs:
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append(f"{v:14.4g}" if isinstance(v, (int, float)) else f"{'-':>14}")
+        print(f"{r['method']:<30} " + " ".join(cells))
+    main_run = next((r for r in runs if r["loss"] == "diffclf"), runs[0])
+    out = dict(main_run, system=name, command="python benchmarks/bg_systems.py " + " ".join(sys.argv[1:]), runs=runs)
+    ref_file = RESULTS / f"aldp_reference_{system.variant}.json"
+    if system.kind == "openmm" and ref_file.exists():
+        ref = json.loads(ref_file.read_text())
+        out["reference_delta_f_kT"] = ref["reference_delta_f_kT"]
+        out["reference_delta_f_se_kT"] = ref["reference_delta_f_se_kT"]
+        for r in runs:
+            if isinstance(r.get("delta_f_kT"), float):
+                r["abs_delta_f_error_kT"] = abs(r["delta_f_kT"] - ref["reference_delta_f_kT"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from boltzdiff.runinfo import atomic_write_json
+
+    atomic_write_json(RESULTS / f"{name}{args.tag}.json", out)
+    print(f"wrote {RESULTS / f'{name}{args.tag}.json'}")
+
+
+if __name__ == "__main__":
+    main()
