@@ -25,6 +25,16 @@ def median(xs):
     return statistics.median(xs)
 
 
+def system_config(system: str, **over):
+    """What `boltzdiff train --system SYSTEM` would use: TrainConfig defaults < the system's run.yaml < ``over``."""
+    from boltzdiff.config import TrainConfig, merge_config
+    from boltzdiff.systems import load_system
+
+    sysm = load_system(system)
+    cfg = merge_config(TrainConfig(), sysm.run_defaults.get("train", {}), f"{system} run.yaml")
+    return merge_config(cfg, over, "benchmark")
+
+
 def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, force: bool = False):
     """Train (resuming if interrupted) and evaluate; cached in ``out/eval.json``."""
     from boltzdiff.evaluate import evaluate_mixture

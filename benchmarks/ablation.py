@@ -2,7 +2,8 @@
 
 Trains each variant on a 3-mode 6-D unbalanced mixture (benchmarks/systems/gmm3_6d) and prints, per variant,
 the excess classification loss (learned f), the lowest level's mode-weight error (max abs), the median
-per-level log-ratio std and the wall time. Results are cached per variant in benchmarks/_work/ablation/<name>
+per-level log-ratio std and the wall time. Variants are explicit settings over the TrainConfig defaults (a
+system's run.yaml is not applied). Results are cached per variant in benchmarks/_work/ablation/<name>
 (delete a folder to rerun it).
 
     python benchmarks/ablation.py [--steps 3000] [--only 'name;name'] [--system PATH]

@@ -1,10 +1,10 @@
 """DiffCLF vs DSM-only energies on Gaussian mixtures, scored against the exact noised marginals.
 
-For each system (default: gmm40_2d and gmm2_unbalanced) trains both losses with the default recipe
-(`boltzdiff train` defaults, optionally overridden by --steps) and prints clf_excess (learned f, and fitted f for
-both), the lowest level's mode-weight error, the median per-level log-ratio std and the training wall time. Then
-times one optimiser step of each loss side by side (interleaved, median of --repeats) at equal batch, i.e. an
-equal number of DSM terms (DSM-only repeats each data point k times).
+For each system (default: gmm40_2d and gmm2_unbalanced) trains both losses with the default recipe (`boltzdiff
+train` defaults merged with the system's run.yaml, as `boltzdiff train --system` does; optionally --steps) and
+prints clf_excess (learned f, and fitted f for both), the lowest level's mode-weight error, the median per-level
+log-ratio std and the training wall time. Then times one optimiser step of each loss side by side (interleaved,
+median of --repeats) at equal batch, i.e. an equal number of DSM terms (DSM-only repeats each data point k times).
 
     python benchmarks/gmm_energy.py [--systems gmm40_2d,gmm2_unbalanced] [--steps N] [--repeats 20]
 """
@@ -19,9 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, machine, median, print_table, train_and_eval  # noqa: E402
-
-from boltzdiff.config import TrainConfig  # noqa: E402
+from _common import WORK, machine, median, print_table, system_config, train_and_eval  # noqa: E402
 
 
 def step_times(system: str, repeats: int, threads: int) -> tuple[float, float]:
@@ -31,7 +29,7 @@ def step_times(system: str, repeats: int, threads: int) -> tuple[float, float]:
     from boltzdiff.train import build_grid, build_model, data_stats
 
     torch.set_num_threads(threads)
-    cfg = TrainConfig(system=system)
+    cfg = system_config(system)
     sysm = load_system(system)
     g = torch.Generator().manual_seed(0)
     data = sysm.target.sample(4096, g)
@@ -68,7 +66,7 @@ def main():
     for system in args.systems.split(","):
         res = {}
         for loss in ("diffclf", "dsm"):
-            cfg = TrainConfig(system=system, loss=loss, seed=args.seed, num_threads=args.threads)
+            cfg = system_config(system, loss=loss, seed=args.seed, num_threads=args.threads)
             if args.steps:
                 cfg.steps = args.steps
             out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{args.seed}"

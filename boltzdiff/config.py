@@ -16,11 +16,11 @@ class TrainConfig:
 
     Grid: ``n_levels`` levels of ``schedule`` spaced ``spacing``. Model: ``width``/``depth`` residual MLP (or
     ``network: egnn``), noise input ``time_input``, and ``input_fourier`` random Fourier features of the input
-    (frequency scale ``input_fourier_scale``; ``auto``: 64 for targets of dimension <= 3, none above, where
-    they made the 32-D mixture worse). Loss: ``loss`` in {diffclf, dsm}; DiffCLF uses ``k`` distinct levels
-    per data point drawn by ``level_sampling`` (window ``level_window``) and weight ``lambda_clf``;
-    ``warmup_steps`` of DSM only first (two-stage). Optimiser: AdamW ``lr`` (``lr_f`` for the
-    log-normalisers), EMA ``ema``, clipping ``grad_clip``.
+    (frequency scale ``input_fourier_scale``; default none; they help low-dimensional targets with many narrow
+    modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D). Loss: ``loss`` in
+    {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
+    ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
+    AdamW ``lr`` (``lr_f`` for the log-normalisers), EMA ``ema``, clipping ``grad_clip``.
     """
 
     system: str = "gmm2_unbalanced"
@@ -48,7 +48,7 @@ class TrainConfig:
     depth: int = 3
     time_input: str = "logsnr"
     fourier_scale: float = 4.0
-    input_fourier: int | str = "auto"
+    input_fourier: int | str = 0
     input_fourier_scale: float = 4.0
     egnn: dict = field(default_factory=dict)
     data: str | None = None

@@ -53,8 +53,11 @@ AUTO_FOURIER_MAX_DIM = 3
 
 
 def resolve_input_fourier(value, dim: int) -> int:
-    """Number of input Fourier features: ``value`` itself, or for ``"auto"`` 64 when ``dim <= 3`` and 0 above
-    (on gmm40_2d they cut the lowest-level mode-weight error 6x; on the 32-D mixture they made it worse)."""
+    """Number of input Fourier features: ``value`` itself, or for ``"auto"`` 64 when ``dim <= 3`` and 0 above.
+
+    Not the default: on gmm40_2d (40 narrow modes in 2-D) 64 features cut the lowest-level mode-weight error 6x,
+    but on a 2-D mixture of two broad modes they raised it 3x and on the 32-D mixture 70x (benchmarks/RESULTS.md).
+    """
     if value == "auto":
         return AUTO_FOURIER_FEATURES if dim <= AUTO_FOURIER_MAX_DIM else 0
     return int(value)
@@ -312,7 +315,7 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
             f"run dir {rd} has no trained model (expected config.yaml and model.pt; run `boltzdiff train`)"
         )
     raw = yaml.safe_load(cfg_file.read_text()) or {}
-    # runs written before input Fourier features existed had none (the default is now "auto")
+    # runs written before input Fourier features existed had none
     raw.setdefault("input_fourier", 0)
     from boltzdiff.config import merge_config
 

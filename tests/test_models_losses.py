@@ -199,6 +199,11 @@ def test_input_fourier_config_auto_and_validation():
     from boltzdiff.train import resolve_input_fourier
 
     assert resolve_input_fourier("auto", 2) == 64 and resolve_input_fourier("auto", 32) == 0
+    assert TrainConfig().input_fourier == 0  # off by default: they hurt broad modes and high dimension
+    from boltzdiff.commands._common import resolve_train_config
+
+    assert resolve_train_config("gmm40_2d", None, {}).input_fourier == 64  # its run.yaml turns them on
+    assert resolve_train_config("gmm2_unbalanced", None, {}).input_fourier == 0
     assert resolve_input_fourier(5, 32) == 5
     TrainConfig(input_fourier=0).validate()
     for bad in (-1, "many", True):
