@@ -7,7 +7,8 @@ the reported SE is the standard deviation of the replicate estimates over sqrt(R
 is printed beside it; the within-replicate bootstrap SE (which ignores time correlation) is shown only for
 comparison.
 
-    python benchmarks/aldp_reference.py [--replicates 3] [--grid 12] [--k 40] [--prod-ps 45] [--jobs 2]
+    python benchmarks/aldp_reference.py [--replicates 3] [--grid 24] [--k 120] [--grid-psi 12] [--k-psi 40]
+                                        [--prod-ps 25] [--jobs 2]
 
 Run data go to benchmarks/_work/aldp_reference/rep<seed>/ (resumable per window); the summary to
 benchmarks/results/aldp_reference.json and a PNG of F(φ) beside it.
@@ -32,35 +33,46 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _one(args) -> dict:
-    seed, grid, k, equil_ps, prod_ps, save_ps, variant = args
+    seed, grid, k, equil_ps, prod_ps, save_ps, variant, grid_psi, k_psi = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
     from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
     system = load_system("alanine_dipeptide", variant=variant)
-    cfg = UmbrellaConfig(n_grid=grid, k_kjmol=k, equil_ps=equil_ps, prod_ps=prod_ps, save_every_ps=save_ps, seed=seed)
+    cfg = UmbrellaConfig(
+        n_grid=grid,
+        k_kjmol=k,
+        n_grid_psi=grid_psi,
+        k_psi_kjmol=k_psi,
+        equil_ps=equil_ps,
+        prod_ps=prod_ps,
+        save_every_ps=save_ps,
+        seed=seed,
+    )
     t0 = time.perf_counter()
     res = run_umbrella_2d(
         system,
-        WORK / f"{variant}_g{grid}_k{k:g}_p{prod_ps:g}" / f"rep{seed}",
+        WORK / f"{variant}_g{grid}x{grid_psi}_k{k:g}x{k_psi:g}_p{prod_ps:g}" / f"rep{seed}",
         cfg,
         ALDP_PHI,
         ALDP_PSI,
         progress=seed == 1,
     )
     res["wall_s"] = time.perf_counter() - t0
-    res["md_steps"] = grid * grid * round((equil_ps + prod_ps) * 1000)
+    res["md_steps"] = grid * grid_psi * round((equil_ps + prod_ps) * 1000)
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replicates", type=int, default=3)
-    ap.add_argument("--grid", type=int, default=12, help="windows per dihedral")
-    ap.add_argument("--k", type=float, default=40.0, help="restraint kJ/mol/rad^2 per dihedral")
+    ap.add_argument("--grid", type=int, default=24, help="windows along phi")
+    ap.add_argument("--k", type=float, default=120.0, help="restraint on phi, kJ/mol/rad^2")
+    ap.add_argument("--grid-psi", type=int, default=12, help="windows along psi")
+    ap.add_argument("--k-psi", type=float, default=40.0, help="restraint on psi, kJ/mol/rad^2")
     ap.add_argument("--equil-ps", type=float, default=5.0)
-    ap.add_argument("--prod-ps", type=float, default=45.0)
+    ap.add_argument("--prod-ps", type=float, default=25.0)
     ap.add_argument("--save-ps", type=float, default=0.5)
     ap.add_argument("--variant", default="implicit")
     ap.add_argument("--jobs", type=int, default=2)
@@ -71,14 +83,16 @@ def main() -> None:
 
     t0 = time.perf_counter()
     tasks = [
-        (s, args.grid, args.k, args.equil_ps, args.prod_ps, args.save_ps, args.variant)
+        (s, args.grid, args.k, args.equil_ps, args.prod_ps, args.save_ps, args.variant, args.grid_psi, args.k_psi)
         for s in range(1, args.replicates + 1)
     ]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         runs = list(ex.map(_one, tasks))
     rows, profiles = [], []
     for seed, r in zip(range(1, args.replicates + 1), runs, strict=True):
-        phi, psi, lw = unbiased_log_weights(r["phi"], r["psi"], r["centers"], r["k_kjmol"], r["kT_kjmol"])
+        phi, psi, lw = unbiased_log_weights(
+            r["phi"], r["psi"], r["centers"], r["k_kjmol"], r["kT_kjmol"], r["k_psi_kjmol"]
+        )
         d = delta_f_phi(phi, lw, n_bootstrap=200, rng=seed)
         w = np.exp(lw - lw.max())
         ess = float(w.sum() ** 2 / (w**2).sum() / w.size)
@@ -98,8 +112,9 @@ def main() -> None:
     mean = float(vals.mean())
     se = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
     print(
-        f"2-D umbrella sampling, ALDP {args.variant} 300 K: {args.grid}x{args.grid} windows, k = {args.k:g} "
-        f"kJ/mol/rad^2, {args.equil_ps:g}+{args.prod_ps:g} ps per window, {args.replicates} replicates"
+        f"2-D umbrella sampling, ALDP {args.variant} 300 K: {args.grid}x{args.grid_psi} windows, "
+        f"k = {args.k:g} (phi) x {args.k_psi:g} (psi) kJ/mol/rad^2, {args.equil_ps:g}+{args.prod_ps:g} ps per "
+        f"window, {args.replicates} replicates"
     )
     print(f"{'replicate':>9} {'ΔF kT':>8} {'naive SE':>9} {'ESS':>6} {'wall s':>7}")
     for r in rows:

@@ -32,12 +32,14 @@ def periodic_delta(a, b) -> np.ndarray:
     return (np.asarray(a) - np.asarray(b) + math.pi) % (2 * math.pi) - math.pi
 
 
-def bias_reduced(phi_n, psi_n, centers_k2, k_kjmol: float, kT_kjmol: float) -> np.ndarray:
-    """Reduced bias energy ``u_k(x_n)``, shape (K, n), of samples with dihedrals (φ_n, ψ_n) in every window."""
+def bias_reduced(phi_n, psi_n, centers_k2, k_kjmol: float, kT_kjmol: float, k_psi_kjmol: float | None = None):
+    """Reduced bias energy ``u_k(x_n)``, shape (K, n), of samples with dihedrals (φ_n, ψ_n) in every window
+    (force constant ``k_kjmol`` on φ and ``k_psi_kjmol``, default the same, on ψ)."""
     c = np.asarray(centers_k2, dtype=float)
+    k_psi = k_kjmol if k_psi_kjmol is None else k_psi_kjmol
     dphi = periodic_delta(np.asarray(phi_n)[None, :], c[:, 0:1])
     dpsi = periodic_delta(np.asarray(psi_n)[None, :], c[:, 1:2])
-    return 0.5 * k_kjmol * (dphi**2 + dpsi**2) / kT_kjmol
+    return 0.5 * (k_kjmol * dphi**2 + k_psi * dpsi**2) / kT_kjmol
 
 
 def mbar(u_kn: np.ndarray, n_k, tol: float = 1e-10, max_iter: int = 200) -> np.ndarray:
@@ -119,8 +121,10 @@ def grid_centers(n_phi: int, n_psi: int | None = None) -> np.ndarray:
 class UmbrellaConfig:
     """Settings of one 2-D umbrella-sampling replicate (see :func:`run_umbrella_2d`)."""
 
-    n_grid: int = 12
-    k_kjmol: float = 25.0  # kJ/mol/rad^2 per dihedral
+    n_grid: int = 12  # windows along phi
+    k_kjmol: float = 25.0  # kJ/mol/rad^2 on phi
+    n_grid_psi: int | None = None  # windows along psi (default: n_grid)
+    k_psi_kjmol: float | None = None  # on psi (default: k_kjmol)
     equil_ps: float = 10.0
     prod_ps: float = 50.0
     save_every_ps: float = 0.5
@@ -166,7 +170,8 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
     out.mkdir(parents=True, exist_ok=True)
     temperature = system.temperature
     kT = float(unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin) * temperature)
-    centers = grid_centers(cfg.n_grid)
+    centers = grid_centers(cfg.n_grid, cfg.n_grid_psi)
+    k_psi = cfg.k_psi_kjmol if cfg.k_psi_kjmol is not None else cfg.k_kjmol
     n_win = len(centers)
     steps_per_save = round(cfg.save_every_ps * 1000 / cfg.timestep_fs)
     n_equil = round(cfg.equil_ps * 1000 / cfg.timestep_fs)
@@ -192,7 +197,7 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
     bias.addPerTorsionParameter("kb")
     bias.addPerTorsionParameter("theta0")
     bias.addTorsion(*[int(i) for i in phi_idx], [cfg.k_kjmol, float(centers[0, 0])])
-    bias.addTorsion(*[int(i) for i in psi_idx], [cfg.k_kjmol, float(centers[0, 1])])
+    bias.addTorsion(*[int(i) for i in psi_idx], [k_psi, float(centers[0, 1])])
     omm.addForce(bias)
     integ = openmm.LangevinMiddleIntegrator(
         temperature * unit.kelvin, cfg.friction_per_ps / unit.picosecond, cfg.timestep_fs * unit.femtosecond
@@ -213,7 +218,7 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
         if done[w]:
             continue
         bias.setTorsionParameters(0, *[int(i) for i in phi_idx], [cfg.k_kjmol, float(centers[w, 0])])
-        bias.setTorsionParameters(1, *[int(i) for i in psi_idx], [cfg.k_kjmol, float(centers[w, 1])])
+        bias.setTorsionParameters(1, *[int(i) for i in psi_idx], [k_psi, float(centers[w, 1])])
         bias.updateParametersInContext(ctx)
         integ.step(n_equil)
         for j in range(m):
@@ -231,14 +236,21 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
         bar.update(1)
     bar.close()
     atomic_write_json(out / "umbrella.json", {"kT_kjmol": kT, "n_windows": n_win, "samples_per_window": m})
-    return dict(centers=centers, phi=phi_km, psi=psi_km, kT_kjmol=kT, k_kjmol=cfg.k_kjmol)
+    return dict(centers=centers, phi=phi_km, psi=psi_km, kT_kjmol=kT, k_kjmol=cfg.k_kjmol, k_psi_kjmol=k_psi)
 
 
-def unbiased_log_weights(phi_km: np.ndarray, psi_km: np.ndarray, centers: np.ndarray, k_kjmol: float, kT_kjmol: float):
+def unbiased_log_weights(
+    phi_km: np.ndarray,
+    psi_km: np.ndarray,
+    centers: np.ndarray,
+    k_kjmol: float,
+    kT_kjmol: float,
+    k_psi_kjmol: float | None = None,
+):
     """Pool the windows and return ``(phi_n, psi_n, log_w_n)``: MBAR weights for the unbiased ensemble."""
     phi_n = np.asarray(phi_km).reshape(-1)
     psi_n = np.asarray(psi_km).reshape(-1)
     n_k = np.full(len(centers), np.asarray(phi_km).shape[1])
-    u_kn = bias_reduced(phi_n, psi_n, centers, k_kjmol, kT_kjmol)
+    u_kn = bias_reduced(phi_n, psi_n, centers, k_kjmol, kT_kjmol, k_psi_kjmol)
     f_k = mbar(u_kn, n_k)
     return phi_n, psi_n, mbar_log_weights(u_kn, n_k, f_k)
