@@ -130,9 +130,14 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(5, 3.5))
         mdr = [r for r in rows if r["method"].startswith("plain MD")]
-        ax.loglog([r["n_target_evals"] for r in mdr], [r["rms_error_kT"] for r in mdr], "o-", label="plain MD (RMS)")
+        ax.loglog(
+            [r["n_target_evals"] for r in mdr],
+            [r["rms_error_kT"] if r["rms_error_kT"] is not None else np.nan for r in mdr],
+            "o-",
+            label="plain MD (RMS)",
+        )
         for r in rows:
-            if not r["method"].startswith("plain MD") and math.isfinite(r["rms_error_kT"]):
+            if not r["method"].startswith("plain MD") and r["rms_error_kT"] is not None:
                 ax.loglog([r["n_target_evals"]], [max(r["rms_error_kT"], 1e-3)], "s", label=r["method"])
         ax.axhline(max(ref_se, 1e-3), color="0.6", ls=":", label="reference SE")
         ax.set(xlabel="target energy evaluations", ylabel="ΔF error (kT)", title="ALDP ΔF error vs budget")
