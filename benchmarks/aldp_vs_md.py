@@ -111,6 +111,12 @@ def main() -> None:
             f"{r['method']:<34} {r['n_target_evals']:13.3g} {r['rms_error_kT']:15.3f} "
             f"{r.get('failed_fraction', 0.0):7.2f} {r.get('n_blocks', 1):7d}"
         )
+    def _finite(v):  # strict JSON: NaN/inf become null
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    rows = [{k: _finite(v) for k, v in r.items()} for r in rows]
     out = dict(
         reference_delta_f_kT=ref,
         reference_delta_f_se_kT=ref_se,
