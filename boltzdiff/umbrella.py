@@ -177,9 +177,11 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
     n_equil = round(cfg.equil_ps * 1000 / cfg.timestep_fs)
     m = round(cfg.prod_ps / cfg.save_every_ps)
     path = out / "windows.npz"
+    settings = np.array([cfg.k_kjmol, k_psi, cfg.equil_ps, cfg.prod_ps, cfg.save_every_ps, cfg.timestep_fs])
     if path.is_file():
         d = np.load(path)
-        if d["phi"].shape != (n_win, m) or not np.allclose(d["centers"], centers):
+        same = "settings" not in d or np.allclose(d["settings"], settings)  # files without it predate the check
+        if d["phi"].shape != (n_win, m) or not np.allclose(d["centers"], centers) or not same:
             raise ConfigError(f"umbrella: {path} was written with other settings; use a new folder")
         phi_km, psi_km, done = d["phi"].copy(), d["psi"].copy(), d["done"].copy()
         last_pos = d["last_pos"].copy()
@@ -231,7 +233,7 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
             psi_km[w, j] = _dihedral_np(pos, psi_idx)
         done[w] = True
         last_pos = np.asarray(pos)
-        arrays = dict(centers=centers, phi=phi_km, psi=psi_km, done=done, last_pos=last_pos)
+        arrays = dict(centers=centers, phi=phi_km, psi=psi_km, done=done, last_pos=last_pos, settings=settings)
         atomic_save(path, lambda p, a=arrays: _savez(p, a))
         bar.update(1)
     bar.close()

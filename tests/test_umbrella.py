@@ -111,3 +111,24 @@ def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
     assert np.array_equal(res["phi"], res2["phi"])
     _, _, lw = unbiased_log_weights(res["phi"], res["psi"], res["centers"], cfg.k_kjmol, res["kT_kjmol"])
     assert np.all(np.isfinite(lw))
+
+
+def test_umbrella_bad_input_is_a_clear_error(tmp_path):
+    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from boltzdiff.systems import load_system
+    from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
+
+    with pytest.raises(ConfigError, match="has no OpenMM System"):
+        run_umbrella_2d(load_system("dw4"), tmp_path / "a", UmbrellaConfig(), ALDP_PHI, ALDP_PSI, progress=False)
+    aldp = load_system("alanine_dipeptide")
+    with pytest.raises(ConfigError, match="prod_ps must be a positive number"):
+        run_umbrella_2d(aldp, tmp_path / "b", UmbrellaConfig(prod_ps=0), ALDP_PHI, ALDP_PSI, progress=False)
+    # a folder written with other settings is refused, not silently mixed
+    cfg = UmbrellaConfig(n_grid=2, k_kjmol=200.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
+    run_umbrella_2d(aldp, tmp_path / "c", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    cfg2 = UmbrellaConfig(n_grid=3, k_kjmol=200.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_umbrella_2d(aldp, tmp_path / "c", cfg2, ALDP_PHI, ALDP_PSI, progress=False)
+    cfg3 = UmbrellaConfig(n_grid=2, k_kjmol=100.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_umbrella_2d(aldp, tmp_path / "c", cfg3, ALDP_PHI, ALDP_PSI, progress=False)
