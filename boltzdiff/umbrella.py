@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 
 from boltzdiff.errors import ConfigError
+from boltzdiff.geometry import dihedral
 from boltzdiff.runinfo import atomic_save, atomic_write_json, write_run_info
 
 log = logging.getLogger(__name__)
@@ -134,16 +136,6 @@ class UmbrellaConfig:
     platform: str = "Reference"
 
 
-def _dihedral_np(pos: np.ndarray, idx) -> float:
-    b0 = pos[idx[0]] - pos[idx[1]]
-    b1 = pos[idx[2]] - pos[idx[1]]
-    b2 = pos[idx[3]] - pos[idx[2]]
-    b1n = b1 / np.linalg.norm(b1)
-    v = b0 - np.dot(b0, b1n) * b1n
-    w = b2 - np.dot(b2, b1n) * b1n
-    return float(np.arctan2(np.dot(np.cross(b1n, v), w), np.dot(v, w)))
-
-
 def _savez(p, arrays: dict) -> None:
     with open(p, "wb") as fh:
         np.savez(fh, **arrays)
@@ -223,14 +215,17 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
         bias.setTorsionParameters(1, *[int(i) for i in psi_idx], [k_psi, float(centers[w, 1])])
         bias.updateParametersInContext(ctx)
         integ.step(n_equil)
-        for j in range(m):
+        frames = []
+        for _ in range(m):
             integ.step(steps_per_save)
             st = ctx.getState(getPositions=True)
             pos = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
             if not np.all(np.isfinite(pos)):
                 raise ConfigError(f"umbrella: window {w} blew up (non-finite coordinates); lower timestep_fs")
-            phi_km[w, j] = _dihedral_np(pos, phi_idx)
-            psi_km[w, j] = _dihedral_np(pos, psi_idx)
+            frames.append(np.asarray(pos))
+        xw = torch.as_tensor(np.stack(frames), dtype=torch.float64)
+        phi_km[w] = dihedral(xw, phi_idx).numpy()
+        psi_km[w] = dihedral(xw, psi_idx).numpy()
         done[w] = True
         last_pos = np.asarray(pos)
         arrays = dict(centers=centers, phi=phi_km, psi=psi_km, done=done, last_pos=last_pos, settings=settings)
