@@ -9,13 +9,19 @@ from typing import Any
 
 from boltzdiff.errors import ConfigError
 
+#: energy networks: residual MLP on the flat vector, EGNN (particles, identical or typed), pair-distance MLP
+#: (labelled molecules; see boltzdiff/models/pairmlp.py)
+NETWORKS = ("mlp", "egnn", "pairmlp")
+
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; the defaults are the mixture recipe (see benchmarks/RESULTS.md).
 
     Grid: ``n_levels`` levels of ``schedule`` spaced ``spacing``. Model: ``width``/``depth`` residual MLP (or
-    ``network: egnn``), noise input ``time_input``, and ``input_fourier`` random Fourier features of the input
+    ``network: egnn`` with options ``egnn``, or ``network: pairmlp``, a ``width``/``depth`` MLP of
+    standardised interatomic distances for labelled molecules), noise input ``time_input``, and
+    ``input_fourier`` random Fourier features of the input
     (frequency scale ``input_fourier_scale``; default none; they help low-dimensional targets with many narrow
     modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D). Loss: ``loss`` in
     {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
@@ -89,8 +95,8 @@ class TrainConfig:
             bad("spacing", "'linear' or 'logsnr'")
         if self.time_input not in ("logsnr", "t"):
             bad("time_input", "'logsnr' or 't'")
-        if self.network not in ("mlp", "egnn"):
-            bad("network", "'mlp' or 'egnn'")
+        if self.network not in NETWORKS:
+            bad("network", " or ".join(repr(n) for n in NETWORKS))
         if self.level_sampling not in ("uniform", "local", "mixed"):
             bad("level_sampling", "'uniform', 'local' or 'mixed'")
         return self

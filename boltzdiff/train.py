@@ -78,15 +78,35 @@ def build_model(
             input_fourier=resolve_input_fourier(cfg.input_fourier, int(mu.numel())),
             input_fourier_scale=cfg.input_fourier_scale,
         )
+    n, sdim = system.target.event_shape
+    if cfg.network == "pairmlp":
+        from boltzdiff.models.egnn import chiral_quads_of
+        from boltzdiff.models.pairmlp import build_pairmlp_energy
+
+        if system.kind != "openmm":
+            raise ConfigError(
+                f"network: 'pairmlp' is for labelled molecules; system {system.name!r} has identical particles "
+                "(use 'egnn')"
+            )
+        return build_pairmlp_energy(
+            grid,
+            n,
+            sdim,
+            sigma_data,
+            time_input=cfg.time_input,
+            width=cfg.width,
+            depth=cfg.depth,
+            chiral_quads=chiral_quads_of(system),
+        )
     from boltzdiff.models.egnn import build_egnn_energy
 
-    n, sdim = system.target.event_shape
     opts = dict(cfg.egnn)
     if "atom_types" not in opts:
         if system.extras.get("atom_types") is not None:
             opts["atom_types"] = list(system.extras["atom_types"])
-        elif system.topology is not None:
-            # molecules: every atom its own type (the atoms of a molecule are labelled, not interchangeable)
+        elif system.kind == "openmm":
+            # molecules: every atom its own type (the atoms of a molecule are labelled, not interchangeable);
+            # LJ clusters also carry a topology (for OpenMM/PDB output) but their particles are identical
             opts["atom_types"] = list(range(n))
     return build_egnn_energy(grid, n, sdim, sigma_data, time_input=cfg.time_input, **opts)
 
@@ -174,13 +194,16 @@ def train(
     target = system.target
     gen = torch.Generator().manual_seed(cfg.seed)
     data = training_data(target, cfg.data, cfg.n_data, gen)
-    particles = is_particle_system(system) and cfg.network == "egnn"
+    particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")
     if particles:
         data = centre(data, target.event_shape)
     mu, sigma_d = data_stats(data, centred=particles)
     grid = build_grid(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, grid, mu, sigma_d, system).to(device)
+    model = build_model(cfg, grid, mu, sigma_d, system)
+    if hasattr(model.net, "set_pair_stats"):
+        model.net.set_pair_stats(data)
+    model = model.to(device)
     ema = EMA(model, cfg.ema)
     f_params = [model.f]
     net_params = [p for n, p in model.named_parameters() if n != "f"]

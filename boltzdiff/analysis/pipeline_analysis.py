@@ -54,9 +54,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     meta = json.loads(pj.read_text())
     system = system or load_system(meta["system_path"], meta.get("variant"))
     if not (out / "samples.npz").exists() or not (out / "samples.json").exists():
-        raise ConfigError(
-            f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)"
-        )
+        raise ConfigError(f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)")
     with np.load(out / "samples.npz") as z:
         x, log_w_raw = z["x"], z["log_w"]
     summ = json.loads((out / "samples.json").read_text())
@@ -80,9 +78,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         res["train_wall_s"] = json.loads(train_summary.read_text())["wall_s"]
     figs = []
     if summ.get("ess_trace"):
-        figs.append(
-            ("ESS over the SMC steps", plot_ess_trace(np.array(summ["ess_trace"]), out / "ess_trace.png"))
-        )
+        figs.append(("ESS over the SMC steps", plot_ess_trace(np.array(summ["ess_trace"]), out / "ess_trace.png")))
     target = system.target
     u = _energies(target, x)
     finite = np.isfinite(u)
@@ -125,21 +121,25 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     else:
         ref_pos = out / "reference" / "positions.npy"
         ref_x = np.load(ref_pos).reshape(-1, target.dim) if ref_pos.exists() else None
-        ref_u = (
-            np.load(out / "reference" / "energies.npy")
-            if (out / "reference" / "energies.npy").exists()
-            else None
-        )
+        ref_u = np.load(out / "reference" / "energies.npy") if (out / "reference" / "energies.npy").exists() else None
+        ref_t = reference_temperature(out)
+        hot = ref_t is not None and system.temperature is not None and abs(ref_t - system.temperature) > 1e-6
+        if hot:
+            # training data from another temperature: its reduced energies are U / kT_ref; express them in the
+            # target's kT for the plot, and do not score the samples against them (different ensembles)
+            res["reference_temperature_K"] = ref_t
+            ref_u = None if ref_u is None else ref_u * ref_t / system.temperature
         if ref_u is not None:
             res["reference_mean_energy_kT"] = float(np.mean(ref_u))
-            res["energy_w1_reweighted"] = wasserstein_1(u[finite], ref_u, log_w[finite])
-            res["energy_w1_unweighted"] = wasserstein_1(u[finite], ref_u)
+            if not hot:
+                res["energy_w1_reweighted"] = wasserstein_1(u[finite], ref_u, log_w[finite])
+                res["energy_w1_unweighted"] = wasserstein_1(u[finite], ref_u)
             figs.append(
                 (
                     "reduced energy: reference, model samples, reweighted",
                     plot_energy_histograms(
                         {
-                            "reference": (ref_u, None),
+                            ("reference" if not hot else f"reference data ({ref_t:g} K)"): (ref_u, None),
                             "model (unweighted)": (u, None),
                             "reweighted": (u, log_w),
                         },
@@ -148,7 +148,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                 )
             )
         if kind == "molecule":
-            res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs))
+            res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not hot))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -169,23 +169,37 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     return res
 
 
+def reference_temperature(run_dir: Path) -> float | None:
+    """Temperature (K) the run's reference data were generated at (``reference/progress.json``), or None."""
+    p = Path(run_dir) / "reference" / "progress.json"
+    if not p.is_file():
+        return None
+    t = (json.loads(p.read_text()).get("settings") or {}).get("temperature")
+    return None if t is None else float(t)
+
+
 def _molecule(
-    system, out: Path, x: np.ndarray, log_w: np.ndarray, ref_x, n_bootstrap: int, figs: list
+    system,
+    out: Path,
+    x: np.ndarray,
+    log_w: np.ndarray,
+    ref_x,
+    n_bootstrap: int,
+    figs: list,
+    same_ensemble: bool = True,
 ) -> dict:
+    """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
+    still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it."""
     from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import fix_chirality, reference_chirality
+    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
     cvs = system.spec.get("cvs") or {}
     if "phi" not in cvs or "psi" not in cvs:
         return {}
     n = system.target.event_shape[0]
     xs = torch.as_tensor(x.reshape(-1, n, 3))
-    quads = system.spec.get("chiral_quads")
+    quads = chiral_quads_of(system)
     r: dict = {}
-    if quads is None and system.name == "alanine_dipeptide":
-        from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS
-
-        quads = ALDP_CHIRAL_QUADS
     if quads:
         ref_sign = reference_chirality(
             torch.as_tensor(ref_x.reshape(-1, n, 3))
@@ -204,9 +218,7 @@ def _molecule(
     profiles = {"reweighted model": prof}
     if ref_x is not None:
         phi_r, psi_r = phi_psi(ref_x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
-        df_r = delta_f_phi(
-            phi_r, None, n_bootstrap=n_bootstrap, rng=rng, block_length=max(1, len(phi_r) // 50)
-        )
+        df_r = delta_f_phi(phi_r, None, n_bootstrap=n_bootstrap, rng=rng, block_length=max(1, len(phi_r) // 50))
         r.update(md_delta_f_kT=float(df_r.delta_f), md_delta_f_se_kT=float(df_r.se))
         prof_r = free_energy_profile(
             phi_r,
@@ -217,19 +229,19 @@ def _molecule(
             rng=rng,
             block_length=max(1, len(phi_r) // 50),
         )
-        profiles["MD"] = prof_r
-        cmp = pmf_rmse(prof.f_b, prof_r.f_b, weights=prof_r.p_b)
-        r["pmf_rmse_kT"] = float(cmp.rmse)
-        h_m = weighted_histogram_2d(phi, psi, log_w, bins=36, range=((-np.pi, np.pi), (-np.pi, np.pi)))
-        h_r = weighted_histogram_2d(phi_r, psi_r, None, bins=36, range=((-np.pi, np.pi), (-np.pi, np.pi)))
-        r["ramachandran_js"] = float(jensen_shannon(h_m.p_xy, h_r.p_xy))
+        profiles["MD" if same_ensemble else "MD data (other temperature)"] = prof_r
+        if same_ensemble:
+            cmp = pmf_rmse(prof.f_b, prof_r.f_b, weights=prof_r.p_b)
+            r["pmf_rmse_kT"] = float(cmp.rmse)
+            rng2 = ((-np.pi, np.pi), (-np.pi, np.pi))
+            h_m = weighted_histogram_2d(phi, psi, log_w, bins=36, range=rng2)
+            h_r = weighted_histogram_2d(phi_r, psi_r, None, bins=36, range=rng2)
+            r["ramachandran_js"] = float(jensen_shannon(h_m.p_xy, h_r.p_xy))
         figs.append(
             (
                 "Ramachandran plot: MD vs reweighted model",
                 plot_ramachandran(phi_r, psi_r, phi, psi, log_w, out / "ramachandran.png"),
             )
         )
-    figs.append(
-        ("F(phi) with bootstrap bands", plot_free_energy_profiles(profiles, out / "free_energy_phi.png"))
-    )
+    figs.append(("F(phi) with bootstrap bands", plot_free_energy_profiles(profiles, out / "free_energy_phi.png")))
     return r

@@ -40,6 +40,14 @@ ALDP_CHIRAL_QUADS: tuple[tuple[int, int, int, int], ...] = ((8, 6, 14, 10),)
 ALDP_L_SIGN = 1
 
 
+def chiral_quads_of(system) -> list[tuple[int, int, int, int]] | None:
+    """A system's chiral centres: its spec's ``chiral_quads``, or alanine dipeptide's CA; None if neither."""
+    quads = system.spec.get("chiral_quads")
+    if quads is None and system.name == "alanine_dipeptide":
+        quads = ALDP_CHIRAL_QUADS
+    return [tuple(int(i) for i in q) for q in quads] if quads else None
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
 

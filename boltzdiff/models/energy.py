@@ -22,7 +22,9 @@ from boltzdiff.noise import LevelGrid
 
 
 class PreconditionedEnergy(LevelEnergy):
-    """``E_theta(x, t_i)`` around a vector network ``net(x~, c_noise) -> (B, d)``.
+    """``E_theta(x, t_i)`` around a vector network ``net(x~, c_noise) -> (B, d)`` (network term
+    ``<net, x~>``), or a scalar network with attribute ``scalar_output = True``, ``net(x~, c_noise, level) ->
+    (B,)`` (network term ``net`` itself).
 
     Parameters
     ----------
@@ -70,7 +72,10 @@ class PreconditionedEnergy(LevelEnergy):
         r = x - alpha * self.mu
         xt = r / torch.sqrt(a2)[:, None]
         quad = 0.5 * (xt**2).sum(-1)
-        nn_term = (self.net(xt, self.c_noise[lv]) * xt).sum(-1)
+        if getattr(self.net, "scalar_output", False):  # a scalar network g(x~, t) (e.g. PairDistanceNet)
+            nn_term = self.net(xt, self.c_noise[lv], lv)
+        else:
+            nn_term = (self.net(xt, self.c_noise[lv]) * xt).sum(-1)
         return quad + nn_term + 0.5 * self.dim * torch.log(2 * math.pi * a2)
 
     def log_norm(self) -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""Invariant pair-distance energy network for labelled molecules (a fast alternative to the EGNN on CPU).
+
+:class:`PairDistanceNet` is a *scalar* ``net`` of :class:`~boltzdiff.models.energy.PreconditionedEnergy`:
+the energy is ``E(x, t) = |x~|^2 / 2 + g(x~, t) + (d/2) log(2 pi a_t^2)`` where ``g`` is a residual MLP of
+
+* every interatomic distance ``r_ij`` of ``x~`` (all ``P = n (n - 1) / 2`` pairs), each *standardised per
+  level*: ``z_ij = (r_ij - m_ij(t)) / s_ij(t)`` with ``m_ij(t)^2 = (alpha_t^2 (mu_ij^2 + v_ij) + 6 sigma_t^2)
+  / a_t^2`` and ``s_ij(t)^2 = (alpha_t^2 v_ij + 2 sigma_t^2) / a_t^2``, where ``mu_ij``, ``v_ij`` are the
+  mean and variance of that distance in the training data (set once by :meth:`set_pair_stats`). A bond whose
+  length fluctuates by 0.003 nm and a contact that spans 1 nm both enter as O(1) numbers at every noise level,
+  so stiff covalent geometry is easy to represent;
+* optional pseudo-scalars ``tanh(V / chiral_scale)`` (signed volumes at chiral centres), which make ``g`` not
+  reflection-invariant so the model can prefer L- over D-alanine;
+* a Fourier embedding of the noise input, added in every residual block;
+
+plus a harmonic term ``1/2 sum_ij k_ij(t) z_ij^2`` whose per-pair stiffnesses are a linear function of the
+time embedding (zero at initialisation). Bonds and bond angles (1-3 distances) make the low-noise levels of a
+molecule very stiff: without this term a plain MLP learnt only ~15 % of that curvature in 2000 steps and its
+samples had bonds 40x too loose; with it, the stiffness is one linear layer away.
+
+Distances make ``g`` invariant to rotations and translations. The atoms of a molecule are labelled (each its own
+type), so no permutation symmetry is imposed; use the EGNN for identical particles (LJ, DW4). Cost per energy is
+one MLP on ``P`` inputs, roughly 20x cheaper than the EGNN's per-pair message passing for alanine dipeptide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from boltzdiff.geometry import signed_volume
+from boltzdiff.models.energy import PreconditionedEnergy
+from boltzdiff.models.mlp import FourierEmbedding, ResBlock
+from boltzdiff.noise import LevelGrid
+
+
+class PairDistanceNet(nn.Module):
+    """Scalar network ``(x~: (B, n * dim), c_noise: (B,), level: (B,)) -> g: (B,)``.
+
+    Parameters
+    ----------
+    n_particles, spatial_dim : int
+    grid : LevelGrid
+        The model's level grid (for the per-level standardisation).
+    sigma_data : float
+        The preconditioning's data standard deviation (``a_t^2 = alpha_t^2 sigma_data^2 + sigma_t^2``).
+    width, depth : int
+        Hidden width and number of residual blocks.
+    n_freq : int
+        Fourier features of the noise input.
+    chiral_quads : sequence of ``(center, a, b, c)`` or None
+        Chiral centres (3-D only) whose signed volumes enter as pseudo-scalar inputs.
+    chiral_scale : float
+    """
+
+    scalar_output = True
+
+    def __init__(
+        self,
+        n_particles: int,
+        spatial_dim: int,
+        grid: LevelGrid,
+        sigma_data: float,
+        width: int = 256,
+        depth: int = 3,
+        n_freq: int = 16,
+        chiral_quads: Sequence[Sequence[int]] | None = None,
+        chiral_scale: float = 0.1,
+    ):
+        super().__init__()
+        if n_particles < 2:
+            raise ValueError("PairDistanceNet needs at least 2 particles")
+        self.n, self.dim = int(n_particles), int(spatial_dim)
+        ii, jj = torch.triu_indices(self.n, self.n, offset=1)
+        self.register_buffer("ii", ii)
+        self.register_buffer("jj", jj)
+        p = ii.numel()
+        # data statistics of each distance (in units of x, nm); defaults until set_pair_stats is called
+        self.register_buffer("pair_mean", torch.ones(p))
+        self.register_buffer("pair_var", torch.ones(p))
+        dt = torch.get_default_dtype()
+        self.register_buffer("alpha", grid.alpha.to(dt))
+        self.register_buffer("sigma", grid.sigma.to(dt))
+        self.register_buffer("a2", (grid.alpha**2 * float(sigma_data) ** 2 + grid.sigma**2).to(dt))
+        self.quads = [tuple(int(i) for i in q) for q in (chiral_quads or ())]
+        if self.quads and (self.dim != 3 or any(len(q) != 4 or max(q) >= self.n or min(q) < 0 for q in self.quads)):
+            raise ValueError(f"chiral_quads: expected (center, a, b, c) atom indices < {self.n} in 3-D")
+        self.chiral_scale = float(chiral_scale)
+        self.temb = FourierEmbedding(n_freq)
+        self.temb_mlp = nn.Sequential(nn.Linear(2 * n_freq, width), nn.SiLU(), nn.Linear(width, width))
+        # per-pair, per-level stiffness of the harmonic term (zero at initialisation)
+        self.stiffness = nn.Linear(width, p)
+        nn.init.zeros_(self.stiffness.weight)
+        nn.init.zeros_(self.stiffness.bias)
+        self.inp = nn.Linear(p + len(self.quads), width)
+        self.blocks = nn.ModuleList([ResBlock(width, width) for _ in range(depth)])
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @torch.no_grad()
+    def set_pair_stats(self, x: torch.Tensor) -> None:
+        """Mean and variance of every pair distance over data ``x: (B, n * dim)`` (any units the model sees
+        before preconditioning, i.e. nm)."""
+        r = self.distances(x.to(self.pair_mean))
+        self.pair_mean.copy_(r.mean(0))
+        self.pair_var.copy_(r.var(0).clamp_min(1e-12))
+
+    def distances(self, x_flat: torch.Tensor) -> torch.Tensor:
+        x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
+        diff = x[:, self.ii] - x[:, self.jj]
+        return torch.sqrt((diff * diff).sum(-1) + 1e-12)
+
+    def forward(self, x_flat: torch.Tensor, c_noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        al, sg, a2 = self.alpha[level][:, None], self.sigma[level][:, None], self.a2[level][:, None]
+        m = torch.sqrt((al**2 * (self.pair_mean**2 + self.pair_var) + 6 * sg**2) / a2)
+        s = torch.sqrt((al**2 * self.pair_var + 2 * sg**2) / a2)
+        feats = (self.distances(x_flat) - m) / s
+        if self.quads:
+            x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
+            vol = torch.stack([signed_volume(x, *q) for q in self.quads], dim=-1)
+            feats = torch.cat([feats, torch.tanh(vol / self.chiral_scale)], dim=-1)
+        levels, inv = torch.unique(c_noise, return_inverse=True)
+        temb = self.temb_mlp(self.temb(levels))
+        z = feats[:, : self.ii.numel()]
+        harmonic = 0.5 * (self.stiffness(temb)[inv] * z * z).sum(-1)
+        h = self.inp(feats)
+        for b in self.blocks:
+            h = b(h, b.emb(temb)[inv])
+        return harmonic + self.out(torch.nn.functional.silu(self.out_norm(h)))[:, 0]
+
+
+def build_pairmlp_energy(
+    grid: LevelGrid,
+    n_particles: int,
+    spatial_dim: int,
+    sigma_data: float,
+    time_input: str = "logsnr",
+    **net_kwargs,
+) -> PreconditionedEnergy:
+    """Gaussian-preconditioned energy (``mu = 0``) around a :class:`PairDistanceNet`, for centred molecules.
+    Call ``model.net.set_pair_stats(data)`` before training."""
+    net = PairDistanceNet(n_particles, spatial_dim, grid, sigma_data, **net_kwargs)
+    mu = torch.zeros(n_particles * spatial_dim)
+    return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)

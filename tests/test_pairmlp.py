@@ -1,0 +1,154 @@
+"""The pair-distance energy network for labelled molecules (float64 checks, fixed seeds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from boltzdiff.config import TrainConfig
+from boltzdiff.errors import ConfigError
+from boltzdiff.geometry import random_rotations, remove_com
+from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS, chiral_quads_of
+from boltzdiff.models.pairmlp import build_pairmlp_energy
+from boltzdiff.noise import make_grid, make_schedule
+
+N_LEVELS = 16
+
+
+def _configs(B, n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return remove_com(torch.randn(B, n, 3, generator=g, dtype=torch.float64) * 0.8)
+
+
+def _model(n=7, quads=None, seed=0, perturb=True):
+    torch.manual_seed(seed)
+    grid = make_grid(make_schedule(None), N_LEVELS)
+    model = build_pairmlp_energy(grid, n, 3, sigma_data=0.5, width=32, depth=2, chiral_quads=quads).double()
+    model.net.set_pair_stats(_configs(64, n, seed=9).reshape(64, -1))
+    if perturb:  # the last layer starts at zero; make the network term non-zero
+        torch.nn.init.normal_(model.net.out.weight, std=0.5)
+        torch.nn.init.normal_(model.net.out.bias, std=0.5)
+        torch.nn.init.normal_(model.net.stiffness.bias, std=0.5)
+    return model
+
+
+def _e(model, x, level):
+    return model.energy(x.reshape(x.shape[0], -1), level)
+
+
+def test_zero_init_gives_gaussian_energy():
+    model = _model(perturb=False)
+    x = _configs(4, 7).reshape(4, -1)
+    a2 = model.a2[3]
+    expected = 0.5 * (x**2).sum(-1) / a2 + 10.5 * torch.log(2 * torch.pi * a2)
+    torch.testing.assert_close(model.energy(x, 3), expected)
+
+
+def test_pair_stats_are_the_data_distance_moments():
+    model = _model()
+    x = _configs(64, 7, seed=9)
+    r01 = (x[:, 0] - x[:, 1]).norm(dim=-1)
+    torch.testing.assert_close(model.net.pair_mean[0], r01.mean())
+    torch.testing.assert_close(model.net.pair_var[0], r01.var())
+
+
+def test_rotation_translation_invariance_and_labelled_atoms():
+    B = 5
+    model = _model()
+    x = _configs(B, 7)
+    level = torch.arange(B) % N_LEVELS
+    e0 = _e(model, x, level)
+    gauss = 0.5 * (x.reshape(B, -1) ** 2).sum(-1) / model.a2[level]
+    assert (e0 - gauss).std() > 1e-3  # the network term is not trivially zero
+    rot = random_rotations(B, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(_e(model, x @ rot.transpose(-1, -2), level), e0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_e(model, remove_com(x + 3.0), level), e0, atol=1e-5, rtol=0)
+    # without chiral inputs a mirror image has the same energy
+    torch.testing.assert_close(_e(model, -x, level), e0, atol=1e-5, rtol=0)
+    # atoms are labelled: swapping two of them changes the energy
+    swap = torch.tensor([1, 0, 2, 3, 4, 5, 6])
+    assert (_e(model, x[:, swap], level) - e0).abs().max() > 1e-6
+
+
+def test_chiral_inputs_break_reflection_only():
+    model = _model(quads=[(0, 1, 2, 3)])
+    torch.nn.init.normal_(model.net.inp.weight, std=1.0)
+    x = _configs(4, 7)
+    e0 = _e(model, x, 2)
+    rot = random_rotations(4, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(_e(model, x @ rot.transpose(-1, -2), 2), e0, atol=1e-5, rtol=0)
+    assert (_e(model, -x, 2) - e0).abs().min() > 1e-6
+
+
+def test_force_matches_finite_differences_and_double_backward():
+    model = _model(quads=[(0, 1, 2, 3)])
+    x = _configs(3, 7).reshape(3, -1)
+    force = model.score(x, 4)
+    eps = 1e-6
+    fd = torch.zeros_like(x)
+    for k in range(x.shape[1]):
+        dx = torch.zeros_like(x)
+        dx[:, k] = eps
+        fd[:, k] = -(model.energy(x + dx, 4) - model.energy(x - dx, 4)) / (2 * eps)
+    torch.testing.assert_close(force, fd, atol=1e-6, rtol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    s = model.score(xr, torch.tensor([1, 5, 9]), create_graph=True)
+    (s**2).sum().backward()
+    assert model.net.out.weight.grad.abs().sum() > 0
+    assert model.net.inp.weight.grad.abs().sum() > 0
+
+
+def test_per_level_standardisation_makes_data_distances_order_one():
+    """At every level, the standardised distances of noised data have mean ~0 and std ~1 (within 0.35)."""
+    torch.manual_seed(0)
+    grid = make_grid(make_schedule(None), N_LEVELS)
+    n = 6
+    g = torch.Generator().manual_seed(5)
+    base = remove_com(torch.randn(1, n, 3, generator=g, dtype=torch.float64))
+    data = remove_com(base + 0.01 * torch.randn(4000, n, 3, generator=g, dtype=torch.float64)).reshape(4000, -1)
+    sd = float(data.std())
+    model = build_pairmlp_energy(grid, n, 3, sigma_data=sd, width=8, depth=1).double()
+    net = model.net
+    net.set_pair_stats(data)
+    for lv in (0, N_LEVELS // 2, N_LEVELS - 1):
+        xt, _ = grid.noise(data, torch.full((4000,), lv))
+        xt = xt / model.a2[lv].sqrt()
+        al, sg, a2 = net.alpha[lv], net.sigma[lv], net.a2[lv]
+        m = torch.sqrt((al**2 * (net.pair_mean**2 + net.pair_var) + 6 * sg**2) / a2)
+        s = torch.sqrt((al**2 * net.pair_var + 2 * sg**2) / a2)
+        z = (net.distances(xt) - m) / s
+        assert z.mean(0).abs().max() < 0.35, (lv, z.mean(0))
+        assert (z.std(0) - 1).abs().max() < 0.35, (lv, z.std(0))
+
+
+def test_build_model_uses_pairmlp_for_molecules_only(tmp_path):
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import build_grid, build_model
+
+    aldp = load_system("alanine_dipeptide")
+    assert chiral_quads_of(aldp) == [tuple(ALDP_CHIRAL_QUADS[0])]
+    cfg = TrainConfig(system="alanine_dipeptide", network="pairmlp", width=16, depth=1).validate()
+    model = build_model(cfg, build_grid(cfg), torch.zeros(66), 0.2, aldp)
+    assert model.net.quads == [tuple(ALDP_CHIRAL_QUADS[0])]
+    lj = load_system("lj13")
+    with pytest.raises(ConfigError, match="pairmlp"):
+        build_model(TrainConfig(system="lj13", network="pairmlp"), build_grid(cfg), torch.zeros(39), 0.5, lj)
+    with pytest.raises(ConfigError, match="network"):
+        TrainConfig(network="gnn").validate()
+
+
+def test_lj_cluster_model_treats_particles_as_identical():
+    """LJ13 carries a topology (for PDB output) but its particles are identical: the EGNN built for it must be
+    permutation invariant (it once gave every LJ atom its own type because a topology was present)."""
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import build_grid, build_model
+
+    lj = load_system("lj13")
+    cfg = TrainConfig(system="lj13", network="egnn", egnn={"hidden": 8, "n_layers": 2}).validate()
+    torch.manual_seed(0)
+    model = build_model(cfg, build_grid(cfg), torch.zeros(39), 0.5, lj).double()
+    assert int(model.net.types.max()) == 0
+    torch.nn.init.normal_(model.net.readout.weight, std=0.5)
+    x = _configs(3, 13)
+    perm = torch.randperm(13, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_e(model, x[:, perm], 5), _e(model, x, 5), atol=1e-5, rtol=0)
