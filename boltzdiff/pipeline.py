@@ -35,12 +35,28 @@ PRESETS: dict[str, dict] = {
     "quick": {
         "reference": {},
         "train": {"steps": 1500},
-        "sample": {"n": 2000, "levels": None, "mcmc_steps": 0, "n_bridge": 16, "to_target": True},
+        "sample": {
+            "n": 2000,
+            "levels": None,
+            "mcmc_steps": 0,
+            "n_bridge": 16,
+            "bridge_cess": None,
+            "bridge_mcmc_steps": 2,
+            "to_target": True,
+        },
     },
     "full": {
         "reference": {},
         "train": {},
-        "sample": {"n": 5000, "levels": None, "mcmc_steps": 2, "n_bridge": 32, "to_target": True},
+        "sample": {
+            "n": 5000,
+            "levels": None,
+            "mcmc_steps": 2,
+            "n_bridge": 32,
+            "bridge_cess": None,
+            "bridge_mcmc_steps": 2,
+            "to_target": True,
+        },
     },
 }
 STAGES = ("reference", "train", "sample", "analyze")
@@ -53,9 +69,7 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def resolve_settings(
-    system: System, preset: str, seed: int = 0, device: str = "cpu", loss: str | None = None
-) -> dict:
+def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "cpu", loss: str | None = None) -> dict:
     """Stage settings: built-in preset < the system's run.yaml (``train:`` then ``presets.<preset>``) <
     ``loss`` (``dsm`` for the DSM-only comparison)."""
     if loss not in (None, "diffclf", "dsm"):
@@ -170,6 +184,9 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
         mcmc=mcmc,
         target=target,
         n_bridge=int(s.get("n_bridge", 16)),
+        bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
+        bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
+        max_bridge=int(s.get("max_bridge", 2000)),
         progress=progress,
     )
     x = res.x.detach().double().cpu()
@@ -227,9 +244,7 @@ def run_pipeline(
                 kind=kind_of(system),
             ),
         )
-        write_run_info(
-            out, dict(system=system.name, variant=system.variant, preset=preset, settings=settings), seed
-        )
+        write_run_info(out, dict(system=system.name, variant=system.variant, preset=preset, settings=settings), seed)
     t0 = time.time()
     data = stage_reference(system, out, settings, progress) if "reference" in stages else None
     if "train" in stages:

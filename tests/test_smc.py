@@ -131,9 +131,7 @@ def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
 
 
 def test_ess_stays_high_with_exact_energies(gmm3, grid128):
-    r = smc(
-        ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0
-    )
+    r = smc(ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0)
     assert r.n_resample == 0
     assert r.ess > 0.8 and float(r.ess_trace.min()) > 0.8
     assert r.ess_trace.shape == (128,)
@@ -148,9 +146,7 @@ def test_smc_mode_weights_match_exact_within_3_se(gmm3, grid128):
     est = np.array(
         [
             weighted_mode_weights(gmm3, r.x, r.log_w)
-            for r in (
-                smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12)
-            )
+            for r in (smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12))
         ]
     )
     z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
@@ -300,3 +296,88 @@ def test_target_dimension_mismatch(gmm3, grid128):
     other = GaussianMixture([1.0], [[0.0, 0.0, 0.0]], 1.0)
     with pytest.raises(ConfigError, match="dimension"):
         smc(ExactMixtureEnergy(gmm3, grid128), 10, target=other)
+
+
+# -- adaptive bridge ----------------------------------------------------------------------------------------
+def test_conditional_ess_exact_values():
+    from boltzdiff.samplers.smc import conditional_ess
+
+    # uniform current weights: CESS = (mean w)^2 / mean(w^2)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    assert conditional_ess(torch.zeros(4, dtype=torch.float64), w.log()) == pytest.approx(
+        float(w.mean() ** 2 / (w**2).mean()), rel=1e-12
+    )
+    # constant increments: CESS = 1 whatever the current weights; non-finite entries are left out
+    lw = torch.tensor([0.0, -1.0, 2.0, -math.inf], dtype=torch.float64)
+    assert conditional_ess(lw, torch.full((4,), 3.7, dtype=torch.float64)) == pytest.approx(1.0)
+    inc = torch.tensor([0.5, 0.5, 0.5, math.inf], dtype=torch.float64)
+    assert conditional_ess(torch.zeros(4, dtype=torch.float64), inc) == pytest.approx(1.0)
+    # current weights W = (0.25, 0.75), increments w = (1, 3): (0.25 + 2.25)^2 / (0.25 + 6.75)
+    lw = torch.tensor([0.25, 0.75], dtype=torch.float64).log()
+    inc = torch.tensor([1.0, 3.0], dtype=torch.float64).log()
+    assert conditional_ess(lw, inc) == pytest.approx(2.5**2 / 7.0, rel=1e-12)
+
+
+def test_next_bridge_lambda_hits_the_requested_cess():
+    from boltzdiff.samplers.smc import conditional_ess, next_bridge_lambda
+
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(1000, generator=g, dtype=torch.float64) * 30.0  # u - E varies by tens of kT
+    lw = torch.zeros(1000, dtype=torch.float64)
+    lam = next_bridge_lambda(lw, delta, 0.2, 0.9)
+    assert 0.2 < lam < 1.0
+    assert conditional_ess(lw, -(lam - 0.2) * delta) == pytest.approx(0.9, abs=1e-6)
+    # small mismatch: one step to the end
+    assert next_bridge_lambda(lw, delta * 1e-3, 0.5, 0.9) == 1.0
+
+
+def test_adaptive_bridge_corrects_a_wrong_model_and_takes_more_steps_for_a_worse_one(gmm3, grid128):
+    """Adaptive bridge to the exact target: Z = 1 and mode weights unbiased (z-scores over 10 seeds), and the
+    number of steps grows with the model-target mismatch (an exact model needs one step)."""
+    model = wrong_model(gmm3, grid128)
+    est, zs, steps = [], [], []
+    for s in range(10):
+        r = smc(
+            model,
+            500,
+            generator=torch.Generator().manual_seed(s),
+            levels=32,
+            target=gmm3,
+            bridge_cess=0.9,
+            bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
+        )
+        est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
+        zs.append(math.exp(r.log_Z))
+        steps.append(len(r.lambdas) - 1)
+        assert r.lambdas[0] == 0.0 and r.lambdas[-1] == 1.0 and torch.all(torch.diff(r.lambdas) > 0)
+    est, zs = np.array(est), np.array(zs)
+    z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
+    assert np.abs(z).max() < Z_MAX, (est.mean(0), z)
+    zz = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
+    assert abs(zz) < Z_MAX
+    assert min(steps) >= 2
+    exact = smc(
+        ExactMixtureEnergy(gmm3, grid128),
+        500,
+        generator=torch.Generator().manual_seed(0),
+        levels=32,
+        target=gmm3,
+        bridge_cess=0.9,
+    )
+    assert len(exact.lambdas) == 2  # u - E is constant: one step reaches lambda = 1
+
+
+def test_adaptive_bridge_stops_at_max_bridge(gmm3, grid128):
+    r = smc(
+        wrong_model(gmm3, grid128),
+        200,
+        generator=torch.Generator().manual_seed(0),
+        levels=16,
+        target=gmm3,
+        bridge_cess=0.999,
+        max_bridge=3,
+        bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.3),
+    )
+    assert len(r.lambdas) == 4 and r.lambdas[-1] == 1.0
+    with pytest.raises(ConfigError, match="bridge_cess"):
+        smc(wrong_model(gmm3, grid128), 10, target=gmm3, bridge_cess=1.5)

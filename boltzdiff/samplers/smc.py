@@ -23,6 +23,7 @@ Particles whose energy is not finite get weight zero (``log_w = -inf``) and are 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 
@@ -50,6 +51,8 @@ from boltzdiff.samplers.sde import (
     resolve_levels,
     reverse_kernel,
 )
+
+log = logging.getLogger(__name__)
 
 
 def level_variance(model, level: int) -> float:
@@ -110,6 +113,34 @@ class _Run:
         self.acc_trace.extend(r.acceptance_trace)
 
 
+def conditional_ess(log_w: torch.Tensor, log_inc: torch.Tensor) -> float:
+    """Conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` (in (0, 1]) of incremental weights
+    ``w = exp(log_inc)`` under the current normalised weights ``W`` (Zhou, Johansen & Aston 2016); particles
+    with a non-finite weight or increment are left out (they are dropped by the reweighting anyway)."""
+    ok = torch.isfinite(log_w) & torch.isfinite(log_inc)
+    if not ok.any():
+        return 0.0
+    lw, a = log_w[ok], log_w[ok] + log_inc[ok]
+    val = 2 * torch.logsumexp(a, 0) - torch.logsumexp(lw, 0) - torch.logsumexp(2 * a - lw, 0)
+    return float(torch.exp(val).clamp(max=1.0))
+
+
+def next_bridge_lambda(log_w: torch.Tensor, delta: torch.Tensor, lam: float, cess: float) -> float:
+    """The next ``lambda`` of an adaptive geometric bridge: the largest step ``d`` in ``(0, 1 - lam]`` whose
+    increments ``exp(-d * delta)`` keep the conditional ESS at ``cess`` or above (bisection, 40 halvings)."""
+    rest = 1.0 - lam
+    if conditional_ess(log_w, -rest * delta) >= cess:
+        return 1.0
+    lo, hi = 0.0, rest
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if conditional_ess(log_w, -mid * delta) >= cess:
+            lo = mid
+        else:
+            hi = mid
+    return lam + max(lo, rest * 1e-6)
+
+
 def _fisher_variances(grid, i_to: int, i_from: int, p: _Particles) -> torch.Tensor:
     return fisher_level_variances(grid, i_from, p.state.grad, p.log_w)
 
@@ -129,6 +160,8 @@ def smc(
     target=None,
     n_bridge: int = 16,
     bridge_mcmc: MCMCConfig | None = None,
+    bridge_cess: float | None = None,
+    max_bridge: int = 2000,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -161,9 +194,16 @@ def smc(
     target : Target, optional
         End at its exact reduced energy ``u(x)`` through a geometric bridge from level 0.
     n_bridge : int
-        Number of bridge steps (``lam`` evenly spaced from 0 to 1).
+        Number of bridge steps (``lam`` evenly spaced from 0 to 1), unless ``bridge_cess`` is given.
     bridge_mcmc : MCMCConfig, optional
         MCMC at each bridge step (default: 2 adapted MALA steps).
+    bridge_cess : float in (0, 1), optional
+        Adaptive bridge: choose each next ``lam`` so that the conditional ESS of the step's incremental
+        weights is ``bridge_cess`` (e.g. 0.9), as many steps as the model-target mismatch needs. For
+        molecules, whose stiff bonds make ``u - E_theta`` vary by hundreds of kT between particles, a fixed
+        short bridge collapses onto one particle.
+    max_bridge : int
+        Most adaptive bridge steps; the last one jumps to ``lam = 1`` (a warning is logged).
     progress : bool
         Show a tqdm progress bar.
 
@@ -184,6 +224,10 @@ def smc(
         raise ConfigError(f"target: dimension {target.dim} differs from the model's {model.dim}")
     if target is not None and int(n_bridge) < 1:
         raise ConfigError(f"n_bridge: expected an integer >= 1, got {n_bridge}")
+    if bridge_cess is not None and not 0.0 < float(bridge_cess) < 1.0:
+        raise ConfigError(f"bridge_cess: expected a number in (0, 1), got {bridge_cess}")
+    if int(max_bridge) < 1:
+        raise ConfigError(f"max_bridge: expected an integer >= 1, got {max_bridge}")
     n = int(n)
     grid = model.grid
     lv = resolve_levels(grid.n, levels)
@@ -225,24 +269,40 @@ def smc(
     # -- optional bridge to the exact target ---------------------------------------------------------------
     lambdas = None
     if target is not None:
-        if bridge_mcmc is None:
-            bridge_mcmc = MCMCConfig("mala", n_steps=2)
-            if mcmc is not None and mcmc.kind == "mala":
-                bridge_mcmc.step_size = mcmc.step_size  # carry the adapted level-0 step over
-        else:
-            bridge_mcmc = copy.deepcopy(bridge_mcmc)
-        lambdas = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64)
+        bridge_mcmc = MCMCConfig("mala", n_steps=2) if bridge_mcmc is None else copy.deepcopy(bridge_mcmc)
+        if bridge_mcmc.step_size is None and mcmc is not None and mcmc.kind == bridge_mcmc.kind:
+            bridge_mcmc.step_size = mcmc.step_size  # carry the adapted level-0 step over
         u, gu = target_energy_and_grad(target, p.x, counter)
         ef0 = -p.state.log_prob
         scale = level_variance(model, lv[0])
         p.state = BridgeDensity(model, target, 0.0, lv[0], counter).combine(ef0, p.state.grad, u, gu)
-        for jb in _progress(range(1, len(lambdas)), progress, "bridge to target"):
-            lam, dlam = float(lambdas[jb]), float(lambdas[jb] - lambdas[jb - 1])
+        lam_list = [0.0]
+        fixed = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64).tolist()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="bridge to target", total=None if bridge_cess else int(n_bridge), leave=False)
+        while lam_list[-1] < 1.0:
             ef0, u = p.state.aux[:, 0], p.state.aux[:, 1]
+            if bridge_cess is None:
+                lam = fixed[len(lam_list)]
+            elif len(lam_list) >= int(max_bridge):
+                log.warning("smc: adaptive bridge reached max_bridge=%d steps; jumping to lambda=1", max_bridge)
+                lam = 1.0
+            else:
+                lam = next_bridge_lambda(p.log_w, u - ef0, lam_list[-1], float(bridge_cess))
+            dlam = lam - lam_list[-1]
+            lam_list.append(lam)
             run.reweight(p, -dlam * (u - ef0), f"on the bridge to the target (lambda={lam:.3g})")
             dens = BridgeDensity(model, target, lam, lv[0], counter)
             p.state = dens.rebase(p.state)  # same points under the new lambda, no new evaluations
             run.rejuvenate(p, dens, bridge_mcmc, scale)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        lambdas = torch.tensor(lam_list, dtype=torch.float64)
         mcmc = bridge_mcmc if mcmc is None else mcmc
 
     log_w = p.log_w
