@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,50 @@ def reference_evals(settings: dict, kind: str) -> int:
     return 0
 
 
+def share_reference(out: Path, candidates: list[Path]) -> None:
+    """Both losses train on the same reference data: copy a finished reference stage of the same settings from
+    another run directory of this benchmark instead of simulating it again (it is counted for each method)."""
+    if (out / "reference").exists():
+        return
+    for c in candidates:
+        prog = c / "reference" / "progress.json"
+        if c != out and prog.is_file() and json.loads(prog.read_text()).get("completed"):
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(c / "reference", out / "reference")
+            print(f"reference data copied from {c.relative_to(ROOT)}")
+            return
+
+
+def compare_with_reference_profile(run_dir: Path, system, ref: dict) -> dict:
+    """ΔF error and F(phi) RMSE of a run's reweighted samples against the umbrella-sampling reference
+    (``benchmarks/aldp_reference.py``), over the bins the reference populates, weighted by its probabilities."""
+    import numpy as np
+
+    from boltzdiff.analysis.free_energy import free_energy_profile, pmf_rmse
+    from boltzdiff.analysis.weights import clean_log_weights
+    from boltzdiff.cv import phi_psi
+    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+
+    prof_ref = ref.get("reference_f_phi")
+    if not prof_ref:
+        return {}
+    with np.load(run_dir / "samples.npz") as z:
+        x, log_w = z["x"], clean_log_weights(z["log_w"]).log_w_n
+    n = system.target.event_shape[0]
+    xs = torch.as_tensor(x.reshape(-1, n, 3))
+    quads = chiral_quads_of(system)
+    if quads:
+        sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
+        xs = fix_chirality(xs, quads, sign).x
+    cvs = system.spec["cvs"]
+    phi, _ = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
+    edges = np.asarray(prof_ref["edges"])
+    prof = free_energy_profile(phi, log_w, bins=len(edges) - 1, range=(edges[0], edges[-1]), n_bootstrap=0)
+    f_ref = np.array([np.inf if v is None else v for v in prof_ref["f_kT"]])
+    cmp = pmf_rmse(prof.f_b, f_ref, weights=np.asarray(prof_ref["p"]))
+    return dict(pmf_rmse_vs_reference_kT=float(cmp.rmse))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("system")
@@ -54,8 +99,10 @@ def main() -> None:
     short = "aldp" if system.name == "alanine_dipeptide" else system.name
     name = short + (f"_{system.variant}" if system.variant else "")
     runs = []
-    for loss in [s.strip() for s in args.losses.split(",") if s.strip()]:
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    for loss in losses:
         out = WORK / f"{name}_{args.preset}_{loss}_seed{args.seed}"
+        share_reference(out, [WORK / f"{name}_{args.preset}_{lo}_seed{args.seed}" for lo in ("diffclf", "dsm")])
         t0 = time.perf_counter()
         res = run_pipeline(
             args.system, out, preset=args.preset, variant=args.variant, seed=args.seed, loss=loss, progress=False
@@ -108,6 +155,18 @@ def main() -> None:
         for r in runs:
             if isinstance(r.get("delta_f_kT"), float):
                 r["abs_delta_f_error_kT"] = abs(r["delta_f_kT"] - ref["reference_delta_f_kT"])
+            r.update(compare_with_reference_profile(ROOT / r["run_dir"], system, ref))
+            if isinstance(r.get("md_delta_f_kT"), float):  # the training data's own (raw) estimate
+                r["abs_md_delta_f_error_kT"] = abs(r["md_delta_f_kT"] - ref["reference_delta_f_kT"])
+        out.update({k: v for k, v in runs[runs.index(main_run)].items() if k.startswith(("abs_", "pmf_rmse_vs"))})
+        print(f"reference ΔF {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f} kT")
+        for r in runs:
+            print(
+                f"  {r['method']:<30} ΔF {r.get('delta_f_kT', float('nan')):7.3f} ± "
+                f"{r.get('delta_f_se_kT', float('nan')):.3f}  |err| {r.get('abs_delta_f_error_kT', float('nan')):.3f}"
+                f"  F(phi) RMSE {r.get('pmf_rmse_vs_reference_kT', float('nan')):.3f}  ESS {r['ess']:.3f}"
+                f"  raw training-data ΔF {r.get('md_delta_f_kT', float('nan')):.3f}"
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     from boltzdiff.runinfo import atomic_write_json
 
