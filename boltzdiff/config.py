@@ -27,6 +27,9 @@ class TrainConfig:
     {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
     ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
     AdamW ``lr`` (``lr_f`` for the log-normalisers), EMA ``ema``, clipping ``grad_clip``.
+    ``tsm_scale`` (a length in the data's units, e.g. nm): add target score matching below that noise scale,
+    using the target's forces on the data, which were sampled at ``data_temperature`` (K; default the
+    system's); see :func:`boltzdiff.losses._dsm_terms`.
     """
 
     system: str = "gmm2_unbalanced"
@@ -63,6 +66,8 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_every: int = 500
     num_threads: int | None = None
+    tsm_scale: float | None = None
+    data_temperature: float | None = None
 
     def validate(self, where: str = "config") -> TrainConfig:
         def bad(name, expect):
@@ -99,6 +104,10 @@ class TrainConfig:
             bad("network", " or ".join(repr(n) for n in NETWORKS))
         if self.level_sampling not in ("uniform", "local", "mixed"):
             bad("level_sampling", "'uniform', 'local' or 'mixed'")
+        for name in ("tsm_scale", "data_temperature"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
+                bad(name, "null or a positive number")
         return self
 
     def to_dict(self) -> dict:

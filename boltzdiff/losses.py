@@ -87,14 +87,30 @@ def _dsm_terms(
     level: torch.Tensor,
     energy: torch.Tensor,
     sigma_data: float,
+    score0: torch.Tensor | None = None,
+    tsm_scale: float | None = None,
 ) -> torch.Tensor:
-    """Per-sample DSM terms given energies ``E(x_t, t)`` computed from ``xt`` (which requires grad)."""
+    """Per-sample DSM terms given energies ``E(x_t, t)`` computed from ``xt`` (which requires grad).
+
+    With ``score0 = grad log p_0(x0)`` (data whose energy is known) and ``tsm_scale`` (a length), the
+    regression target of the denoiser mixes DSM's ``x0`` with the target-score-matching one (De Bortoli et al.
+    2024), ``x0_tsm = (x_t + sigma_t^2 score0 / alpha_t) / alpha_t``: both have the posterior mean
+    ``E[x0 | x_t]`` as their expectation, so the minimiser is unchanged, but TSM's variance vanishes as the
+    noise does while DSM's does not. Weight of DSM: ``c = sbar^2 / (sbar^2 + tsm_scale^2)``, ``sbar =
+    sigma/alpha``: TSM below the length scale of the stiffest degrees of freedom, DSM above it.
+    """
     (grad,) = torch.autograd.grad(energy.sum(), xt, create_graph=True)
     a = model.grid.alpha.to(x0)[level][:, None]
     s2 = (model.grid.sigma.to(x0)[level] ** 2)[:, None]
     x0_hat = (xt - s2 * grad) / a  # score = -grad
     lam = edm_weight(model, level, sigma_data).to(x0)
-    return lam * ((x0_hat - x0) ** 2).sum(-1) / x0.shape[-1]
+    target = x0
+    if score0 is not None and tsm_scale is not None:
+        sbar2 = s2 / a**2
+        c = sbar2 / (sbar2 + float(tsm_scale) ** 2)
+        x0_tsm = (xt.detach() + s2 * score0 / a) / a
+        target = c * x0 + (1 - c) * x0_tsm
+    return lam * ((x0_hat - target) ** 2).sum(-1) / x0.shape[-1]
 
 
 def dsm_loss(
@@ -103,14 +119,17 @@ def dsm_loss(
     level: torch.Tensor,
     sigma_data: float,
     generator: torch.Generator | None = None,
+    score0: torch.Tensor | None = None,
+    tsm_scale: float | None = None,
 ) -> torch.Tensor:
-    """Mean DSM loss at the given levels, one noise draw per row. ``x0: (B, d)``, ``level: (B,)``."""
+    """Mean DSM loss at the given levels, one noise draw per row. ``x0: (B, d)``, ``level: (B,)``;
+    ``score0``/``tsm_scale``: target score matching at low noise (see :func:`_dsm_terms`)."""
     eps = torch.randn(x0.shape, generator=generator).to(x0)
     a = model.grid.alpha.to(x0)[level][:, None]
     s = model.grid.sigma.to(x0)[level][:, None]
     xt = (a * x0 + s * eps).requires_grad_(True)
     e = model.energy(xt, level)
-    return _dsm_terms(model, x0, xt, level, e, sigma_data).mean()
+    return _dsm_terms(model, x0, xt, level, e, sigma_data, score0, tsm_scale).mean()
 
 
 def clf_logits(model: LevelEnergy, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +159,8 @@ def diffclf_loss(
     lambda_clf: float = 1.0,
     dsm_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    score0: torch.Tensor | None = None,
+    tsm_scale: float | None = None,
 ) -> LossOutput:
     """DSM + lambda_clf * multi-level DiffCLF; the k diagonal energies are reused for DSM.
 
@@ -155,7 +176,8 @@ def diffclf_loss(
     xd = x.reshape(-1, d).requires_grad_(True)
     lv = levels.reshape(-1)
     e_diag = model.energy(xd, lv)  # (B k,)
-    dsm = _dsm_terms(model, x0.repeat_interleave(k, 0), xd, lv, e_diag, sigma_data).mean()
+    g0 = None if score0 is None else score0.repeat_interleave(k, 0)
+    dsm = _dsm_terms(model, x0.repeat_interleave(k, 0), xd, lv, e_diag, sigma_data, g0, tsm_scale).mean()
     if k > 1:
         # off-diagonal pairs (a != b) without input gradients
         ia, ib = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
@@ -165,18 +187,14 @@ def diffclf_loss(
         lo = levels[:, b_idx].reshape(-1)
         e_off = model.energy(xo, lo).reshape(B, -1)
         E = torch.zeros(B, k, k, dtype=e_diag.dtype, device=x0.device)  # E[n, b, a]
-        E = E.index_put(
-            (torch.arange(B)[:, None], b_idx[None, :].expand(B, -1), a_idx[None, :].expand(B, -1)), e_off
-        )
+        E = E.index_put((torch.arange(B)[:, None], b_idx[None, :].expand(B, -1), a_idx[None, :].expand(B, -1)), e_off)
         E = E + torch.diag_embed(e_diag.reshape(B, k))
         logits = -E - model.log_norm().to(E)[levels][:, :, None]
         clf = clf_from_logits(logits)
     else:
         clf = torch.zeros((), device=x0.device)
     total = dsm_weight * dsm + lambda_clf * clf
-    return LossOutput(
-        total=total, dsm=dsm.detach(), clf=clf.detach(), n_dsm_terms=B * k, n_energy_evals=B * k * k
-    )
+    return LossOutput(total=total, dsm=dsm.detach(), clf=clf.detach(), n_dsm_terms=B * k, n_energy_evals=B * k * k)
 
 
 def diffclf_binary_loss(
@@ -201,8 +219,13 @@ def dsm_only_loss(
     levels: torch.Tensor,
     sigma_data: float,
     generator: torch.Generator | None = None,
+    score0: torch.Tensor | None = None,
+    tsm_scale: float | None = None,
 ) -> LossOutput:
     """The DSM-only baseline at an equal number of DSM terms: ``x0`` repeated k times, levels ``(B, k)``."""
     B, k = levels.shape
-    dsm = dsm_loss(model, x0.repeat_interleave(k, 0), levels.reshape(-1), sigma_data, generator=generator)
+    g0 = None if score0 is None else score0.repeat_interleave(k, 0)
+    dsm = dsm_loss(
+        model, x0.repeat_interleave(k, 0), levels.reshape(-1), sigma_data, generator, score0=g0, tsm_scale=tsm_scale
+    )
     return LossOutput(total=dsm, dsm=dsm.detach(), clf=None, n_dsm_terms=B * k, n_energy_evals=B * k)

@@ -131,6 +131,15 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
     return done
 
 
+def reference_temperature(run_dir: Path) -> float | None:
+    """Temperature (K) the run's reference data were generated at (``reference/progress.json``), or None."""
+    p = Path(run_dir) / "reference" / "progress.json"
+    if not p.is_file():
+        return None
+    t = (json.loads(p.read_text()).get("settings") or {}).get("temperature")
+    return None if t is None else float(t)
+
+
 def stage_train(system: System, out: Path, settings: dict, data: Path | None, progress: bool):
     from boltzdiff.train import train
 
@@ -144,6 +153,9 @@ def stage_train(system: System, out: Path, settings: dict, data: Path | None, pr
     cfg.variant = system.variant
     if data is not None:
         cfg.data = str(data)
+        t_ref = reference_temperature(out)
+        if cfg.data_temperature is None and t_ref is not None:
+            cfg.data_temperature = t_ref
     cfg.validate()
     train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
 

@@ -111,6 +111,31 @@ def build_model(
     return build_egnn_energy(grid, n, sdim, sigma_data, time_input=cfg.time_input, **opts)
 
 
+def data_scores(
+    system: System, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grad log p_data`` at each training configuration, from the target's forces: data sampled at
+    ``data_temperature`` follow ``exp(-u T_sys / T_data)``, so the score is ``(T_sys / T_data) force``.
+    Rows whose force is not finite are dropped (logged). Returns ``(data, score)``."""
+    t_sys = system.temperature
+    ratio = 1.0
+    if data_temperature is not None:
+        if t_sys is None:
+            raise ConfigError(f"data_temperature: system {system.name!r} has no temperature to rescale to")
+        ratio = float(t_sys) / float(data_temperature)
+    out = []
+    for s in range(0, data.shape[0], chunk):
+        xb = data[s : s + chunk].to(torch.float64)
+        out.append(system.target.force(xb).detach().to(torch.float64))
+    g = torch.cat(out) * ratio
+    ok = torch.isfinite(g).all(-1)
+    if not ok.all():
+        log.warning("tsm: %d of %d training configurations have a non-finite force; dropped", int((~ok).sum()), len(g))
+        if not ok.any():
+            raise ConfigError("tsm_scale: no training configuration has a finite force")
+    return data[ok], g[ok].to(data.dtype)
+
+
 def centre(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
     """Remove the centre of mass of particle configurations ``(B, n*s)``."""
     n, s = event_shape
@@ -197,6 +222,9 @@ def train(
     particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")
     if particles:
         data = centre(data, target.event_shape)
+    score0 = None
+    if cfg.tsm_scale is not None:
+        data, score0 = data_scores(system, data, cfg.data_temperature)
     mu, sigma_d = data_stats(data, centred=particles)
     grid = build_grid(cfg)
     torch.manual_seed(cfg.seed)
@@ -240,6 +268,8 @@ def train(
         dim=target.dim,
     )
     data = data.to(device)
+    if score0 is not None:
+        score0 = score0.to(device)
     n = data.shape[0]
 
     def save(final: bool = False):
@@ -267,11 +297,13 @@ def train(
         while step < cfg.steps:
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
             x0 = data[idx]
+            g0 = None if score0 is None else score0[idx]
             levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
+            tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale)
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
-                res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen)
+                res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen, **tsm)
             else:
-                res = diffclf_loss(model, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, generator=gen)
+                res = diffclf_loss(model, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, generator=gen, **tsm)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(res.total):
                 n_bad += 1

@@ -44,7 +44,7 @@ def _energies(target, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
 
 def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dict:
     """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``."""
-    from boltzdiff.pipeline import kind_of
+    from boltzdiff.pipeline import kind_of, reference_temperature
     from boltzdiff.systems import load_system
 
     out = Path(run_dir)
@@ -167,15 +167,6 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         "target energy; `ess` is the normalised Kish ESS.",
     )
     return res
-
-
-def reference_temperature(run_dir: Path) -> float | None:
-    """Temperature (K) the run's reference data were generated at (``reference/progress.json``), or None."""
-    p = Path(run_dir) / "reference" / "progress.json"
-    if not p.is_file():
-        return None
-    t = (json.loads(p.read_text()).get("settings") or {}).get("temperature")
-    return None if t is None else float(t)
 
 
 def _molecule(
