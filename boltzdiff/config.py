@@ -60,6 +60,7 @@ class TrainConfig:
     input_fourier: int | str = 0
     input_fourier_scale: float = 4.0
     egnn: dict = field(default_factory=dict)
+    pairmlp: dict = field(default_factory=dict)
     data: str | None = None
     n_data: int = 100_000
     seed: int = 0

@@ -88,6 +88,9 @@ def build_model(
                 f"network: 'pairmlp' is for labelled molecules; system {system.name!r} has identical particles "
                 "(use 'egnn')"
             )
+        allowed = {"n_freq", "chiral_scale", "stiffness_init"}
+        if not isinstance(cfg.pairmlp, dict) or set(cfg.pairmlp) - allowed:
+            raise ConfigError(f"pairmlp: expected a mapping with keys among {sorted(allowed)}, got {cfg.pairmlp!r}")
         return build_pairmlp_energy(
             grid,
             n,
@@ -97,6 +100,7 @@ def build_model(
             width=cfg.width,
             depth=cfg.depth,
             chiral_quads=chiral_quads_of(system),
+            **cfg.pairmlp,
         )
     from boltzdiff.models.egnn import build_egnn_energy
 

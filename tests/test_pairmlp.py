@@ -152,3 +152,32 @@ def test_lj_cluster_model_treats_particles_as_identical():
     x = _configs(3, 13)
     perm = torch.randperm(13, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(_e(model, x[:, perm], 5), _e(model, x, 5), atol=1e-5, rtol=0)
+
+
+def test_positive_stiffness_option_starts_at_the_given_value_and_rejects_bad_options():
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import build_grid, build_model
+
+    aldp = load_system("alanine_dipeptide")
+    cfg = TrainConfig(system="alanine_dipeptide", network="pairmlp", width=16, depth=1, pairmlp={"stiffness_init": 1.0})
+    model = build_model(cfg.validate(), build_grid(cfg), torch.zeros(66), 0.2, aldp).double()
+    x = torch.as_tensor(aldp.positions, dtype=torch.float64).reshape(1, 66).repeat(3, 1)
+    x = x + 0.01 * torch.randn(3, 66, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model.net.set_pair_stats(x)
+    net = model.net
+    lv = torch.tensor([0, 5, 9])
+    xt = x / model.a2[lv].sqrt()[:, None]
+    al, sg, a2 = net.alpha[lv][:, None], net.sigma[lv][:, None], net.a2[lv][:, None]
+    m = torch.sqrt((al**2 * (net.pair_mean**2 + net.pair_var) + 6 * sg**2) / a2)
+    s = torch.sqrt((al**2 * net.pair_var + 2 * sg**2) / a2)
+    z = (net.distances(xt) - m) / s
+    # the MLP head is zero at initialisation: the network term is exactly 1/2 sum z^2 (stiffness 1)
+    torch.testing.assert_close(net(xt, model.c_noise[lv], lv), 0.5 * (z * z).sum(-1))
+    with pytest.raises(ConfigError, match="pairmlp"):
+        build_model(
+            TrainConfig(system="alanine_dipeptide", network="pairmlp", pairmlp={"hidden": 3}),
+            build_grid(cfg),
+            torch.zeros(66),
+            0.2,
+            aldp,
+        )

@@ -25,6 +25,7 @@ one MLP on ``P`` inputs, roughly 20x cheaper than the EGNN's per-pair message pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,9 @@ class PairDistanceNet(nn.Module):
     chiral_quads : sequence of ``(center, a, b, c)`` or None
         Chiral centres (3-D only) whose signed volumes enter as pseudo-scalar inputs.
     chiral_scale : float
+    stiffness_init : float
+        0: the harmonic stiffnesses start at zero and may take either sign (a zero network output is then the
+        exact Gaussian marginal); > 0: they are kept positive (softplus) and start at this value.
     """
 
     scalar_output = True
@@ -68,6 +72,7 @@ class PairDistanceNet(nn.Module):
         n_freq: int = 16,
         chiral_quads: Sequence[Sequence[int]] | None = None,
         chiral_scale: float = 0.1,
+        stiffness_init: float = 0.0,
     ):
         super().__init__()
         if n_particles < 2:
@@ -90,10 +95,15 @@ class PairDistanceNet(nn.Module):
         self.chiral_scale = float(chiral_scale)
         self.temb = FourierEmbedding(n_freq)
         self.temb_mlp = nn.Sequential(nn.Linear(2 * n_freq, width), nn.SiLU(), nn.Linear(width, width))
-        # per-pair, per-level stiffness of the harmonic term (zero at initialisation)
+        # per-pair, per-level stiffness of the harmonic term: zero at initialisation (stiffness_init = 0, any
+        # sign), or softplus-positive starting at stiffness_init (every distance held near its noised mean)
         self.stiffness = nn.Linear(width, p)
         nn.init.zeros_(self.stiffness.weight)
-        nn.init.zeros_(self.stiffness.bias)
+        self.stiffness_init = float(stiffness_init)
+        if self.stiffness_init < 0:
+            raise ValueError(f"stiffness_init: expected >= 0, got {stiffness_init}")
+        b0 = math.log(math.expm1(self.stiffness_init)) if self.stiffness_init > 0 else 0.0
+        nn.init.constant_(self.stiffness.bias, b0)
         self.inp = nn.Linear(p + len(self.quads), width)
         self.blocks = nn.ModuleList([ResBlock(width, width) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(width)
@@ -126,7 +136,10 @@ class PairDistanceNet(nn.Module):
         levels, inv = torch.unique(c_noise, return_inverse=True)
         temb = self.temb_mlp(self.temb(levels))
         z = feats[:, : self.ii.numel()]
-        harmonic = 0.5 * (self.stiffness(temb)[inv] * z * z).sum(-1)
+        k = self.stiffness(temb)[inv]
+        if self.stiffness_init > 0:
+            k = torch.nn.functional.softplus(k)
+        harmonic = 0.5 * (k * z * z).sum(-1)
         h = self.inp(feats)
         for b in self.blocks:
             h = b(h, b.emb(temb)[inv])
