@@ -163,3 +163,45 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert res["n_target_evals"] >= 32 * 2
     for png in ("ramachandran.png", "free_energy_phi.png", "energy_hist.png", "ess_trace.png"):
         assert (out / png).stat().st_size > 1000, png
+
+
+@pytest.mark.slow
+def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
+    """The default ALDP recipe in miniature: 500 K MD -> pair-distance model with target score matching (data
+    temperature taken from the MD) -> SMC with an adaptive bridge to the 300 K energy -> analysis that does not
+    score the samples against the 500 K data."""
+    import yaml
+
+    sysdir = make_system(
+        tmp_path,
+        "alanine_dipeptide",
+        {
+            "train": {
+                **TINY_TRAIN,
+                "steps": 300,
+                "warmup_steps": 100,
+                "batch_size": 64,
+                "network": "pairmlp",
+                "width": 32,
+                "depth": 1,
+                "pairmlp": {"stiffness_init": 1.0},
+                "tsm_scale": 0.005,
+            },
+            "presets": {
+                "quick": {
+                    "reference": {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0},
+                    "sample": {"n": 32, "mcmc_steps": 1, "bridge_cess": 0.9, "max_bridge": 6},
+                }
+            },
+        },
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
+    cfg = yaml.safe_load((out / "train" / "config.yaml").read_text())
+    assert cfg["data_temperature"] == 500.0 and cfg["tsm_scale"] == 0.005
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["reference_temperature_K"] == 500.0
+    assert "md_delta_f_kT" in res and "delta_f_kT" in res
+    assert "pmf_rmse_kT" not in res and "energy_w1_reweighted" not in res
+    smc = json.loads((out / "samples.json").read_text())
+    assert 1 <= smc["n_bridge"] <= 6
