@@ -72,6 +72,11 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         n_target_evals=int(summ.get("n_target_evals", 0)),
         n_model_evals=int(summ.get("n_model_evals", 0)),
         sample_wall_s=summ.get("wall_s"),
+        # the final ESS is measured after the last resampling; the lowest ESS along the way and the number of
+        # resamplings say how much the particle system degenerated before that
+        ess_min=summ.get("ess_min"),
+        n_resample=summ.get("n_resample"),
+        n_bridge=summ.get("n_bridge"),
     )
     train_summary = out / "train" / "train_summary.json"
     if train_summary.exists():
