@@ -93,6 +93,8 @@ def main() -> None:
         pj = json.loads((Path(run_dir) / "pipeline.json").read_text())
         ref_cfg = pj["settings"].get("reference", {})
         n_md = round(float(ref_cfg.get("ns", 1.0)) * 1e6 / float(ref_cfg.get("timestep_fs", 1.0)))
+        dfk = a.get("delta_f_kT")
+        ok = isinstance(dfk, int | float) and math.isfinite(dfk)
         rows.append(
             dict(
                 method=label,
@@ -100,8 +102,11 @@ def main() -> None:
                 n_target_evals=n_md + int(a.get("n_target_evals", 0)),
                 delta_f_kT=a.get("delta_f_kT"),
                 delta_f_se_kT=a.get("delta_f_se_kT"),
-                rms_error_kT=abs(a["delta_f_kT"] - ref) if a.get("delta_f_kT") is not None else float("nan"),
+                rms_error_kT=abs(a["delta_f_kT"] - ref) if ok else float("nan"),
+                failed_fraction=0.0 if ok else 1.0,  # no weighted particle in the basin: ΔF undefined
+                n_blocks=1,
                 ess=a.get("ess"),
+                reference_temperature_K=a.get("reference_temperature_K"),
             )
         )
     print(f"reference ΔF = {ref:.3f} ± {ref_se:.3f} kT ({ref_json.get('method')})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -34,6 +35,17 @@ def reference_evals(settings: dict, kind: str) -> int:
     if kind == "particles":
         return int(ref.get("n_steps", 20000)) * int(ref.get("n_chains", 64))
     return 0
+
+
+def strict_json(v):
+    """NaN/inf (e.g. ΔF when no particle reached the basin) become null, so the file is strict JSON."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: strict_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [strict_json(x) for x in v]
+    return v
 
 
 def share_reference(out: Path, candidates: list[Path]) -> None:
@@ -170,7 +182,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     from boltzdiff.runinfo import atomic_write_json
 
-    atomic_write_json(RESULTS / f"{name}{args.tag}.json", out)
+    atomic_write_json(RESULTS / f"{name}{args.tag}.json", strict_json(out))
     print(f"wrote {RESULTS / f'{name}{args.tag}.json'}")
 
 
