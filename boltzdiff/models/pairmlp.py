@@ -124,11 +124,16 @@ class PairDistanceNet(nn.Module):
         diff = x[:, self.ii] - x[:, self.jj]
         return torch.sqrt((diff * diff).sum(-1) + 1e-12)
 
-    def forward(self, x_flat: torch.Tensor, c_noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def standardised_distances(self, x_flat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``z_ij = (r_ij - m_ij(t)) / s_ij(t)`` of preconditioned configurations ``(B, n * dim)`` at integer
+        levels ``(B,)`` (formulas in the module docstring), ``(B, P)``."""
         al, sg, a2 = self.alpha[level][:, None], self.sigma[level][:, None], self.a2[level][:, None]
         m = torch.sqrt((al**2 * (self.pair_mean**2 + self.pair_var) + 6 * sg**2) / a2)
         s = torch.sqrt((al**2 * self.pair_var + 2 * sg**2) / a2)
-        feats = (self.distances(x_flat) - m) / s
+        return (self.distances(x_flat) - m) / s
+
+    def forward(self, x_flat: torch.Tensor, c_noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        feats = self.standardised_distances(x_flat, level)
         if self.quads:
             x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
             vol = torch.stack([signed_volume(x, *q) for q in self.quads], dim=-1)
