@@ -153,6 +153,14 @@ def test_smc_mode_weights_match_exact_within_3_se(gmm3, grid128):
     assert np.abs(z).max() < Z_MAX, z
 
 
+def assert_weights_and_z_unbiased(est, zs, gmm):
+    """Mean weighted mode weights over seeds within Z_MAX standard errors of the truth, and E[Z] = 1 likewise."""
+    z = (est.mean(0) - gmm.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
+    assert np.abs(z).max() < Z_MAX, (est.mean(0), z)
+    zz = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
+    assert abs(zz) < Z_MAX
+
+
 def test_to_target_corrects_a_wrong_model(gmm3, grid128):
     """A model with wrong mode weights, annealed on to the exact target energy: weighted mode weights (mean
     over 12 seeds) within 3 standard errors of the truth, Z = 1 unbiased, and target evaluations counted."""
@@ -171,10 +179,7 @@ def test_to_target_corrects_a_wrong_model(gmm3, grid128):
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
         zs.append(math.exp(r.log_Z))
     est, zs = np.array(est), np.array(zs)
-    z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
-    assert np.abs(z).max() < Z_MAX, (est.mean(0), z)
-    zz = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
-    assert abs(zz) < Z_MAX
+    assert_weights_and_z_unbiased(est, zs, gmm3)
     # the model alone is wrong: its level-0 mode weight for mode 0 is 0.6, the target's 0.2
     assert abs(est.mean(0)[0] - 0.6) > 0.2
     assert r.n_target_evals == 500 * (1 + 8 * 2) and r.lambdas.shape == (9,)
@@ -351,10 +356,7 @@ def test_adaptive_bridge_corrects_a_wrong_model_and_takes_more_steps_for_a_worse
         steps.append(len(r.lambdas) - 1)
         assert r.lambdas[0] == 0.0 and r.lambdas[-1] == 1.0 and torch.all(torch.diff(r.lambdas) > 0)
     est, zs = np.array(est), np.array(zs)
-    z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
-    assert np.abs(z).max() < Z_MAX, (est.mean(0), z)
-    zz = (zs.mean() - 1.0) / (zs.std(ddof=1) / math.sqrt(len(zs)))
-    assert abs(zz) < Z_MAX
+    assert_weights_and_z_unbiased(est, zs, gmm3)
     assert min(steps) >= 2
     exact = smc(
         ExactMixtureEnergy(gmm3, grid128),
