@@ -123,6 +123,8 @@ def _coerce(name: str, value: Any, default: Any, where: str):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: field '{name}' expected true/false, got {value!r}")
+    if name == "input_fourier" and value == "auto":  # the one int field that also takes a keyword
+        return value
     if t is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{where}: field '{name}' expected an integer, got {value!r}")

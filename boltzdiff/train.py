@@ -191,10 +191,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     system: System | None = None,
+    monitor=None,
 ) -> TrainResult:
     """Train an energy model as ``cfg`` says, writing everything to ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/ckpt.pt``; without it an existing checkpoint is an error.
+    ``monitor(step, model, ema_model) -> dict``: called at every metrics record (each 50 steps); what it
+    returns is added to that record of ``metrics.jsonl`` (e.g. a mixture's mode weights during training).
     """
     cfg.validate()
     out = Path(out_dir)
@@ -330,6 +333,8 @@ def train(
                     dsm=float(res.dsm),
                     clf=None if res.clf is None else float(res.clf),
                 )
+                if monitor is not None:
+                    rec.update(monitor(step, model, ema.model) or {})
                 metrics_fh.write(json.dumps(rec) + "\n")
                 metrics_fh.flush()
                 bar.set_postfix(dsm=f"{rec['dsm']:.3f}", clf="-" if rec["clf"] is None else f"{rec['clf']:.3f}")

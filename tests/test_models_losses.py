@@ -209,6 +209,12 @@ def test_input_fourier_config_auto_and_validation():
     for bad in (-1, "many", True):
         with pytest.raises(ConfigError, match="input_fourier"):
             TrainConfig(input_fourier=bad).validate()
+    # the keyword also survives a YAML merge (a run.yaml, or a run directory's saved config)
+    from boltzdiff.config import merge_config
+
+    assert merge_config(TrainConfig(), {"input_fourier": "auto"}, "run.yaml").input_fourier == "auto"
+    with pytest.raises(ConfigError, match="run.yaml: field 'input_fourier'"):
+        merge_config(TrainConfig(), {"input_fourier": "many"}, "run.yaml").validate()
 
 
 # -- target score matching -------------------------------------------------------------------------------

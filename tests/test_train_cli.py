@@ -51,6 +51,20 @@ def test_train_writes_a_complete_run_dir(tmp_path):
     assert torch.allclose(run.model.energy(x, 3), res.model.energy(x, 3))
 
 
+def test_monitor_values_land_in_the_metrics_records(tmp_path):
+    seen = []
+
+    def monitor(step, model, ema_model):
+        seen.append(step)
+        assert ema_model is not model
+        return {"f_last": float(model.f[-1]), "step_seen": step}
+
+    train(small_cfg(steps=100), tmp_path / "r", progress=False, monitor=monitor)
+    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [50, 100] == [r["step"] for r in recs] == [r["step_seen"] for r in recs]
+    assert all(r["f_last"] == 0.0 for r in recs)  # gauge applied before the monitor sees the model
+
+
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
     ref = train(small_cfg(), tmp_path / "ref", progress=False)
     calls = {"n": 0}
