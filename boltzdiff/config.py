@@ -26,7 +26,8 @@ class TrainConfig:
     modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D). Loss: ``loss`` in
     {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
     ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
-    AdamW ``lr`` (``lr_f`` for the log-normalisers), EMA ``ema``, clipping ``grad_clip``.
+    AdamW ``lr`` (``lr_f`` for the log-normalisers; cosine decay to ``lr_final`` times that), EMA ``ema``,
+    clipping ``grad_clip``.
     ``tsm_scale`` (a length in the data's units, e.g. nm): add target score matching below that noise scale,
     using the target's forces on the data, which were sampled at ``data_temperature`` (K; default the
     system's); see :func:`boltzdiff.losses._dsm_terms`.
@@ -49,6 +50,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     lr_warmup: int = 200
     cosine_decay: bool = True
+    lr_final: float = 0.1
     n_levels: int = 64
     spacing: str = "logsnr"
     schedule: dict = field(default_factory=lambda: {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0})
@@ -89,6 +91,8 @@ class TrainConfig:
         for name in ("lr", "lr_f"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 bad(name, "a positive number")
+        if isinstance(self.lr_final, bool) or not isinstance(self.lr_final, int | float) or not 0 <= self.lr_final <= 1:
+            bad("lr_final", "a number in [0, 1] (the learning rate at the last step, as a fraction of lr)")
         if not (0 <= self.ema < 1):
             bad("ema", "a number in [0, 1)")
         if self.lambda_clf < 0:

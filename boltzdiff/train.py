@@ -180,7 +180,8 @@ def _lr_lambda(cfg: TrainConfig):
         if not cfg.cosine_decay:
             return w
         prog = min(1.0, step / max(1, cfg.steps))
-        return w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lo = float(cfg.lr_final)
+        return w * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * prog)))
 
     return f
 

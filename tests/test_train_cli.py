@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import yaml
 from boltzdiff import train as train_mod
 from boltzdiff.cli import main
 from boltzdiff.config import TrainConfig
+from boltzdiff.errors import ConfigError
 from boltzdiff.train import load_run, train
 
 SMALL = dict(
@@ -63,6 +65,20 @@ def test_monitor_values_land_in_the_metrics_records(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert seen == [50, 100] == [r["step"] for r in recs] == [r["step_seen"] for r in recs]
     assert all(r["f_last"] == 0.0 for r in recs)  # gauge applied before the monitor sees the model
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_lr_final():
+    for lo in (0.0, 0.1, 1.0):
+        f = train_mod._lr_lambda(small_cfg(steps=1000, lr_warmup=100, lr_final=lo))
+        assert f(0) == pytest.approx(0.01)  # linear warm-up
+        assert f(99) == pytest.approx(lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * 0.099)))  # warm-up done
+        assert f(500) == pytest.approx(lo + (1 - lo) * 0.5)  # cosine midpoint
+        assert f(1000) == pytest.approx(lo)
+        assert all(f(s) >= f(s + 1) - 1e-12 for s in range(100, 1000))
+    assert train_mod._lr_lambda(small_cfg(cosine_decay=False, lr_warmup=1))(500) == 1.0
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ConfigError, match="lr_final"):
+            small_cfg(lr_final=bad).validate()
 
 
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
