@@ -80,11 +80,7 @@ def test_vacuum_and_implicit_differ_by_the_solvation_term_only(aldp):
     kt = aldp.target.kT
     for k in range(5):
         ctx.setPositions(x[k] * unit.nanometer)
-        e_gb = (
-            ctx.getState(getEnergy=True, groups={1})
-            .getPotentialEnergy()
-            .value_in_unit(unit.kilojoule_per_mole)
-        )
+        e_gb = ctx.getState(getEnergy=True, groups={1}).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         assert (u_imp[k] - u_vac[k]) * kt == pytest.approx(e_gb, abs=1e-4)
         assert abs(e_gb) > 10  # the solvation term is not negligible
     vac.target.close()
@@ -165,22 +161,16 @@ def test_energy_cli(tmp_path, capsys, aldp):
     pdb = str(ALDP_DIR / "alanine-dipeptide.pdb")
     assert main(["energy", "alanine_dipeptide", pdb]) == 0
     out = capsys.readouterr().out.split()
-    assert float(out[0]) == pytest.approx(
-        aldp.target.energy(torch.as_tensor(aldp.positions)[None]).item(), abs=1e-3
-    )
+    assert float(out[0]) == pytest.approx(aldp.target.energy(torch.as_tensor(aldp.positions)[None]).item(), abs=1e-3)
     x = aldp.positions[None] + 0.01 * np.random.default_rng(1).standard_normal((4, 22, 3))
     np.save(tmp_path / "x.npy", x.reshape(4, 66))
-    assert (
-        main(["energy", "alanine_dipeptide", str(tmp_path / "x.npy"), "--out", str(tmp_path / "u.npy")]) == 0
-    )
+    assert main(["energy", "alanine_dipeptide", str(tmp_path / "x.npy"), "--out", str(tmp_path / "u.npy")]) == 0
     assert np.allclose(np.load(tmp_path / "u.npy"), aldp.target.energy(torch.as_tensor(x)).numpy())
     import h5py
 
     with h5py.File(tmp_path / "x.h5", "w") as fh:  # mdtraj's HDF5 layout
         fh.create_dataset("coordinates", data=x.astype(np.float32)).attrs["units"] = b"nanometers"
-    assert (
-        main(["energy", "alanine_dipeptide", str(tmp_path / "x.h5"), "--out", str(tmp_path / "u.txt")]) == 0
-    )
+    assert main(["energy", "alanine_dipeptide", str(tmp_path / "x.h5"), "--out", str(tmp_path / "u.txt")]) == 0
     assert np.allclose(np.loadtxt(tmp_path / "u.txt"), np.load(tmp_path / "u.npy"), atol=1e-3)
     np.save(tmp_path / "bad.npy", x * 10)
     assert main(["energy", "alanine_dipeptide", str(tmp_path / "bad.npy")]) == 2
@@ -192,3 +182,20 @@ def test_copying_the_shipped_folder_works(tmp_path):
     shutil.copytree(ALDP_DIR, d)
     s = boltzdiff.load_system(d, "vacuum")
     assert s.target.dim == 66
+
+
+def test_a_copied_folder_keeps_its_chiral_centres_and_bad_ones_are_named(tmp_path):
+    # regression: chirality used to be looked up by the name 'alanine_dipeptide', so a copy under another name
+    # lost it and its analysis counted D-alanine samples (phi of the opposite sign) in the wrong basin
+    from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS, chiral_quads_of
+
+    d = tmp_path / "my_dipeptide"
+    shutil.copytree(ALDP_DIR, d)
+    s = boltzdiff.load_system(d / "system.yaml")
+    assert s.name != "alanine_dipeptide" and chiral_quads_of(s) == [tuple(ALDP_CHIRAL_QUADS[0])]
+    spec = (d / "system.yaml").read_text()
+    for bad in ("[[8, 6, 14]]", "[[8, 6, 14, 99]]", "[[8, 8, 14, 10]]", "8"):
+        (d / "system.yaml").write_text(spec.replace("chiral_quads: [[8, 6, 14, 10]]", f"chiral_quads: {bad}"))
+        with pytest.raises(ConfigError, match=r"system.yaml: field 'chiral_quads'") as e:
+            boltzdiff.load_system(d)
+        assert "\n" not in str(e.value)

@@ -41,10 +41,9 @@ ALDP_L_SIGN = 1
 
 
 def chiral_quads_of(system) -> list[tuple[int, int, int, int]] | None:
-    """A system's chiral centres: its spec's ``chiral_quads``, or alanine dipeptide's CA; None if neither."""
+    """A system's chiral centres, from its spec's ``chiral_quads`` (None if it declares none). Declared in the
+    system's YAML, not inferred from its name, so that a copied or renamed system folder keeps them."""
     quads = system.spec.get("chiral_quads")
-    if quads is None and system.name == "alanine_dipeptide":
-        quads = ALDP_CHIRAL_QUADS
     return [tuple(int(i) for i in q) for q in quads] if quads else None
 
 

@@ -276,9 +276,7 @@ class _BridgeEnergy(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, bridge: OpenMMBridge, need_forces: bool):  # type: ignore[override]
         res = bridge.evaluate(x.detach().cpu().numpy(), forces=need_forces)
         if need_forces:
-            ctx.save_for_backward(
-                torch.as_tensor(res.forces.reshape(x.shape), dtype=x.dtype, device=x.device)
-            )
+            ctx.save_for_backward(torch.as_tensor(res.forces.reshape(x.shape), dtype=x.dtype, device=x.device))
         ctx.need_forces = need_forces
         return torch.as_tensor(res.energy, dtype=x.dtype, device=x.device)
 
@@ -461,9 +459,7 @@ def create_openmm_system(spec: dict, path: Path):
         raise ConfigError(f"{path}: field 'nonbonded_method' is {nb!r}; expected one of {list(_NONBONDED)}")
     cons = spec.get("constraints")
     if cons not in _CONSTRAINTS:
-        raise ConfigError(
-            f"{path}: field 'constraints' is {cons!r}; expected null, HBonds, AllBonds or HAngles"
-        )
+        raise ConfigError(f"{path}: field 'constraints' is {cons!r}; expected null, HBonds, AllBonds or HAngles")
     kwargs: dict[str, Any] = {"nonbondedMethod": getattr(app, nb), "constraints": None}
     if _CONSTRAINTS[cons] is not None:
         kwargs["constraints"] = getattr(app, _CONSTRAINTS[cons])
@@ -485,7 +481,8 @@ def build_system(spec: dict, path: Path):
 
     Spec fields: ``pdb`` (required), ``forcefield`` (required, list of XML files), ``temperature`` (required,
     K), ``nonbonded_method`` (default ``NoCutoff``), ``constraints`` (default null), ``platform`` (default
-    ``Reference``), ``n_workers`` (default 0), ``energy_cap`` (kT), ``cvs`` (name -> 4 atom indices).
+    ``Reference``), ``n_workers`` (default 0), ``energy_cap`` (kT), ``cvs`` (name -> 4 atom indices),
+    ``chiral_quads`` (list of ``[centre, a, b, c]`` atom indices of chiral centres).
     """
     import mdtraj
 
@@ -508,12 +505,24 @@ def build_system(spec: dict, path: Path):
     topology = mdtraj.Topology.from_openmm(pdb.topology)
     for name, idx in (spec.get("cvs") or {}).items():
         if len(idx) != 4 or not all(0 <= int(i) < system.getNumParticles() for i in idx):
-            raise ConfigError(
-                f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})"
-            )
-    masses = np.array(
-        [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
-    )
+            raise ConfigError(f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})")
+    n_atoms = system.getNumParticles()
+    quads = spec.get("chiral_quads")
+    if quads is not None and (
+        not isinstance(quads, list)
+        or not all(
+            isinstance(q, list | tuple)
+            and len(q) == 4
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_atoms for i in q)
+            and len(set(q)) == 4
+            for q in quads
+        )
+    ):
+        raise ConfigError(
+            f"{path}: field 'chiral_quads': expected a list of [centre, a, b, c], 4 distinct atom indices in "
+            f"[0, {n_atoms}), got {quads!r}"
+        )
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
     return System(
         name=spec["name"],
         kind="openmm",
