@@ -503,10 +503,10 @@ def build_system(spec: dict, path: Path):
 
     positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
     topology = mdtraj.Topology.from_openmm(pdb.topology)
-    for name, idx in (spec.get("cvs") or {}).items():
-        if len(idx) != 4 or not all(0 <= int(i) < system.getNumParticles() for i in idx):
-            raise ConfigError(f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {system.getNumParticles()})")
     n_atoms = system.getNumParticles()
+    for name, idx in (spec.get("cvs") or {}).items():
+        if len(idx) != 4 or not all(0 <= int(i) < n_atoms for i in idx):
+            raise ConfigError(f"{path}: field 'cvs.{name}': expected 4 atom indices in [0, {n_atoms})")
     quads = spec.get("chiral_quads")
     if quads is not None and (
         not isinstance(quads, list)
@@ -522,7 +522,7 @@ def build_system(spec: dict, path: Path):
             f"{path}: field 'chiral_quads': expected a list of [centre, a, b, c], 4 distinct atom indices in "
             f"[0, {n_atoms}), got {quads!r}"
         )
-    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)])
     return System(
         name=spec["name"],
         kind="openmm",
