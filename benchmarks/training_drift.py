@@ -113,7 +113,7 @@ def main():
         base = dict(resolve_settings(system, args.preset, seed=args.seed)["train"])
     else:
         base = dict(system.run_defaults.get("train", {}))
-    base.update(steps=args.steps, seed=args.seed, num_threads=args.threads, **over)
+    base.update({"steps": args.steps, "seed": args.seed, "num_threads": args.threads, **over})
     if args.data:
         base.update(data=args.data, data_temperature=args.data_temperature)
     cfg = merge_config(TrainConfig(), base, "training_drift settings")
