@@ -27,7 +27,8 @@ class TrainConfig:
     {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
     ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
     AdamW ``lr`` (``lr_f`` for the log-normalisers; cosine decay to ``lr_final`` times that), EMA ``ema``,
-    clipping ``grad_clip``.
+    clipping ``grad_clip``. ``average_from`` (a fraction of ``steps``, or null): the saved model is then the
+    uniform average of the parameters over the steps after that point instead of the EMA (tail average).
     ``tsm_scale`` (a length in the data's units, e.g. nm): add target score matching below that noise scale,
     using the target's forces on the data, which were sampled at ``data_temperature`` (K; default the
     system's); see :func:`boltzdiff.losses._dsm_terms`.
@@ -47,6 +48,7 @@ class TrainConfig:
     lr_f: float = 1e-2
     weight_decay: float = 0.0
     ema: float = 0.999
+    average_from: float | None = None
     grad_clip: float = 1.0
     lr_warmup: int = 200
     cosine_decay: bool = True
@@ -95,6 +97,12 @@ class TrainConfig:
             bad("lr_final", "a number in [0, 1] (the learning rate at the last step, as a fraction of lr)")
         if not (0 <= self.ema < 1):
             bad("ema", "a number in [0, 1)")
+        if self.average_from is not None and (
+            isinstance(self.average_from, bool)
+            or not isinstance(self.average_from, int | float)
+            or not 0 <= self.average_from < 1
+        ):
+            bad("average_from", "null or a number in [0, 1) (the fraction of the steps after which to average)")
         if self.lambda_clf < 0:
             bad("lambda_clf", "a non-negative number")
         if self.input_fourier != "auto" and (

@@ -149,19 +149,30 @@ def centre(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
 
 # -- EMA ------------------------------------------------------------------------------------------------
 class EMA:
-    """Exponential moving average of a module's parameters (buffers copied)."""
+    """Moving average of a module's parameters (buffers copied), the model that training saves.
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    Exponential with ``decay`` (warmed up as ``min(decay, (1 + step) / (10 + step))``); from step
+    ``average_from_step`` on (if given) the uniform average of the parameters of every later step instead
+    (a tail or "SWA" average, Izmailov et al. 2018), restarted at that step from the raw parameters.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, average_from_step: int | None = None):
         self.decay = decay
+        self.start = average_from_step
+        self.n_avg = 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
+        if self.start is not None and step >= self.start:
+            self.n_avg += 1
+            w = 1.0 / self.n_avg
+        else:
+            w = 1 - min(self.decay, (1 + step) / (10 + step))
         for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1 - d)
+            pe.lerp_(p.detach(), w)
 
 
 # -- training -------------------------------------------------------------------------------------------
@@ -240,7 +251,7 @@ def train(
     if hasattr(model.net, "set_pair_stats"):
         model.net.set_pair_stats(data)
     model = model.to(device)
-    ema = EMA(model, cfg.ema)
+    ema = EMA(model, cfg.ema, None if cfg.average_from is None else int(round(cfg.average_from * cfg.steps)))
     f_params = [model.f]
     net_params = [p for n, p in model.named_parameters() if n != "f"]
     opt = torch.optim.AdamW(
@@ -256,6 +267,7 @@ def train(
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         ema.model.load_state_dict(ck["ema"])
+        ema.n_avg = int(ck.get("ema_n_avg", 0))
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
@@ -284,6 +296,7 @@ def train(
         state = dict(
             model=model.state_dict(),
             ema=ema.model.state_dict(),
+            ema_n_avg=ema.n_avg,
             opt=opt.state_dict(),
             sched=sched.state_dict(),
             gen=gen.get_state(),

@@ -81,8 +81,27 @@ def test_learning_rate_schedule_warms_up_then_decays_to_lr_final():
             small_cfg(lr_final=bad).validate()
 
 
-def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
-    ref = train(small_cfg(), tmp_path / "ref", progress=False)
+def test_tail_average_is_the_uniform_mean_of_the_later_steps():
+    lin = torch.nn.Linear(1, 1)
+    avg = train_mod.EMA(lin, 0.9, average_from_step=4)
+    seen = []
+    for step in range(10):
+        with torch.no_grad():
+            lin.weight.fill_(float(step**2))
+        seen.append(float(step**2))
+        avg.update(lin, step)
+        if step == 3:  # before the start: the EMA, warmed up as (1 + step) / (10 + step)
+            assert float(avg.model.weight) != pytest.approx(sum(seen[:4]) / 4)
+    assert float(avg.model.weight) == pytest.approx(sum(seen[4:]) / 6)
+    assert avg.n_avg == 6
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(ConfigError, match="average_from"):
+            small_cfg(average_from=bad).validate()
+
+
+@pytest.mark.parametrize("average_from", [None, 0.25])
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, average_from):
+    ref = train(small_cfg(average_from=average_from), tmp_path / "ref", progress=False)
     calls = {"n": 0}
     real = train_mod.draw_levels
 
@@ -94,12 +113,12 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "draw_levels", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train(small_cfg(), tmp_path / "r", progress=False)
+        train(small_cfg(average_from=average_from), tmp_path / "r", progress=False)
     assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=False)["step"] == 4
     monkeypatch.setattr(train_mod, "draw_levels", real)
     with pytest.raises(Exception, match="--resume"):
-        train(small_cfg(), tmp_path / "r", progress=False)
-    res = train(small_cfg(), tmp_path / "r", resume=True, progress=False)
+        train(small_cfg(average_from=average_from), tmp_path / "r", progress=False)
+    res = train(small_cfg(average_from=average_from), tmp_path / "r", resume=True, progress=False)
     for (n, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
     steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
