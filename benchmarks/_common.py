@@ -32,15 +32,25 @@ def system_config(system: str, **over):
 
     sysm = load_system(system)
     cfg = merge_config(TrainConfig(), sysm.run_defaults.get("train", {}), f"{system} run.yaml")
-    return merge_config(cfg, over, "benchmark")
+    return merge_config(cfg, {"system": system, **over}, "benchmark")
 
 
 def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, force: bool = False):
     """Train (resuming if interrupted) and evaluate; cached in ``out/eval.json``."""
+    import yaml
+
     from boltzdiff.evaluate import evaluate_mixture
     from boltzdiff.runinfo import atomic_write_json
     from boltzdiff.train import load_run, train
 
+    saved = out / "config.yaml"
+    if saved.exists():  # a cached run must have been trained with these settings (threads aside)
+        old = yaml.safe_load(saved.read_text())
+        new = cfg.to_dict()
+        # fields newer than the run are absent from its config.yaml; their defaults keep the old behaviour
+        diff = sorted(k for k in old if k != "num_threads" and old[k] != new.get(k))
+        if diff:
+            raise SystemExit(f"{out} was trained with other settings ({', '.join(diff)}); remove it or rename")
     ev_file = out / "eval.json"
     if ev_file.exists() and not force:
         return json.loads(ev_file.read_text())
@@ -49,9 +59,7 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)
     summary = json.loads((out / "train_summary.json").read_text())
     run = load_run(out)
-    ev = evaluate_mixture(
-        run.model, run.system.target, n_chains=n_chains, n_samples=n_samples, seed=12345
-    ).to_dict()
+    ev = evaluate_mixture(run.model, run.system.target, n_chains=n_chains, n_samples=n_samples, seed=12345).to_dict()
     ev["train_wall_s"] = summary["wall_s"]
     ev["sec_per_step"] = summary["sec_per_step"]
     ev["eval_wall_s"] = time.time() - t0

@@ -6,7 +6,11 @@ prints clf_excess (learned f, and fitted f for both), the lowest level's mode-we
 log-ratio std and the training wall time. Then times one optimiser step of each loss side by side (interleaved,
 median of --repeats) at equal batch, i.e. an equal number of DSM terms (DSM-only repeats each data point k times).
 
-    python benchmarks/gmm_energy.py [--systems gmm40_2d,gmm2_unbalanced] [--steps N] [--repeats 20]
+    python benchmarks/gmm_energy.py [--systems gmm40_2d,gmm2_unbalanced] [--steps N] [--repeats 20] \\
+        [--seeds 0,1,2] [--set key=value ...] [--no-timing]
+
+With several ``--seeds`` DiffCLF is trained once per seed (DSM-only at the first) and a mean ± SD row is added:
+one run's lowest-level mode weights scatter by a few 0.01 between seeds (RESULTS.md, issue 2).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORK, machine, median, print_table, system_config, train_and_eval  # noqa: E402
@@ -43,9 +49,7 @@ def step_times(system: str, repeats: int, threads: int) -> tuple[float, float]:
             x0 = data[torch.randint(0, len(data), (cfg.batch_size,), generator=g)]
             lv = draw_levels(cfg.batch_size, cfg.n_levels, cfg.k, g, cfg.level_sampling, cfg.level_window)
             t = time.perf_counter()
-            out = (
-                dsm_only_loss(m, x0, lv, sd, g) if name == "dsm" else diffclf_loss(m, x0, lv, sd, generator=g)
-            )
+            out = dsm_only_loss(m, x0, lv, sd, g) if name == "dsm" else diffclf_loss(m, x0, lv, sd, generator=g)
             opt.zero_grad()
             out.total.backward()
             opt.step()
@@ -60,23 +64,30 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="override the default number of steps")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds for DiffCLF (DSM-only: the first)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train setting (YAML value)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
     args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    tag = "".join(f"_{k}{v}" for k, v in over.items())
     rows, speed = [], []
     for system in args.systems.split(","):
         res = {}
-        for loss in ("diffclf", "dsm"):
-            cfg = system_config(system, loss=loss, seed=args.seed, num_threads=args.threads)
+        for loss, seed in [("diffclf", s) for s in seeds] + [("dsm", seeds[0])]:
+            cfg = system_config(system, loss=loss, seed=seed, num_threads=args.threads, **over)
             if args.steps:
                 cfg.steps = args.steps
-            out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{args.seed}"
-            print(f"... {system} {loss} ({cfg.steps} steps)", file=sys.stderr, flush=True)
-            res[loss] = ev = train_and_eval(cfg, out)
+            out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{seed}{tag}"
+            print(f"... {system} {loss} seed {seed} ({cfg.steps} steps)", file=sys.stderr, flush=True)
+            ev = train_and_eval(cfg, out)
+            res.setdefault(loss, []).append(ev)
             med = sorted(ev["log_ratio_std"])[len(ev["log_ratio_std"]) // 2]
             rows.append(
                 [
                     system,
                     loss,
+                    seed,
                     f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}",
                     f"{ev['clf_excess_fitted_f']:.4f}",
                     f"{ev['mode_weight_error']:.3f}",
@@ -85,21 +96,39 @@ def main():
                     cfg.steps,
                 ]
             )
-        dc = res["diffclf"]
+        if len(seeds) > 1:
+            errs = np.array([ev["mode_weight_error"] for ev in res["diffclf"]])
+            exc = np.array([ev["clf_excess_fitted_f"] for ev in res["diffclf"]])
+            rows.append(
+                [
+                    system,
+                    f"diffclf, {len(seeds)} seeds: mean ± SD",
+                    "",
+                    "",
+                    f"{exc.mean():.4f} ± {exc.std(ddof=1):.4f}",
+                    f"{errs.mean():.3f} ± {errs.std(ddof=1):.3f}",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+        dc = res["diffclf"][0]
         if dc["clf_excess_fitted_f"] <= 2 * dc["clf_excess_se"]:
             # DiffCLF within 2 SE of the exact floor: the ratio is unbounded; quote the bound it implies
-            bound = res["dsm"]["clf_excess_fitted_f"] / (2 * dc["clf_excess_se"])
+            bound = res["dsm"][0]["clf_excess_fitted_f"] / (2 * dc["clf_excess_se"])
             cell = f">= {bound:.0f}x (DiffCLF at the floor)"
         else:
-            cell = f"{res['dsm']['clf_excess_fitted_f'] / dc['clf_excess_fitted_f']:.1f}x"
-        rows.append([system, "ratio DSM(fitted f)/DiffCLF(fitted f)", "", cell, "", "", "", ""])
-        t_dsm, t_clf = step_times(system, args.repeats, args.threads or torch.get_num_threads())
-        speed.append([system, f"{t_dsm:.4f}", f"{t_clf:.4f}", f"{t_clf / t_dsm:.2f}"])
+            cell = f"{res['dsm'][0]['clf_excess_fitted_f'] / dc['clf_excess_fitted_f']:.1f}x"
+        rows.append([system, f"ratio DSM(fitted f)/DiffCLF(fitted f), seed {seeds[0]}", "", "", cell, "", "", "", ""])
+        if not args.no_timing:
+            t_dsm, t_clf = step_times(system, args.repeats, args.threads or torch.get_num_threads())
+            speed.append([system, f"{t_dsm:.4f}", f"{t_clf:.4f}", f"{t_clf / t_dsm:.2f}"])
     print(f"\nMachine: {machine()}")
     print_table(
         [
             "system",
             "loss",
+            "seed",
             "clf_excess (learned f)",
             "clf_excess (fitted f)",
             "mode-weight err (max abs)",
@@ -109,8 +138,9 @@ def main():
         ],
         rows,
     )
-    print(f"\nSeconds per optimiser step at equal batch (median of {args.repeats}, interleaved):")
-    print_table(["system", "DSM-only s/step", "DiffCLF s/step", "ratio"], speed)
+    if speed:
+        print(f"\nSeconds per optimiser step at equal batch (median of {args.repeats}, interleaved):")
+        print_table(["system", "DSM-only s/step", "DiffCLF s/step", "ratio"], speed)
 
 
 if __name__ == "__main__":
