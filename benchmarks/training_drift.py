@@ -18,6 +18,7 @@ data, in kT; positive = basin underweighted). Also the final model's error at ev
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -96,6 +97,12 @@ def main():
     ap.add_argument("--data-temperature", type=float)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train setting (YAML value)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--averages",
+        action="store_true",
+        help="also probe parameter averages of the raw model taken every 50 steps: EMA over ~1000 and ~3000 "
+        "steps, and the uniform average over the second half of training",
+    )
     ap.add_argument("--out", help="run directory (default benchmarks/_work/drift/<system>_<settings>_s<seed>)")
     args = ap.parse_args()
     if args.every % 50:
@@ -127,12 +134,34 @@ def main():
             sys.exit("training_drift: a molecule needs --data and --data-temperature")
         probe, what = basin_probe(system, args.data, args.data_temperature)
     tag = "_".join(f"{k}{v}" for k, v in over.items()) or "defaults"
+    tag += "_avg" if args.averages else ""
     out = Path(args.out) if args.out else WORK / "drift" / f"{system.name}_{tag}_s{args.seed}_{args.steps}"
 
+    averages = {}  # name -> [model copy, number of snapshots averaged]
+
+    @torch.no_grad()
+    def update_averages(step, model):
+        for name, window in (("avg1k", 1000), ("avg3k", 3000), ("swa", None)):
+            if name == "swa" and step <= args.steps // 2:
+                continue
+            if name not in averages:
+                averages[name] = [copy.deepcopy(model).eval(), 1]
+                continue
+            avg, n = averages[name]
+            n += 1
+            w = 1.0 / n if window is None else max(1.0 / n, 50.0 / window)
+            for pa, p in zip(avg.parameters(), model.parameters()):
+                pa.lerp_(p.detach(), w)
+            averages[name][1] = n
+
     def monitor(step, model, ema_model):
+        if args.averages:
+            update_averages(step, model)
         if step % args.every and step != args.steps:
             return {}
-        return {"probe_raw": probe(model), "probe_ema": probe(ema_model)}
+        rec = {"probe_raw": probe(model), "probe_ema": probe(ema_model)}
+        rec.update({f"probe_{k}": probe(m) for k, (m, _) in averages.items()})
+        return rec
 
     if not (out / "model.pt").exists():
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=True, monitor=monitor)
@@ -141,8 +170,9 @@ def main():
     print(f"{system.name}, settings {over or 'defaults'}, seed {args.seed}; {machine()}")
     print(f"{what} at level 0 during training")
     fmt = "{:.3f}" if system.target.has_exact_samples else "{:+.2f}"
-    rows = [[r["step"], fmt.format(r["probe_raw"]), fmt.format(r["probe_ema"])] for r in recs]
-    print_table(["step", "raw model", "EMA model"], rows)
+    cols = ["raw", "ema"] + [k for k in ("avg1k", "avg3k", "swa") if any(f"probe_{k}" in r for r in recs)]
+    rows = [[r["step"]] + [fmt.format(r[f"probe_{c}"]) if f"probe_{c}" in r else "" for c in cols] for r in recs]
+    print_table(["step"] + cols, rows)
     if system.target.has_exact_samples:  # exact samples of every level: where does the error build up?
         model = load_run(out).model
         levels = range(0, model.grid.n, max(1, model.grid.n // 8))

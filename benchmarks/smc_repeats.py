@@ -1,0 +1,135 @@
+"""How much of a Boltzmann-generator ΔF's error is SMC noise? Independent SMC runs on one trained model.
+
+For a finished `boltzdiff run` directory (molecule with a ΔF, or any system), reruns the sample and analyze
+stages with ``--n`` particles and ``--repeats`` independent SMC seeds, each in its own directory under
+``benchmarks/_work/smc_repeats/`` (the trained model and reference data are linked, not copied). Prints, per
+particle count, every repeat's ΔF ± bootstrap SE, ESS and target evaluations, then the mean, the standard
+deviation across repeats and the median bootstrap SE — if the spread across repeats exceeds the bootstrap SE,
+the bootstrap (which treats resampled copies of one particle as independent) understates the sampling error.
+
+    python benchmarks/smc_repeats.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 --n 4000 16000 \\
+        --repeats 3 [--reference 3.48] [--json benchmarks/results/aldp_smc_repeats.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import WORK, machine, print_table  # noqa: E402
+
+
+def prepare(src: Path, dst: Path) -> None:
+    """A run directory sharing ``src``'s trained model and reference data (symlinks) and its pipeline.json."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "reference"):
+        if (src / name).exists() and not (dst / name).exists():
+            os.symlink((src / name).resolve(), dst / name)
+    for name in ("pipeline.json", "run_info.json"):
+        if not (dst / name).exists():
+            (dst / name).write_text((src / name).read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a finished `boltzdiff run` directory (its train/ stage is reused)")
+    ap.add_argument("--n", type=int, nargs="+", required=True, help="particle counts")
+    ap.add_argument("--repeats", type=int, default=3, help="independent SMC runs per particle count")
+    ap.add_argument("--reference", type=float, help="reference ΔF in kT (adds |ΔF - ref| of the mean)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the table to this JSON file")
+    args = ap.parse_args()
+
+    from boltzdiff.analysis.pipeline_analysis import analyze_run
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    torch.set_num_threads(args.threads)
+    src = Path(args.run_dir)
+    pj = src / "pipeline.json"
+    if not pj.exists() or not (src / "train" / "model.pt").exists():
+        sys.exit(f"smc_repeats: {src} is not a finished `boltzdiff run` directory (pipeline.json, train/model.pt)")
+    meta = json.loads(pj.read_text())
+    system = load_system(meta["system_path"], meta.get("variant"))
+    rows, results = [], []
+    for n in args.n:
+        if n < 1:
+            sys.exit(f"smc_repeats: --n: expected positive particle counts, got {n}")
+        for r in range(args.repeats):
+            out = WORK / "smc_repeats" / f"{src.name}_n{n}_r{r}"
+            prepare(src, out)
+            settings = json.loads(json.dumps(meta["settings"]))
+            settings["sample"]["n"] = n
+            t0 = time.time()
+            stage_sample(system, out, settings, progress=True, seed=1000 + r)  # skipped if done
+            a = analyze_run(out, system=system)
+            res = dict(
+                n=n,
+                repeat=r,
+                delta_f_kT=a.get("delta_f_kT"),
+                delta_f_se_kT=a.get("delta_f_se_kT"),
+                ess=a["ess"],
+                n_target_evals=a["n_target_evals"],
+                sample_wall_s=a.get("sample_wall_s", time.time() - t0),
+            )
+            results.append(res)
+            print(json.dumps(res), file=sys.stderr, flush=True)
+
+    def fmt(v, spec="{:.2f}"):
+        return "-" if v is None or not np.isfinite(v) else spec.format(v)
+
+    print(f"SMC repeats on {src} ({meta['system']}, preset {meta['preset']}); {machine()}")
+    for r in results:
+        rows.append(
+            [
+                r["n"],
+                r["repeat"],
+                fmt(r["delta_f_kT"]),
+                fmt(r["delta_f_se_kT"]),
+                fmt(r["ess"], "{:.3f}"),
+                f"{r['n_target_evals']:.3g}",
+                f"{r['sample_wall_s']:.0f}",
+            ]
+        )
+    print_table(["particles", "repeat", "ΔF (kT)", "bootstrap SE", "ESS", "target evals", "SMC wall s"], rows)
+    summary = []
+    for n in args.n:
+        d = np.array([r["delta_f_kT"] for r in results if r["n"] == n], dtype=float)
+        se = np.array([r["delta_f_se_kT"] for r in results if r["n"] == n], dtype=float)
+        ok = np.isfinite(d)
+        s = dict(
+            n=n,
+            n_finite=int(ok.sum()),
+            mean=float(d[ok].mean()) if ok.any() else None,
+            sd_across=float(d[ok].std(ddof=1)) if ok.sum() > 1 else None,
+            median_bootstrap_se=float(np.median(se[ok])) if ok.any() else None,
+        )
+        if args.reference is not None and s["mean"] is not None:
+            s["abs_err_of_mean"] = abs(s["mean"] - args.reference)
+        summary.append(s)
+    print("\nper particle count (ΔF over the repeats with a finite value)")
+    print_table(
+        ["particles", "finite", "mean ΔF", "SD across repeats", "median bootstrap SE"]
+        + (["|mean - ref|"] if args.reference is not None else []),
+        [
+            [s["n"], s["n_finite"], fmt(s["mean"]), fmt(s["sd_across"]), fmt(s["median_bootstrap_se"])]
+            + ([fmt(s.get("abs_err_of_mean"))] if args.reference is not None else [])
+            for s in summary
+        ],
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(dict(run_dir=str(src), machine=machine(), runs=results, summary=summary), indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
