@@ -43,6 +43,7 @@ PRESETS: dict[str, dict] = {
             "bridge_cess": None,
             "bridge_mcmc_steps": 2,
             "to_target": True,
+            "n_runs": 1,
         },
     },
     "full": {
@@ -56,6 +57,7 @@ PRESETS: dict[str, dict] = {
             "bridge_cess": None,
             "bridge_mcmc_steps": 2,
             "to_target": True,
+            "n_runs": 1,
         },
     },
 }
@@ -184,39 +186,64 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     n = int(s["n"])
     if n < 1:
         raise ConfigError(f"sample.n: expected a positive number of particles, got {n}")
+    n_runs = int(s.get("n_runs", 1))
+    if n_runs < 1 or n % n_runs:
+        raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs}")
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
-    gen = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
-    res = smc(
-        run.model,
-        n,
-        generator=gen,
-        levels=s.get("levels"),
-        mcmc=mcmc,
-        target=target,
-        n_bridge=int(s.get("n_bridge", 16)),
-        bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
-        bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
-        max_bridge=int(s.get("max_bridge", 2000)),
-        progress=progress,
-    )
-    x = res.x.detach().double().cpu()
+    results = []
+    for r in range(n_runs):  # independent SMC runs (their spread is the honest error bar), pooled by Z_r
+        if n_runs > 1:
+            log.info("sample: SMC run %d of %d (%d particles)", r + 1, n_runs, n // n_runs)
+        results.append(
+            smc(
+                run.model,
+                n // n_runs,
+                generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
+                levels=s.get("levels"),
+                mcmc=copy.deepcopy(mcmc),
+                target=target,
+                n_bridge=int(s.get("n_bridge", 16)),
+                bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
+                bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
+                max_bridge=int(s.get("max_bridge", 2000)),
+                progress=progress,
+            )
+        )
+    x = torch.cat([res.x.detach().double().cpu() for res in results])
+    log_w = torch.cat([res.log_w.double().cpu() for res in results])
+    run_of = np.repeat(np.arange(n_runs), n // n_runs)
     if kind_of(system) != "analytic" and len(system.target.event_shape) == 2:
         n_, sd = system.target.event_shape
         xr = x.reshape(-1, n_, sd)
         x = (xr - xr.mean(1, keepdim=True)).reshape(x.shape[0], -1)
+    summaries = [res.summary() for res in results]
     summary = dict(
-        res.summary(),
+        summaries[0],
         wall_s=time.time() - t0,
         to_target=bool(target is not None),
         seed=seed + 1,
-        ess_trace=res.ess_trace.tolist(),
+        ess_trace=results[0].ess_trace.tolist(),
     )
+    if n_runs > 1:
+        summary.update(
+            n=n,
+            n_runs=n_runs,
+            ess=min(d["ess"] for d in summaries),
+            ess_min=min(d["ess_min"] for d in summaries),
+            n_resample=sum(d["n_resample"] for d in summaries),
+            n_model_evals=sum(d["n_model_evals"] for d in summaries),
+            n_target_evals=sum(d["n_target_evals"] for d in summaries),
+            n_nonfinite=sum(d["n_nonfinite"] for d in summaries),
+            n_bridge=max(d["n_bridge"] for d in summaries),
+            runs=[dict(d, ess_final_step=float(res.ess_trace[-1])) for d, res in zip(summaries, results)],
+        )
 
     def save(p):
         with open(p, "wb") as fh:
-            np.savez(fh, x=x.numpy(), log_w=res.log_w.double().cpu().numpy())
+            extra = dict(run=run_of) if n_runs > 1 else {}
+            np.savez(fh, x=x.numpy(), log_w=log_w.numpy(), **extra)
 
     atomic_save(f, save)
     atomic_write_json(out / "samples.json", summary)

@@ -265,9 +265,7 @@ def test_wasserstein_1():
     ref = stats.wasserstein_distance(a, b, np.exp(lwa), np.exp(lwb))
     assert wasserstein_1(a, b, lwa, lwb) == pytest.approx(ref, rel=1e-10)
     # integer weights = repeated samples; zero weights drop (even infinite) values
-    assert wasserstein_1([0.0, 1.0, np.inf], [0.0, 0.0, 1.0], [math.log(2), 0.0, -np.inf]) == pytest.approx(
-        0.0
-    )
+    assert wasserstein_1([0.0, 1.0, np.inf], [0.0, 0.0, 1.0], [math.log(2), 0.0, -np.inf]) == pytest.approx(0.0)
 
 
 def test_pairwise_distances_and_histogram():
@@ -315,9 +313,7 @@ def test_json_atomic_and_report(tmp_path):
         ),
         (
             "distances",
-            plot_distance_histograms(
-                {"ref": distance_histogram(rng.normal(size=(5, 4, 3)))}, tmp_path / "dist.png"
-            ),
+            plot_distance_histograms({"ref": distance_histogram(rng.normal(size=(5, 4, 3)))}, tmp_path / "dist.png"),
         ),
     ]
     for _, png in figs:
@@ -325,3 +321,38 @@ def test_json_atomic_and_report(tmp_path):
     r = write_report_md(tmp_path / "report.md", "ALDP", {"ess": 0.123456, "delta_f_kT": 1.5, "x": None}, figs)
     text = r.read_text()
     assert "| ess | 0.1235 |" in text and "![F(phi)](fphi.png)" in text and text.startswith("# ALDP")
+
+
+def test_pooling_independent_runs_by_their_normalising_constants():
+    """Plain importance sampling split into runs: weights normalised per run and scaled by each run's Z
+    estimate (its mean weight) are the raw weights again up to one constant, so pooled = one big run."""
+    from boltzdiff.analysis.weights import pool_runs
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=3000)
+    log_w = -0.5 * (x - 0.5) ** 2 + 0.5 * x**2  # N(0.5, 1) target over a N(0, 1) proposal, unnormalised
+    run = np.repeat([0, 1, 2], [500, 1000, 1500])
+    log_z = [np.log(np.mean(np.exp(log_w[run == r]))) for r in range(3)]
+    pooled = pool_runs(log_w, run, log_z)
+    assert np.allclose(pooled - pooled[0], log_w - log_w[0], atol=1e-10)
+    # a run's Z scales its share: doubling run 2's Z doubles its total weight relative to the others
+    p2 = pool_runs(log_w, run, [log_z[0], log_z[1], log_z[2] + np.log(2.0)])
+    share = lambda lw, r: np.exp(lw[run == r]).sum() / np.exp(lw).sum()  # noqa: E731
+    s0, s2 = share(pooled, 2), share(p2, 2)
+    assert s2 / (1 - s2) == pytest.approx(2 * s0 / (1 - s0), rel=1e-10)
+    with pytest.raises(ValueError, match="run labels"):
+        pool_runs(log_w, run[:-1], log_z)
+
+
+def test_jackknife_over_runs_of_a_mean_is_the_standard_error_of_the_run_means():
+    """For a mean over equal-size runs the delete-one-run jackknife SE is exactly SD(run means) / sqrt(R)."""
+    from boltzdiff.analysis.weights import jackknife_over_runs
+
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=(5, 40)) + rng.normal(size=(5, 1))
+    run = np.repeat(np.arange(5), 40)
+    est, se = jackknife_over_runs(lambda m: y.reshape(-1)[m].mean(), run)
+    assert est == pytest.approx(y.mean())
+    assert se == pytest.approx(y.mean(1).std(ddof=1) / np.sqrt(5), rel=1e-12)
+    assert np.isnan(jackknife_over_runs(lambda m: 1.0, np.zeros(10))[1])  # one run: no error bar
+    assert np.isnan(jackknife_over_runs(lambda m: np.inf if not m[0] else 0.0, run)[1])

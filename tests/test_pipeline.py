@@ -140,7 +140,7 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
             "presets": {
                 "quick": {
                     "reference": {"ns": 0.004, "save_every_ps": 0.05},
-                    "sample": {"n": 32, "n_bridge": 2, "mcmc_steps": 0},
+                    "sample": {"n": 32, "n_bridge": 2, "mcmc_steps": 0, "n_runs": 2},
                 }
             },
         },
@@ -148,6 +148,14 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "analysis.json").read_text())
+    # two independent SMC runs of 16 particles, pooled; ΔF's error bar from the runs
+    smc = json.loads((out / "samples.json").read_text())
+    assert smc["n_runs"] == 2 and len(smc["runs"]) == 2 and smc["n"] == 32
+    assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
+    with np.load(out / "samples.npz") as z:
+        assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32
+    assert res["delta_f_se_method"] == "jackknife over 2 independent SMC runs"
+    assert len(res["delta_f_runs_kT"]) == 2
     for key in (
         "ess",
         "delta_f_kT",

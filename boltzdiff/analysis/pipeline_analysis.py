@@ -28,7 +28,7 @@ from boltzdiff.analysis.report import (
     write_json_atomic,
     write_report_md,
 )
-from boltzdiff.analysis.weights import clean_log_weights, kish_ess, weighted_mean
+from boltzdiff.analysis.weights import clean_log_weights, jackknife_over_runs, kish_ess, pool_runs, weighted_mean
 from boltzdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,12 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         raise ConfigError(f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)")
     with np.load(out / "samples.npz") as z:
         x, log_w_raw = z["x"], z["log_w"]
+        run_of = z["run"] if "run" in z.files else None
     summ = json.loads((out / "samples.json").read_text())
     cw = clean_log_weights(log_w_raw)
     log_w = cw.log_w_n
+    if run_of is not None:  # independent SMC runs, each weighted by its normalising-constant estimate
+        log_w = pool_runs(log_w, run_of, [r["log_Z"] for r in summ["runs"]])
     kind = kind_of(system)
     res: dict = dict(
         system=system.name,
@@ -72,8 +75,10 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         n_target_evals=int(summ.get("n_target_evals", 0)),
         n_model_evals=int(summ.get("n_model_evals", 0)),
         sample_wall_s=summ.get("wall_s"),
-        # the final ESS is measured after the last resampling; the lowest ESS along the way and the number of
-        # resamplings say how much the particle system degenerated before that
+        # the final ESS is measured after the last resampling (1 if SMC resampled at its last step);
+        # ess_final_step is the ESS of the last step's weights before any resampling, the lowest ESS along the
+        # way and the number of resamplings say how much the particle system degenerated
+        ess_final_step=float(summ["ess_trace"][-1]) if summ.get("ess_trace") else None,
         ess_min=summ.get("ess_min"),
         n_resample=summ.get("n_resample"),
         n_bridge=summ.get("n_bridge"),
@@ -153,7 +158,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                 )
             )
         if kind == "molecule":
-            res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not hot))
+            res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not hot, run_of=run_of))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -183,6 +188,7 @@ def _molecule(
     n_bootstrap: int,
     figs: list,
     same_ensemble: bool = True,
+    run_of: np.ndarray | None = None,
 ) -> dict:
     """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
     still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it."""
@@ -209,7 +215,21 @@ def _molecule(
     phi, psi = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
     rng = np.random.default_rng(0)
     df = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng)
-    r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se))
+    r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se), delta_f_se_method="bootstrap over particles")
+    if run_of is not None and np.unique(run_of).size > 1:
+        # resampled SMC particles are not independent and their weights are heavy-tailed: the particle
+        # bootstrap understated the spread between independent SMC runs ~5x (benchmarks/RESULTS.md), so the
+        # standard error comes from the runs (delete-one-run jackknife of the pooled estimate)
+        _, se = jackknife_over_runs(lambda m: delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f, run_of)
+        r.update(
+            delta_f_se_kT=se,
+            delta_f_se_bootstrap_kT=float(df.se),
+            delta_f_se_method=f"jackknife over {np.unique(run_of).size} independent SMC runs",
+            delta_f_runs_kT=[
+                float(delta_f_phi(phi[run_of == k], log_w[run_of == k], n_bootstrap=0).delta_f)
+                for k in np.unique(run_of)
+            ],
+        )
     prof = free_energy_profile(phi, log_w, bins=36, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng)
     profiles = {"reweighted model": prof}
     if ref_x is not None:

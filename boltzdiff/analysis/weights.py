@@ -137,3 +137,42 @@ def weighted_var(a_n, log_w_n=None) -> float:
     keep = w > 0
     m = np.sum(w[keep] * a[keep])
     return float(np.sum(w[keep] * (a[keep] - m) ** 2))
+
+
+def pool_runs(log_w_n, run_n, log_z_r) -> np.ndarray:
+    """Log-weights pooling independent SMC/IS runs: each run's weights normalised within the run, then scaled
+    by ``n_r Z_r`` (its particle count times its normalising-constant estimate), so that a self-normalised
+    estimate over all particles weights run ``r`` by ``n_r Z_r`` (the standard way to merge independent SMC
+    samplers; for plain importance sampling with ``Z_r`` = the run's mean weight it gives back the raw weights
+    up to one constant).
+
+    ``log_w_n: (n,)``, ``run_n: (n,)`` integer run labels ``0..R-1``, ``log_z_r: (R,)`` log ``Z_r``.
+    """
+    lw = _check_log_w(log_w_n).copy()
+    run = np.asarray(run_n).reshape(-1)
+    lz = as_float64(log_z_r).reshape(-1)
+    if run.shape != lw.shape:
+        raise ValueError(f"run labels must match the log-weights' shape {lw.shape}, got {run.shape}")
+    if run.size and (run.min() < 0 or run.max() >= lz.size):
+        raise ValueError(f"run labels must lie in [0, {lz.size}), got [{run.min()}, {run.max()}]")
+    for r in range(lz.size):
+        m = run == r
+        if m.any() and np.isfinite(lw[m]).any():
+            lw[m] = lw[m] - logsumexp(lw[m]) + lz[r] + np.log(m.sum())
+    return lw
+
+
+def jackknife_over_runs(estimate, run_n) -> tuple[float, float]:
+    """Delete-one-run jackknife: ``estimate(mask) -> float`` evaluated on all particles and on all but each
+    run; returns ``(estimate on all, jackknife standard error)``. The SE is NaN with fewer than 2 runs or if a
+    leave-one-out estimate is not finite (e.g. no particle left in a state)."""
+    run = np.asarray(run_n).reshape(-1)
+    labels = np.unique(run)
+    full = float(estimate(np.ones(run.size, dtype=bool)))
+    if labels.size < 2:
+        return full, float("nan")
+    loo = np.array([float(estimate(run != r)) for r in labels])
+    if not np.isfinite(loo).all():
+        return full, float("nan")
+    R = labels.size
+    return full, float(np.sqrt((R - 1) / R * np.sum((loo - loo.mean()) ** 2)))
