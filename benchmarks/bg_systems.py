@@ -140,6 +140,7 @@ def main() -> None:
         )
     keys = [
         "ess",
+        "ess_final_step",
         "energy_w1_reweighted",
         "energy_w1_unweighted",
         "delta_f_kT",
@@ -177,6 +178,7 @@ def main() -> None:
                 f"  {r['method']:<30} ΔF {r.get('delta_f_kT', float('nan')):7.3f} ± "
                 f"{r.get('delta_f_se_kT', float('nan')):.3f}  |err| {r.get('abs_delta_f_error_kT', float('nan')):.3f}"
                 f"  F(phi) RMSE {r.get('pmf_rmse_vs_reference_kT', float('nan')):.3f}  ESS {r['ess']:.3f}"
+                f" (last step before resampling {r.get('ess_final_step') or float('nan'):.3f})"
                 f"  raw training-data ΔF {r.get('md_delta_f_kT', float('nan')):.3f}"
             )
     RESULTS.mkdir(parents=True, exist_ok=True)

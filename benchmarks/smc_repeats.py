@@ -8,7 +8,9 @@ deviation across repeats and the median bootstrap SE — if the spread across re
 the bootstrap (which treats resampled copies of one particle as independent) understates the sampling error.
 
     python benchmarks/smc_repeats.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 --n 4000 16000 \\
-        --repeats 3 [--reference 3.48] [--json benchmarks/results/aldp_smc_repeats.json]
+        --repeats 3 [--reference 3.48] [--sample bridge_mcmc_steps=10 ...] [--json FILE]
+
+``--sample KEY=VALUE`` changes a sample-stage setting (e.g. more MCMC moves on the bridge to the target).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="independent SMC runs per particle count")
     ap.add_argument("--reference", type=float, help="reference ΔF in kT (adds |ΔF - ref| of the mean)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sample-stage setting of the run (YAML value), e.g. bridge_mcmc_steps=10",
+    )
     ap.add_argument("--json", help="also write the table to this JSON file")
     args = ap.parse_args()
 
@@ -59,15 +68,22 @@ def main():
         sys.exit(f"smc_repeats: {src} is not a finished `boltzdiff run` directory (pipeline.json, train/model.pt)")
     meta = json.loads(pj.read_text())
     system = load_system(meta["system_path"], meta.get("variant"))
+    import yaml
+
+    over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
+    unknown = sorted(set(over) - set(meta["settings"]["sample"]) - {"n_bridge", "max_bridge", "levels"})
+    if unknown:
+        sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")
+    tag = "".join(f"_{k}{v}" for k, v in over.items())
     rows, results = [], []
     for n in args.n:
         if n < 1:
             sys.exit(f"smc_repeats: --n: expected positive particle counts, got {n}")
         for r in range(args.repeats):
-            out = WORK / "smc_repeats" / f"{src.name}_n{n}_r{r}"
+            out = WORK / "smc_repeats" / f"{src.name}_n{n}{tag}_r{r}"
             prepare(src, out)
             settings = json.loads(json.dumps(meta["settings"]))
-            settings["sample"]["n"] = n
+            settings["sample"].update(over, n=n)
             t0 = time.time()
             stage_sample(system, out, settings, progress=True, seed=1000 + r)  # skipped if done
             a = analyze_run(out, system=system)
@@ -86,7 +102,8 @@ def main():
     def fmt(v, spec="{:.2f}"):
         return "-" if v is None or not np.isfinite(v) else spec.format(v)
 
-    print(f"SMC repeats on {src} ({meta['system']}, preset {meta['preset']}); {machine()}")
+    print(f"SMC repeats on {src} ({meta['system']}, preset {meta['preset']}; sample settings {over or 'as run'})")
+    print(machine())
     for r in results:
         rows.append(
             [
