@@ -68,15 +68,14 @@ def compare_with_reference_profile(run_dir: Path, system, ref: dict) -> dict:
     import numpy as np
 
     from boltzdiff.analysis.free_energy import free_energy_profile, pmf_rmse
-    from boltzdiff.analysis.weights import clean_log_weights
+    from boltzdiff.analysis.pipeline_analysis import load_samples
     from boltzdiff.cv import phi_psi
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
     prof_ref = ref.get("reference_f_phi")
     if not prof_ref:
         return {}
-    with np.load(run_dir / "samples.npz") as z:
-        x, log_w = z["x"], clean_log_weights(z["log_w"]).log_w_n
+    x, log_w = load_samples(run_dir)[:2]  # pooled over independent SMC runs where there are several
     n = system.target.event_shape[0]
     xs = torch.as_tensor(x.reshape(-1, n, 3))
     quads = chiral_quads_of(system)

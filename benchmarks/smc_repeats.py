@@ -40,6 +40,40 @@ def prepare(src: Path, dst: Path) -> None:
             (dst / name).write_text((src / name).read_text())
 
 
+def pool(work: Path, stem: str, repeats: int, src: Path, with_source: bool = False) -> Path:
+    """One run directory holding every repeat's particles with run labels (as ``sample.n_runs`` writes);
+    ``with_source`` adds the source run's own SMC run(s) as further runs."""
+    out = work / f"{stem}_pooled{repeats}{'_and_source' if with_source else ''}"
+    prepare(src, out)
+    xs, lws, summ = [], [], []
+    for r in range(repeats):
+        d = work / f"{stem}_r{r}"
+        with np.load(d / "samples.npz") as z:
+            xs.append(z["x"])
+            lws.append(z["log_w"])
+        summ.append(json.loads((d / "samples.json").read_text()))
+    if with_source:
+        s_summ = json.loads((src / "samples.json").read_text())
+        with np.load(src / "samples.npz") as z:
+            labels = z["run"] if "run" in z.files else np.zeros(len(z["x"]), dtype=int)
+            for k, m in enumerate(s_summ.get("runs", [s_summ])):
+                xs.append(z["x"][labels == k])
+                lws.append(z["log_w"][labels == k])
+                summ.append(m)
+    runs = [np.full(len(x), r) for r, x in enumerate(xs)]
+    np.savez(out / "samples.npz", x=np.concatenate(xs), log_w=np.concatenate(lws), run=np.concatenate(runs))
+    merged = dict(
+        summ[0],
+        n=int(sum(len(x) for x in xs)),
+        n_runs=len(xs),
+        n_target_evals=sum(m["n_target_evals"] for m in summ),
+        n_model_evals=sum(m["n_model_evals"] for m in summ),
+        runs=[{k: v for k, v in m.items() if k != "ess_trace"} for m in summ],
+    )
+    (out / "samples.json").write_text(json.dumps(merged))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="a finished `boltzdiff run` directory (its train/ stage is reused)")
@@ -55,6 +89,11 @@ def main():
         help="override a sample-stage setting of the run (YAML value), e.g. bridge_mcmc_steps=10",
     )
     ap.add_argument("--json", help="also write the table to this JSON file")
+    ap.add_argument(
+        "--pool-with-source",
+        action="store_true",
+        help="add the source run's own SMC run(s) to the pooled estimate (same model, independent seeds)",
+    )
     args = ap.parse_args()
 
     from boltzdiff.analysis.pipeline_analysis import analyze_run
@@ -131,14 +170,27 @@ def main():
         )
         if args.reference is not None and s["mean"] is not None:
             s["abs_err_of_mean"] = abs(s["mean"] - args.reference)
+        if args.repeats > 1:  # all repeats as one sample: pooled by their Z estimates, jackknife over repeats
+            pooled = pool(WORK / "smc_repeats", f"{src.name}_n{n}{tag}", args.repeats, src, args.pool_with_source)
+            a = analyze_run(pooled, system=system)
+            s.update(pooled_delta_f=a.get("delta_f_kT"), pooled_jackknife_se=a.get("delta_f_se_kT"))
+            if args.reference is not None and a.get("delta_f_kT") is not None:
+                s["abs_err_pooled"] = abs(a["delta_f_kT"] - args.reference)
         summary.append(s)
     print("\nper particle count (ΔF over the repeats with a finite value)")
     print_table(
-        ["particles", "finite", "mean ΔF", "SD across repeats", "median bootstrap SE"]
-        + (["|mean - ref|"] if args.reference is not None else []),
+        ["particles", "finite", "mean ΔF", "SD across repeats", "median bootstrap SE", "pooled ΔF ± jackknife SE"]
+        + (["|pooled - ref|"] if args.reference is not None else []),
         [
-            [s["n"], s["n_finite"], fmt(s["mean"]), fmt(s["sd_across"]), fmt(s["median_bootstrap_se"])]
-            + ([fmt(s.get("abs_err_of_mean"))] if args.reference is not None else [])
+            [
+                s["n"],
+                s["n_finite"],
+                fmt(s["mean"]),
+                fmt(s["sd_across"]),
+                fmt(s["median_bootstrap_se"]),
+                f"{fmt(s.get('pooled_delta_f'))} ± {fmt(s.get('pooled_jackknife_se'))}",
+            ]
+            + ([fmt(s.get("abs_err_pooled"))] if args.reference is not None else [])
             for s in summary
         ],
     )

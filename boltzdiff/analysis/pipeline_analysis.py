@@ -42,6 +42,24 @@ def _energies(target, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def load_samples(out: Path):
+    """The sample stage's particles and their log-weights: ``(x, log_w, run_of, summary, cleaned)``.
+
+    Non-finite weights are mapped to zero weight (``cleaned`` counts them); with several independent SMC runs
+    (``sample.n_runs``) the weights are pooled, run ``r`` weighted by its normalising-constant estimate, and
+    ``run_of`` labels each particle's run (else None)."""
+    out = Path(out)
+    with np.load(out / "samples.npz") as z:
+        x, log_w_raw = z["x"], z["log_w"]
+        run_of = z["run"] if "run" in z.files else None
+    summ = json.loads((out / "samples.json").read_text())
+    cw = clean_log_weights(log_w_raw)
+    log_w = cw.log_w_n
+    if run_of is not None:
+        log_w = pool_runs(log_w, run_of, [r["log_Z"] for r in summ["runs"]])
+    return x, log_w, run_of, summ, cw
+
+
 def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dict:
     """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``."""
     from boltzdiff.pipeline import kind_of, reference_temperature
@@ -55,14 +73,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     system = system or load_system(meta["system_path"], meta.get("variant"))
     if not (out / "samples.npz").exists() or not (out / "samples.json").exists():
         raise ConfigError(f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)")
-    with np.load(out / "samples.npz") as z:
-        x, log_w_raw = z["x"], z["log_w"]
-        run_of = z["run"] if "run" in z.files else None
-    summ = json.loads((out / "samples.json").read_text())
-    cw = clean_log_weights(log_w_raw)
-    log_w = cw.log_w_n
-    if run_of is not None:  # independent SMC runs, each weighted by its normalising-constant estimate
-        log_w = pool_runs(log_w, run_of, [r["log_Z"] for r in summ["runs"]])
+    x, log_w, run_of, summ, cw = load_samples(out)
     kind = kind_of(system)
     res: dict = dict(
         system=system.name,
