@@ -89,7 +89,13 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         # the final ESS is measured after the last resampling (1 if SMC resampled at its last step);
         # ess_final_step is the ESS of the last step's weights before any resampling, the lowest ESS along the
         # way and the number of resamplings say how much the particle system degenerated
-        ess_final_step=float(summ["ess_trace"][-1]) if summ.get("ess_trace") else None,
+        ess_final_step=(
+            min(float(r["ess_final_step"]) for r in summ["runs"])  # several SMC runs: the lowest
+            if summ.get("runs") and all("ess_final_step" in r for r in summ["runs"])
+            else float(summ["ess_trace"][-1])
+            if summ.get("ess_trace")
+            else None
+        ),
         ess_min=summ.get("ess_min"),
         n_resample=summ.get("n_resample"),
         n_bridge=summ.get("n_bridge"),
