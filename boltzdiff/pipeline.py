@@ -181,14 +181,14 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     if f.exists() and (out / "samples.json").exists():
         log.info("sample: %s exists, skipped", f)
         return
-    run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     s = settings["sample"]
     n = int(s["n"])
     if n < 1:
         raise ConfigError(f"sample.n: expected a positive number of particles, got {n}")
-    n_runs = int(s.get("n_runs", 1))
-    if n_runs < 1 or n % n_runs:
-        raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs}")
+    n_runs = s.get("n_runs", 1)
+    if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1 or n % n_runs:
+        raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs!r}")
+    run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
     t0 = time.time()

@@ -213,3 +213,15 @@ def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
     assert "pmf_rmse_kT" not in res and "energy_w1_reweighted" not in res
     smc = json.loads((out / "samples.json").read_text())
     assert 1 <= smc["n_bridge"] <= 6
+
+
+@pytest.mark.parametrize("n_runs", ["four", 3, 0, True])
+def test_sample_stage_rejects_bad_n_runs_before_loading_anything(tmp_path, n_runs):
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, "n_runs": n_runs}}
+    with pytest.raises(ConfigError, match="sample.n_runs: expected a positive divisor of sample.n=32"):
+        stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+    assert not (tmp_path / "samples.npz").exists()
