@@ -15,6 +15,7 @@ Run directory layout::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -173,6 +174,16 @@ def sampling_target(system: System, model):
     return t
 
 
+@dataclasses.dataclass
+class _FinishedRun:
+    """What the sample stage keeps of one SMC run (and checkpoints in ``sample_runs/``)."""
+
+    x: torch.Tensor
+    log_w: torch.Tensor
+    summary: dict
+    ess_trace: torch.Tensor
+
+
 def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed: int):
     from boltzdiff.samplers import MCMCConfig, smc
     from boltzdiff.train import load_run
@@ -192,33 +203,57 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
     t0 = time.time()
+    # each finished SMC run is kept in sample_runs/ (tagged with what it was run with), so an interrupted stage
+    # resumes at the next run instead of starting over; the folder goes once samples.npz is written
+    part_dir = out / "sample_runs"
+    tag = dict(sample=dict(s), seed=seed, n_runs=n_runs)
     results = []
     for r in range(n_runs):  # independent SMC runs (their spread is the honest error bar), pooled by Z_r
+        part = part_dir / f"run{r}.pt"
+        if part.exists():
+            try:
+                blob = torch.load(part, map_location="cpu", weights_only=False)
+            except Exception as exc:  # a damaged file is redone, not trusted
+                log.warning("sample: could not read %s (%s); rerunning SMC run %d", part, exc, r + 1)
+                blob = None
+            if blob is not None and blob.get("tag") == tag:
+                log.info("sample: SMC run %d of %d restored from %s", r + 1, n_runs, part)
+                results.append(_FinishedRun(**blob["result"]))
+                continue
+            if blob is not None:
+                log.warning("sample: %s was made with other settings; rerunning SMC run %d", part, r + 1)
         if n_runs > 1:
             log.info("sample: SMC run %d of %d (%d particles)", r + 1, n_runs, n // n_runs)
-        results.append(
-            smc(
-                run.model,
-                n // n_runs,
-                generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
-                levels=s.get("levels"),
-                mcmc=copy.deepcopy(mcmc),
-                target=target,
-                n_bridge=int(s.get("n_bridge", 16)),
-                bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
-                bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
-                max_bridge=int(s.get("max_bridge", 2000)),
-                progress=progress,
-            )
+        res = smc(
+            run.model,
+            n // n_runs,
+            generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
+            levels=s.get("levels"),
+            mcmc=copy.deepcopy(mcmc),
+            target=target,
+            n_bridge=int(s.get("n_bridge", 16)),
+            bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
+            bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
+            max_bridge=int(s.get("max_bridge", 2000)),
+            progress=progress,
         )
-    x = torch.cat([res.x.detach().double().cpu() for res in results])
-    log_w = torch.cat([res.log_w.double().cpu() for res in results])
+        done = _FinishedRun(
+            x=res.x.detach().double().cpu(),
+            log_w=res.log_w.detach().double().cpu(),
+            summary=res.summary(),
+            ess_trace=res.ess_trace.detach().cpu(),
+        )
+        if n_runs > 1:
+            atomic_save(part, lambda p, d=done: torch.save(dict(tag=tag, result=vars(d)), p))
+        results.append(done)
+    x = torch.cat([res.x for res in results])
+    log_w = torch.cat([res.log_w for res in results])
     run_of = np.repeat(np.arange(n_runs), n // n_runs)
     if kind_of(system) != "analytic" and len(system.target.event_shape) == 2:
         n_, sd = system.target.event_shape
         xr = x.reshape(-1, n_, sd)
         x = (xr - xr.mean(1, keepdim=True)).reshape(x.shape[0], -1)
-    summaries = [res.summary() for res in results]
+    summaries = [res.summary for res in results]
     summary = dict(
         summaries[0],
         wall_s=time.time() - t0,
@@ -247,6 +282,10 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
 
     atomic_save(f, save)
     atomic_write_json(out / "samples.json", summary)
+    if part_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(part_dir, ignore_errors=True)
 
 
 def run_pipeline(

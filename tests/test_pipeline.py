@@ -225,3 +225,55 @@ def test_sample_stage_rejects_bad_n_runs_before_loading_anything(tmp_path, n_run
     with pytest.raises(ConfigError, match="sample.n_runs: expected a positive divisor of sample.n=32"):
         stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
     assert not (tmp_path / "samples.npz").exists()
+
+
+def test_interrupted_sample_stage_resumes_at_the_next_smc_run(tmp_path, monkeypatch):
+    """Each finished SMC run is checkpointed: after an interruption only the missing runs are redone, the result
+    is identical to an uninterrupted stage, and a checkpoint made with other settings is not reused."""
+    import shutil
+
+    import boltzdiff.samplers
+    from boltzdiff.config import TrainConfig
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import train
+
+    system = load_system("gmm2_unbalanced")
+    cfg = TrainConfig(steps=3, n_levels=8, width=8, depth=1, k=2, n_data=200, checkpoint_every=3, lr_warmup=1)
+    train(cfg, tmp_path / "a" / "train", progress=False)
+    shutil.copytree(tmp_path / "a" / "train", tmp_path / "b" / "train")
+    settings = {"train": {}, "sample": {"n": 24, "n_bridge": 2, "mcmc_steps": 0, "n_runs": 3}}
+    stage_sample(system, tmp_path / "a", settings, progress=False, seed=0)
+
+    real_smc, calls, fail_at = boltzdiff.samplers.smc, [], [2]
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted_smc(*a, **kw):
+        calls.append(1)
+        if len(calls) in fail_at:
+            raise Interrupted  # e.g. the job was killed
+        return real_smc(*a, **kw)
+
+    monkeypatch.setattr(boltzdiff.samplers, "smc", interrupted_smc)
+    b = tmp_path / "b"
+    with pytest.raises(Interrupted):
+        stage_sample(system, b, settings, progress=False, seed=0)
+    assert (b / "sample_runs" / "run0.pt").is_file() and not (b / "samples.npz").exists()
+    c = tmp_path / "c"
+    shutil.copytree(tmp_path / "a" / "train", c / "train")
+    shutil.copytree(b / "sample_runs", c / "sample_runs")
+    calls.clear()
+    fail_at.clear()
+    stage_sample(system, b, settings, progress=False, seed=0)
+    assert len(calls) == 2  # runs 1 and 2; run 0 was restored
+    assert not (b / "sample_runs").exists()
+    with np.load(tmp_path / "a" / "samples.npz") as za, np.load(b / "samples.npz") as zb:
+        for key in ("x", "log_w", "run"):
+            assert np.array_equal(za[key], zb[key]), key
+
+    # run0.pt was made with seed 0: a stage with seed 1 reruns it instead of reusing it
+    calls.clear()
+    stage_sample(system, c, settings, progress=False, seed=1)
+    assert len(calls) == 3
