@@ -53,7 +53,9 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
             raise SystemExit(f"{out} was trained with other settings ({', '.join(diff)}); remove it or rename")
     ev_file = out / "eval.json"
     if ev_file.exists() and not force:
-        return json.loads(ev_file.read_text())
+        ev = json.loads(ev_file.read_text())
+        if ev.get("n_chains") == n_chains and ev.get("n_samples", n_samples) == n_samples:
+            return ev  # else: the same model, scored again with the requested number of chains / samples
     t0 = time.time()
     if not (out / "model.pt").exists():
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)

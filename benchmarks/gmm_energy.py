@@ -67,6 +67,12 @@ def main():
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds for DiffCLF (DSM-only: the first)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train setting (YAML value)")
     ap.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
+    ap.add_argument(
+        "--chains",
+        type=int,
+        default=256,
+        help="noising chains for the classification loss (SE ~ 1/sqrt; cached models are rescored, not retrained)",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -80,7 +86,7 @@ def main():
                 cfg.steps = args.steps
             out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{seed}{tag}"
             print(f"... {system} {loss} seed {seed} ({cfg.steps} steps)", file=sys.stderr, flush=True)
-            ev = train_and_eval(cfg, out)
+            ev = train_and_eval(cfg, out, n_chains=args.chains)
             res.setdefault(loss, []).append(ev)
             med = sorted(ev["log_ratio_std"])[len(ev["log_ratio_std"]) // 2]
             rows.append(

@@ -63,6 +63,7 @@ class TrainConfig:
     fourier_scale: float = 4.0
     input_fourier: int | str = 0
     input_fourier_scale: float = 4.0
+    mlp_head: str = "inner"
     egnn: dict = field(default_factory=dict)
     pairmlp: dict = field(default_factory=dict)
     data: str | None = None
@@ -109,6 +110,10 @@ class TrainConfig:
             not isinstance(self.input_fourier, int) or isinstance(self.input_fourier, bool) or self.input_fourier < 0
         ):
             bad("input_fourier", "'auto' or a non-negative integer (number of input Fourier features; 0 = off)")
+        from boltzdiff.models.mlp import HEADS
+
+        if self.mlp_head not in HEADS:
+            bad("mlp_head", " or ".join(repr(h) for h in HEADS))
         if self.spacing not in ("linear", "logsnr"):
             bad("spacing", "'linear' or 'logsnr'")
         if self.time_input not in ("logsnr", "t"):

@@ -77,6 +77,7 @@ def build_model(
             fourier_scale=cfg.fourier_scale,
             input_fourier=resolve_input_fourier(cfg.input_fourier, int(mu.numel())),
             input_fourier_scale=cfg.input_fourier_scale,
+            head=cfg.mlp_head,
         )
     n, sdim = system.target.event_shape
     if cfg.network == "pairmlp":
@@ -395,6 +396,8 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
     raw = yaml.safe_load(cfg_file.read_text()) or {}
     # runs written before input Fourier features existed had none
     raw.setdefault("input_fourier", 0)
+    # ... and before the MLP's scalar head existed, none
+    raw.setdefault("mlp_head", "inner")
     from boltzdiff.config import merge_config
 
     cfg = merge_config(TrainConfig(), raw, str(cfg_file))

@@ -31,8 +31,8 @@ def test_zero_network_gives_the_exact_gaussian_marginal(sched):
     torch.set_default_dtype(torch.float64)
     try:
         x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
-        for n_fourier in (0, 8):  # with or without input Fourier features
-            m = build_mlp_energy(grid, mu, sd, width=16, depth=1, input_fourier=n_fourier)
+        for n_fourier, head in ((0, "inner"), (8, "inner"), (0, "inner+scalar"), (8, "scalar")):
+            m = build_mlp_energy(grid, mu, sd, width=16, depth=1, input_fourier=n_fourier, head=head)
             for i in (0, 7, 15):
                 var = grid.alpha[i] ** 2 * sd**2 + grid.sigma[i] ** 2
                 ref = torch.distributions.Normal(grid.alpha[i] * mu, torch.sqrt(var)).log_prob(x).sum(-1)
@@ -42,13 +42,13 @@ def test_zero_network_gives_the_exact_gaussian_marginal(sched):
         torch.set_default_dtype(torch.float32)
 
 
-@pytest.mark.parametrize("n_fourier", [0, 16])
-def test_model_score_is_minus_grad_energy(n_fourier):
+@pytest.mark.parametrize("n_fourier,head", [(0, "inner"), (16, "inner"), (0, "inner+scalar"), (0, "scalar")])
+def test_model_score_is_minus_grad_energy(n_fourier, head):
     grid = make_grid(VPSchedule(), 8)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)
     try:
-        m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=2, input_fourier=n_fourier)
+        m = build_mlp_energy(grid, torch.zeros(3), 1.0, width=16, depth=2, input_fourier=n_fourier, head=head)
         for p in m.net.out.parameters():
             torch.nn.init.normal_(p, std=0.3)
         x = torch.randn(4, 3)
@@ -62,6 +62,25 @@ def test_model_score_is_minus_grad_energy(n_fourier):
         assert torch.allclose(s, fd, rtol=1e-6, atol=1e-6)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_only_a_scalar_head_lets_the_energy_move_at_the_data_mean():
+    """The vector term <NN(x~), x~> vanishes at x~ = 0: whatever the weights, E(alpha_t mu, t) is the Gaussian
+    marginal's value there, so a mode at the data mean cannot be made deeper or shallower. The scalar head can."""
+    grid = make_grid(VPSchedule(), 8)
+    mu, sd = torch.tensor([0.5, -1.0]), 1.3
+    for head in ("inner", "inner+scalar", "scalar"):
+        torch.manual_seed(1)
+        m = build_mlp_energy(grid, mu, sd, width=16, depth=2, head=head)
+        g = build_mlp_energy(grid, mu, sd, width=16, depth=2)  # untrained: the Gaussian marginal
+        with torch.no_grad():
+            for p in m.net.out.parameters():
+                p.normal_(std=1.0)
+        for i in (0, 4, 7):
+            centre = (grid.alpha[i] * mu)[None]
+            away = centre + 0.7
+            assert not torch.allclose(m.energy(away, i), g.energy(away, i), atol=1e-3)
+            assert torch.allclose(m.energy(centre, i), g.energy(centre, i), atol=1e-5) is (head == "inner")
 
 
 def test_gauge_sets_noisiest_level_to_zero():

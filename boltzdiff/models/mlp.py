@@ -7,6 +7,9 @@ import math
 import torch
 from torch import nn
 
+#: output heads of ResMLP, see its ``head`` parameter
+HEADS = ("inner", "inner+scalar", "scalar")
+
 
 class FourierEmbedding(nn.Module):
     """Random Fourier features of a scalar noise input, ``(B,) -> (B, 2 * n_freq)``."""
@@ -36,7 +39,8 @@ class ResBlock(nn.Module):
 
 
 class ResMLP(nn.Module):
-    """``(x: (B, d), c_noise: (B,)) -> (B, d)``; smooth activations (SiLU), last layer zero-initialised.
+    """``(x: (B, d), c_noise: (B,)) -> (B, d)`` (or ``(B, d + 1)``, ``(B, 1)``: see ``head``); smooth activations
+    (SiLU), last layer zero-initialised.
 
     Parameters
     ----------
@@ -54,6 +58,10 @@ class ResMLP(nn.Module):
     input_fourier_scale : float
         Typical length of their frequency vectors (cycles per unit of the preconditioned input; each component
         has standard deviation ``input_fourier_scale / sqrt(dim)``).
+    head : {"inner", "inner+scalar", "scalar"}
+        What the network returns for :class:`boltzdiff.models.energy.PreconditionedEnergy`: a vector ``(B, d)``
+        (energy term ``<NN, x~>``), the vector plus a scalar ``g`` as one more column ``(B, d + 1)`` (term
+        ``<NN, x~> + g``), or the scalar alone ``(B, 1)`` (term ``g``).
     """
 
     def __init__(
@@ -65,8 +73,12 @@ class ResMLP(nn.Module):
         fourier_scale: float = 4.0,
         input_fourier: int = 0,
         input_fourier_scale: float = 4.0,
+        head: str = "inner",
     ):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+        self.head = head
         self.temb = FourierEmbedding(n_freq, fourier_scale)
         emb = 2 * n_freq
         self.temb_mlp = nn.Sequential(nn.Linear(emb, width), nn.SiLU(), nn.Linear(width, width))
@@ -80,7 +92,7 @@ class ResMLP(nn.Module):
         self.inp = nn.Linear(dim + 2 * max(0, input_fourier), width)
         self.blocks = nn.ModuleList([ResBlock(width, width) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, {"inner": dim, "inner+scalar": dim + 1, "scalar": 1}[head])
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
