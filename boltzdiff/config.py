@@ -23,7 +23,9 @@ class TrainConfig:
     standardised interatomic distances for labelled molecules), noise input ``time_input``, and
     ``input_fourier`` random Fourier features of the input
     (frequency scale ``input_fourier_scale``; default none; they help low-dimensional targets with many narrow
-    modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D). Loss: ``loss`` in
+    modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D); ``mlp_head``: the
+    MLP's energy term, ``inner`` (the paper's ``<NN(x~), x~>``, which vanishes at the data mean), ``scalar`` (a
+    scalar output ``g(x~)``) or ``inner+scalar`` (both; see boltzdiff/models/energy.py). Loss: ``loss`` in
     {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
     ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
     AdamW ``lr`` (``lr_f`` for the log-normalisers; cosine decay to ``lr_final`` times that), EMA ``ema``,

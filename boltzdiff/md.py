@@ -60,6 +60,9 @@ class MDConfig:
     platform: str = "Reference"
     minimize: bool = True
     checkpoint_every: int = 100  # frames
+    #: a structure file (PDB) to start from instead of the system's own positions; a relative path is taken
+    #: from the system's folder
+    start: str | None = None
 
 
 @dataclass
@@ -121,9 +124,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _write_frames(
-    out: Path, pos: np.ndarray, energies: np.ndarray, topology: Any, extra: dict | None = None
-) -> None:
+def _write_frames(out: Path, pos: np.ndarray, energies: np.ndarray, topology: Any, extra: dict | None = None) -> None:
     _save_npy(out / "positions.npy", pos.astype(np.float32))
     _save_npy(out / "energies.npy", energies.astype(np.float64))
     for k, v in (extra or {}).items():
@@ -160,9 +161,7 @@ def _load_frames(out: Path, n: int) -> tuple[list, list]:
     pos = np.load(out / "positions.npy")[:n]
     en = np.load(out / "energies.npy")[:n]
     if len(pos) < n:
-        raise ConfigError(
-            f"{out}: positions.npy has {len(pos)} frames, the checkpoint expects {n}; use a new --out"
-        )
+        raise ConfigError(f"{out}: positions.npy has {len(pos)} frames, the checkpoint expects {n}; use a new --out")
     return list(pos), list(en)
 
 
@@ -187,6 +186,26 @@ def _n_dof(system) -> int:
     if any(isinstance(system.getForce(k), openmm.CMMotionRemover) for k in range(system.getNumForces())):
         dof -= 3
     return dof
+
+
+def read_start_structure(system, start: str) -> np.ndarray:
+    """Positions ``(n_atoms, 3)`` nm of a PDB file (relative paths from the system's folder); one-line errors."""
+    p = Path(start)
+    if not p.is_absolute() and system.path is not None:
+        p = Path(system.path).parent / p if Path(system.path).is_file() else Path(system.path) / p
+    if not p.is_file():
+        raise ConfigError(f"reference.starts: structure file {p} does not exist")
+    import openmm.app as app
+    import openmm.unit as unit
+
+    try:
+        pdb = app.PDBFile(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{p}: cannot read PDB ({e})") from None
+    n_sys = system.topology.n_atoms if system.topology is not None else None
+    if n_sys is not None and pdb.topology.getNumAtoms() != n_sys:
+        raise ConfigError(f"{p}: {pdb.topology.getNumAtoms()} atoms, expected {n_sys} (the system's)")
+    return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
 
 
 def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress: bool = True) -> RunResult:
@@ -225,9 +244,7 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         omm_system = system.extras["openmm_system_factory"]()
         temperature = cfg.temperature or system.extras["openmm_temperature_K"]
     else:
-        raise ConfigError(
-            f"simulate: system {system.name!r} (kind {system.kind}) has no OpenMM System; use MCMC"
-        )
+        raise ConfigError(f"simulate: system {system.name!r} (kind {system.kind}) has no OpenMM System; use MCMC")
     for name, v in (
         ("ns", cfg.ns),
         ("timestep_fs", cfg.timestep_fs),
@@ -251,6 +268,8 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         "save_every_ps": cfg.save_every_ps,
         "seed": cfg.seed,
     }
+    if cfg.start is not None:  # (absent otherwise, so that folders from before the option still resume)
+        settings["start"] = cfg.start
     prog = _read_progress(out, settings)
     n_dof = _n_dof(omm_system)
 
@@ -279,9 +298,9 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
         from boltzdiff.targets.openmm import check_positions
 
         pos0 = check_positions(
-            system.positions,
+            system.positions if cfg.start is None else read_start_structure(system, cfg.start),
             omm_system.getNumParticles(),
-            f"{system.name} positions",
+            f"{system.name} positions" if cfg.start is None else f"reference start {cfg.start}",
             system.extras.get("bonds"),
         )[0]
         ctx.setPositions(pos0)
@@ -334,9 +353,7 @@ def run_md(system, out_dir: str | Path, config: MDConfig | None = None, progress
             except Exception as ex:  # noqa: BLE001 - OpenMM raises on NaN coordinates
                 err = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
             if err is not None:
-                _write_frames(
-                    out, np.asarray(pos_l), np.asarray(en_l), topology, {"temperatures": np.asarray(temps)}
-                )
+                _write_frames(out, np.asarray(pos_l), np.asarray(en_l), topology, {"temperatures": np.asarray(temps)})
                 raise SimulationBlowUpError(
                     f"simulation blew up ({err}) within steps {step - steps_per_frame + 1}-{step} "
                     f"(t <= {step * cfg.timestep_fs / 1000:.3f} ps); kept {len(pos_l)} good frames in {out}"
@@ -422,9 +439,7 @@ def _grad(target, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u.detach(), _project(g)
 
 
-def run_mcmc(
-    system, out_dir: str | Path, config: MCMCConfig | None = None, progress: bool = True
-) -> RunResult:
+def run_mcmc(system, out_dir: str | Path, config: MCMCConfig | None = None, progress: bool = True) -> RunResult:
     """Parallel MCMC chains (MALA or random-walk Metropolis) on a torch target, resumable in ``out_dir``.
 
     Frames are the states of all chains every ``save_every`` steps after ``burn_in``, stored chain-minor:
@@ -456,9 +471,7 @@ def run_mcmc(
     target = system.target
     shape = target.event_shape
     if len(shape) != 2 or system.positions is None:
-        raise ConfigError(
-            f"simulate: MCMC needs a particle system with initial positions; {system.name} has none"
-        )
+        raise ConfigError(f"simulate: MCMC needs a particle system with initial positions; {system.name} has none")
     target_accept = cfg.target_accept or (0.574 if cfg.method == "mala" else 0.234)
     settings = {
         "system": system.name,
@@ -495,9 +508,7 @@ def run_mcmc(
         u, g = target.energy(x).detach(), None
 
     def checkpoint() -> None:
-        _write_frames(
-            out, np.asarray(pos_l).reshape(-1, *shape), np.asarray(en_l).reshape(-1), system.topology
-        )
+        _write_frames(out, np.asarray(pos_l).reshape(-1, *shape), np.asarray(en_l).reshape(-1), system.topology)
         atomic_save(
             state_file,
             lambda p: torch.save(
@@ -548,9 +559,7 @@ def run_mcmc(
                 n_prop += acc.numel()
                 if (it - cfg.burn_in) % cfg.save_every == 0:
                     if not torch.isfinite(u).all():
-                        raise SimulationBlowUpError(
-                            f"MCMC: non-finite energy at step {it}; kept {len(en_l)} saves"
-                        )
+                        raise SimulationBlowUpError(f"MCMC: non-finite energy at step {it}; kept {len(en_l)} saves")
                     pos_l.append(x.numpy().astype(np.float32))
                     en_l.append(u.numpy().copy())
                     if len(en_l) % cfg.checkpoint_every == 0:

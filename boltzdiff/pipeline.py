@@ -126,12 +126,66 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
     from boltzdiff import md
 
     if kind == "molecule":
-        cfg = md.MDConfig(**{"ns": 1.0, **settings["reference"]})
-        md.run_md(system, ref, cfg, progress=progress)
+        rs = dict(settings["reference"])
+        starts = rs.pop("starts", None)
+        if starts is None:
+            cfg = md.MDConfig(**{"ns": 1.0, **rs})
+            md.run_md(system, ref, cfg, progress=progress)
+        else:
+            run_md_replicas(system, ref, rs, starts, progress)
     else:
         cfg = md.MCMCConfig(**settings["reference"])
         md.run_mcmc(system, ref, cfg, progress=progress)
     return done
+
+
+def run_md_replicas(system: System, ref: Path, settings: dict, starts, progress: bool) -> None:
+    """``reference.starts``: one MD replica per start structure (``null`` = the system's own), ``ns`` each,
+    seeds ``seed + i``, in ``reference/replica<i>/`` (each resumable); their frames are then concatenated into
+    ``reference/`` like a single run. The data's populations then reflect the starts, not the Boltzmann
+    distribution (what a basin the MD cannot cross into needs); the SMC reweighting to the target corrects them.
+    """
+    from boltzdiff import md
+
+    if not isinstance(starts, list) or not starts or not all(s is None or isinstance(s, str) for s in starts):
+        raise ConfigError(
+            f"reference.starts: expected a non-empty list of structure files (or null for the system's own), "
+            f"got {starts!r}"
+        )
+    for s in starts:  # fail on a bad file before any MD runs
+        if s is not None:
+            md.read_start_structure(system, s)
+    seed = int(settings.get("seed", 0))
+    parts = []
+    for i, start in enumerate(starts):
+        log.info("reference: MD replica %d of %d from %s", i + 1, len(starts), start or "the system's structure")
+        cfg = md.MDConfig(**{"ns": 1.0, **settings, "seed": seed + i, "start": start})
+        parts.append(md.run_md(system, ref / f"replica{i}", cfg, progress=progress))
+    pos = np.concatenate([np.asarray(p.positions, dtype=np.float32) for p in parts])
+    en = np.concatenate([np.asarray(p.energies, dtype=np.float64) for p in parts])
+    md._write_frames(ref, pos, en, system.topology)
+    first = json.loads((ref / "replica0" / "progress.json").read_text())
+    atomic_write_json(
+        ref / "progress.json",
+        {
+            "settings": first["settings"],
+            "frames": int(len(pos)),
+            "replicas": [dict(start=s, frames=int(len(p.positions))) for s, p in zip(starts, parts)],
+            "completed": True,
+        },
+    )
+    if (ref / "replica0" / "topology.pdb").is_file():
+        import shutil
+
+        shutil.copy(ref / "replica0" / "topology.pdb", ref / "topology.pdb")
+
+
+def reference_starts(run_dir: Path) -> list:
+    """The start structures of the run's MD replicas (``reference.starts``; ``[]`` for a single run)."""
+    p = Path(run_dir) / "reference" / "progress.json"
+    if not p.is_file():
+        return []
+    return [r.get("start") for r in json.loads(p.read_text()).get("replicas") or []]
 
 
 def reference_temperature(run_dir: Path) -> float | None:

@@ -277,3 +277,31 @@ def test_interrupted_sample_stage_resumes_at_the_next_smc_run(tmp_path, monkeypa
     calls.clear()
     stage_sample(system, c, settings, progress=False, seed=1)
     assert len(calls) == 3
+
+
+def test_reference_md_replicas_from_several_start_structures(tmp_path):
+    """reference.starts: one MD replica per structure; the phi > 0 structure's replica starts in that basin (which
+    300 K MD from the default structure does not reach), and the frames are concatenated for training."""
+    from boltzdiff.cv import phi_psi
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_reference
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide")
+    settings = {"reference": {"ns": 0.002, "save_every_ps": 0.1, "starts": [None, "alanine-dipeptide-phi-pos.pdb"]}}
+    stage_reference(system, tmp_path, settings, progress=False)
+    ref = tmp_path / "reference"
+    pos = np.load(ref / "positions.npy")
+    assert pos.shape == (40, 22, 3) and np.load(ref / "energies.npy").shape == (40,)
+    phi, _ = phi_psi(pos)
+    assert np.all(phi[:20] < 0) and np.all((phi[20:] > 0) & (phi[20:] < 2.0))
+    prog = json.loads((ref / "progress.json").read_text())
+    assert prog["completed"] and [r["frames"] for r in prog["replicas"]] == [20, 20]
+    assert prog["settings"]["temperature"] == 300.0
+    # rerunning finds the stage done; a missing structure file is a one-line error before any MD
+    stage_reference(system, tmp_path, settings, progress=False)
+    bad = {"reference": {"ns": 0.002, "starts": [None, "nope.pdb"]}}
+    with pytest.raises(ConfigError, match="reference.starts: structure file .*nope.pdb does not exist"):
+        stage_reference(system, tmp_path / "b", bad, progress=False)
+    with pytest.raises(ConfigError, match="reference.starts: expected a non-empty list"):
+        stage_reference(system, tmp_path / "c", {"reference": {"starts": "x.pdb"}}, progress=False)

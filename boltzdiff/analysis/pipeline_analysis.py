@@ -62,7 +62,7 @@ def load_samples(out: Path):
 
 def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dict:
     """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``."""
-    from boltzdiff.pipeline import kind_of, reference_temperature
+    from boltzdiff.pipeline import kind_of, reference_starts, reference_temperature
     from boltzdiff.systems import load_system
 
     out = Path(run_dir)
@@ -151,6 +151,12 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         ref_u = np.load(out / "reference" / "energies.npy") if (out / "reference" / "energies.npy").exists() else None
         ref_t = reference_temperature(out)
         hot = ref_t is not None and system.temperature is not None and abs(ref_t - system.temperature) > 1e-6
+        # MD replicas from several start structures (reference.starts): their populations are set by the
+        # starts, so the data are no Boltzmann sample to score against either
+        starts = reference_starts(out)
+        seeded = len(set(starts)) > 1
+        if seeded:
+            res["reference_starts"] = starts
         if hot:
             # training data from another temperature: its reduced energies are U / kT_ref; express them in the
             # target's kT for the plot, and do not score the samples against them (different ensembles)
@@ -158,7 +164,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
             ref_u = None if ref_u is None else ref_u * ref_t / system.temperature
         if ref_u is not None:
             res["reference_mean_energy_kT"] = float(np.mean(ref_u))
-            if not hot:
+            if not (hot or seeded):
                 res["energy_w1_reweighted"] = wasserstein_1(u[finite], ref_u, log_w[finite])
                 res["energy_w1_unweighted"] = wasserstein_1(u[finite], ref_u)
             figs.append(
@@ -166,7 +172,11 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                     "reduced energy: reference, model samples, reweighted",
                     plot_energy_histograms(
                         {
-                            ("reference" if not hot else f"reference data ({ref_t:g} K)"): (ref_u, None),
+                            (
+                                f"reference data ({ref_t:g} K)"
+                                if hot
+                                else ("reference data (seeded replicas)" if seeded else "reference")
+                            ): (ref_u, None),
                             "model (unweighted)": (u, None),
                             "reweighted": (u, log_w),
                         },
@@ -175,7 +185,11 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                 )
             )
         if kind == "molecule":
-            res.update(_molecule(system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not hot, run_of=run_of))
+            res.update(
+                _molecule(
+                    system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not (hot or seeded), run_of=run_of
+                )
+            )
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)

@@ -1,8 +1,12 @@
 """Build ``alanine-dipeptide.pdb`` (ACE-ALA-NME, 22 atoms) from internal coordinates, then minimise it.
 
-Run once from the repository root (the output is committed):
+Run once from the repository root (the outputs are committed):
 
     python systems/alanine_dipeptide/build_structure.py
+    python systems/alanine_dipeptide/build_structure.py --phi 60 --psi 45 --out alanine-dipeptide-phi-pos.pdb
+
+The second structure lies in the phi > 0 basin (alpha_L), which 300 K MD from the first never reaches in
+affordable time: ``reference: starts:`` in run.yaml can start MD replicas from both.
 
 Every atom is placed from three already-placed atoms with a bond length, a bond angle and a dihedral
 (natural-extension reference frame); standard peptide geometry (Engh-Huber-like values), trans peptide bonds,
@@ -46,9 +50,7 @@ ATOMS = [
 ]
 
 
-def place(
-    a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float, torsion: float
-) -> np.ndarray:
+def place(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float, torsion: float) -> np.ndarray:
     """Place d bonded to c: |cd| = bond, angle(b, c, d) = angle, dihedral(a, b, c, d) = torsion (deg)."""
     ang, tor = np.radians(angle), np.radians(torsion)
     bc = (c - b) / np.linalg.norm(c - b)
@@ -125,23 +127,28 @@ def topology():
 
 
 def main() -> None:
+    import argparse
+
     import openmm
     import openmm.app as app
     import openmm.unit as u
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phi", type=float, default=-80.0, help="starting phi (deg) before minimisation")
+    ap.add_argument("--psi", type=float, default=75.0, help="starting psi (deg) before minimisation")
+    ap.add_argument("--out", default="alanine-dipeptide.pdb", help="file name in this folder")
+    args = ap.parse_args()
     top = topology()
-    pos = build() * 0.1  # nm
+    pos = build(args.phi, args.psi) * 0.1  # nm
     ff = app.ForceField("amber99sbildn.xml", "amber99_obc.xml")
     system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
-    ctx = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-    )
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     ctx.setPositions(pos * u.nanometer)
     e0 = ctx.getState(getEnergy=True).getPotentialEnergy()
     openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
     st = ctx.getState(getEnergy=True, getPositions=True)
     print(f"energy before {e0}, after minimisation {st.getPotentialEnergy()}")
-    out = HERE / "alanine-dipeptide.pdb"
+    out = HERE / args.out
     with open(out, "w") as fh:
         app.PDBFile.writeFile(top, st.getPositions(), fh, keepIds=False)
     print(f"wrote {out}")
