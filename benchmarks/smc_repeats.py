@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,10 +111,11 @@ def main():
     import yaml
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
-    unknown = sorted(set(over) - set(meta["settings"]["sample"]) - {"n_bridge", "max_bridge", "levels"})
+    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata"}  # settings a preset may leave out
+    unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:
         sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")
-    tag = "".join(f"_{k}{v}" for k, v in over.items())
+    tag = re.sub(r"[^A-Za-z0-9_.+-]", "", "".join(f"_{k}{v}" for k, v in over.items()))
     rows, results = [], []
     for n in args.n:
         if n < 1:

@@ -217,6 +217,42 @@ def stage_train(system: System, out: Path, settings: dict, data: Path | None, pr
     train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
 
 
+def cv_strata(system: System, spec):
+    """``sample.bridge_strata: {cv: NAME, edges: [...]}`` -> ``x (n, d) -> (n,)`` labels: which interval of the
+    edges the dihedral ``cvs.NAME`` of the system's spec falls in (radians, wrapped to [-pi, pi); mirrored
+    molecules are mapped back first, as in the analysis). ``None`` -> None."""
+    if spec is None:
+        return None
+    cvs = system.spec.get("cvs") or {}
+    if not isinstance(spec, dict) or set(spec) != {"cv", "edges"} or not isinstance(spec["edges"], list):
+        raise ConfigError(f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...]}} or null, got {spec!r}")
+    if spec["cv"] not in cvs:
+        raise ConfigError(
+            f"sample.bridge_strata: cv {spec['cv']!r} is not among the system's cvs ({sorted(cvs) or 'none'})"
+        )
+    try:
+        edges = np.sort(np.asarray([float(e) for e in spec["edges"]]))
+    except (TypeError, ValueError):
+        raise ConfigError(f"sample.bridge_strata: edges must be numbers (radians), got {spec['edges']!r}") from None
+    from boltzdiff.cv import dihedrals
+    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+
+    quads = chiral_quads_of(system)
+    ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads) if quads else None
+    idx = [cvs[spec["cv"]]]
+    n_atoms = system.target.event_shape[0]
+
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        xs = x.detach().double().cpu().reshape(-1, n_atoms, 3)
+        if quads:
+            xs = fix_chirality(xs, quads, ref_sign).x
+        angle = dihedrals(xs.numpy(), idx, system.topology)[:, 0]
+        angle = (angle + np.pi) % (2 * np.pi) - np.pi
+        return torch.as_tensor(np.searchsorted(edges, angle))
+
+    return labels
+
+
 def sampling_target(system: System, model):
     """The exact target for SMC; particle targets get the model's centre-of-mass Gaussian as a gauge."""
     from boltzdiff.targets.base import ComRestrained
@@ -253,6 +289,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     n_runs = s.get("n_runs", 1)
     if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1 or n % n_runs:
         raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs!r}")
+    strata = cv_strata(system, s.get("bridge_strata"))
     run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
@@ -289,6 +326,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
             bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
             max_bridge=int(s.get("max_bridge", 2000)),
+            bridge_strata=strata,
             progress=progress,
         )
         done = _FinishedRun(

@@ -54,3 +54,53 @@ def multinomial_resample(
 
 
 RESAMPLERS = {"systematic": systematic_resample, "multinomial": multinomial_resample}
+
+
+def stratified_resample(
+    log_w: torch.Tensor,
+    labels: torch.Tensor,
+    resample_fn=systematic_resample,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample within strata (e.g. the basins of a collective variable), keeping each stratum's total weight.
+
+    Each stratum ``s`` holding particles of non-zero weight keeps its particle count ``N_s`` (the slots of
+    strata whose particles all have zero weight are shared out over the others in proportion to ``N_s``);
+    within it ``N_s`` ancestors are drawn with ``resample_fn`` and each gets the log-weight
+    ``log(W_s / N_s)`` with ``W_s`` the stratum's weight, normalised so that the weights average to 1. The
+    expected total weight of every particle's copies equals its weight, as for plain resampling, so
+    self-normalised estimates stay consistent; but mass cannot move between strata, so a stratum that holds a
+    few percent of the weight keeps its particles instead of losing them to the noise of repeated resampling.
+
+    Returns ``(idx, log_w_new)``: ``(n,)`` ancestor indices and ``(n,)`` float64 log-weights (mean weight 1).
+    """
+    log_w = log_w.to(torch.float64)
+    n = log_w.numel()
+    labels = labels.reshape(-1).to(torch.long).cpu()
+    if labels.numel() != n:
+        raise ValueError(f"stratified_resample: {labels.numel()} labels for {n} particles")
+    alive = torch.isfinite(log_w)
+    strata = [s for s in torch.unique(labels).tolist() if bool((alive & (labels == s)).any())]
+    if not strata:
+        raise ValueError("stratified_resample: every particle has zero weight")
+    counts = torch.tensor([int((labels == s).sum()) for s in strata], dtype=torch.float64)
+    # slots of dead strata go to the living ones in proportion to their counts (largest remainder)
+    share = counts / counts.sum() * n
+    alloc = torch.floor(share).to(torch.long)
+    rest = n - int(alloc.sum())
+    if rest > 0:
+        alloc[torch.argsort(share - alloc, descending=True)[:rest]] += 1
+    log_total = torch.logsumexp(log_w, 0)
+    idx_parts, lw_parts = [], []
+    for s, n_s in zip(strata, alloc.tolist()):
+        if n_s == 0:
+            continue
+        members = torch.nonzero(labels == s).reshape(-1)
+        lw_s = log_w[members]
+        pick = resample_fn(lw_s, n_s, generator=generator)
+        idx_parts.append(members[pick])
+        lw_parts.append(torch.full((n_s,), float(torch.logsumexp(lw_s, 0) - math.log(n_s)), dtype=torch.float64))
+    idx = torch.cat(idx_parts)
+    lw_new = torch.cat(lw_parts)
+    lw_new = lw_new - (log_total - math.log(n))  # mean weight 1: the normaliser bookkeeping stays log(W / n)
+    return idx, lw_new

@@ -40,7 +40,7 @@ from boltzdiff.samplers.mcmc import (
     run_mcmc,
     target_energy_and_grad,
 )
-from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess
+from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess, stratified_resample
 from boltzdiff.samplers.results import SMCResult
 from boltzdiff.samplers.sde import (
     _progress,
@@ -67,9 +67,9 @@ class _Particles:
     def __init__(self, x, log_w, state: DensityEval):
         self.x, self.log_w, self.state = x, log_w, state
 
-    def take(self, idx):
+    def take(self, idx, log_w=None):
         self.x, self.state = self.x[idx], self.state.index(idx)
-        self.log_w = torch.zeros(idx.numel(), dtype=torch.float64)
+        self.log_w = torch.zeros(idx.numel(), dtype=torch.float64) if log_w is None else log_w
 
 
 class _Run:
@@ -82,6 +82,8 @@ class _Run:
         self.ess_trace: list[float] = []
         self.acc_trace: list[float] = []
         self.progress = progress
+        #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
+        self.strata = None
 
     def reweight(self, p: _Particles, inc: torch.Tensor, where: str):
         alive = torch.isfinite(p.log_w)
@@ -97,8 +99,12 @@ class _Run:
         self.ess_trace.append(ess)
         if ess < self.ess_threshold:
             self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
-            idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
-            p.take(idx.to(p.x.device))
+            if self.strata is None:
+                idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
+                p.take(idx.to(p.x.device))
+            else:
+                idx, lw = stratified_resample(p.log_w, self.strata(p.x), self.resample_fn, self.generator)
+                p.take(idx.to(p.x.device), lw)
             self.n_resample += 1
 
     def log_Z(self, p: _Particles) -> float:
@@ -162,6 +168,7 @@ def smc(
     bridge_mcmc: MCMCConfig | None = None,
     bridge_cess: float | None = None,
     max_bridge: int = 2000,
+    bridge_strata=None,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -204,6 +211,12 @@ def smc(
         short bridge collapses onto one particle.
     max_bridge : int
         Most adaptive bridge steps; the last one jumps to ``lam = 1`` (a warning is logged).
+    bridge_strata : callable, optional
+        ``x (n, d) -> (n,)`` integer labels (e.g. which basin of a collective variable a particle is in). On the
+        bridge, resampling then happens within each stratum and keeps the stratum's total weight
+        (:func:`~boltzdiff.samplers.resampling.stratified_resample`): the share of particles in a minor basin is
+        the one the model's levels delivered, instead of being driven to 0 or 1 by repeated resampling of
+        heavy-tailed bridge weights. Estimates stay consistent; particles still cross between strata by MCMC.
     progress : bool
         Show a tqdm progress bar.
 
@@ -277,6 +290,7 @@ def smc(
         scale = level_variance(model, lv[0])
         p.state = BridgeDensity(model, target, 0.0, lv[0], counter).combine(ef0, p.state.grad, u, gu)
         lam_list = [0.0]
+        run.strata = bridge_strata
         fixed = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64).tolist()
         bar = None
         if progress:
