@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from boltzdiff.cli import main
@@ -305,3 +306,25 @@ def test_reference_md_replicas_from_several_start_structures(tmp_path):
         stage_reference(system, tmp_path / "b", bad, progress=False)
     with pytest.raises(ConfigError, match="reference.starts: expected a non-empty list"):
         stage_reference(system, tmp_path / "c", {"reference": {"starts": "x.pdb"}}, progress=False)
+
+
+def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.md import read_start_structure
+    from boltzdiff.pipeline import cv_strata
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide")
+    labels = cv_strata(system, {"cv": "phi", "edges": [0.0, 2.0]})
+    x0 = torch.as_tensor(np.asarray(system.positions)).reshape(1, -1)  # phi = -1.35: below 0
+    x1 = torch.as_tensor(read_start_structure(system, "alanine-dipeptide-phi-pos.pdb")).reshape(1, -1)  # +0.95
+    mirrored = x1.reshape(-1, 3) * torch.tensor([1.0, 1.0, -1.0])  # D-Ala has phi -0.95; mapped back first
+    assert labels(torch.cat([x0, x1, mirrored.reshape(1, -1)])).tolist() == [0, 1, 1]
+    assert cv_strata(system, None) is None
+    for bad, msg in (
+        ({"cv": "omega", "edges": [0.0]}, "cv 'omega' is not among the system's cvs"),
+        ({"cv": "phi"}, "expected {cv: NAME, edges"),
+        ({"cv": "phi", "edges": ["a"]}, "edges must be numbers"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            cv_strata(system, bad)
