@@ -195,13 +195,11 @@ def read_start_structure(system, start: str) -> np.ndarray:
         p = Path(system.path).parent / p if Path(system.path).is_file() else Path(system.path) / p
     if not p.is_file():
         raise ConfigError(f"reference.starts: structure file {p} does not exist")
-    import openmm.app as app
     import openmm.unit as unit
 
-    try:
-        pdb = app.PDBFile(str(p))
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{p}: cannot read PDB ({e})") from None
+    from boltzdiff.targets.openmm import read_pdb
+
+    pdb = read_pdb(p)
     n_sys = system.topology.n_atoms if system.topology is not None else None
     if n_sys is not None and pdb.topology.getNumAtoms() != n_sys:
         raise ConfigError(f"{p}: {pdb.topology.getNumAtoms()} atoms, expected {n_sys} (the system's)")

@@ -431,6 +431,16 @@ def load_forcefield(files: list[str], path: Path):
         raise ConfigError(f"{path}: field 'forcefield': {files} cannot be combined ({e})") from None
 
 
+def read_pdb(path: Path):
+    """``openmm.app.PDBFile`` of ``path``; an unreadable file is a one-line :class:`ConfigError`."""
+    import openmm.app as app
+
+    try:
+        return app.PDBFile(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{path}: cannot read PDB ({e})") from None
+
+
 def create_openmm_system(spec: dict, path: Path):
     """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (``systems/*/system.yaml``)."""
     import openmm.app as app
@@ -442,10 +452,7 @@ def create_openmm_system(spec: dict, path: Path):
     pdb_path = path.parent / pdb_name
     if not pdb_path.is_file():
         raise ConfigError(f"{path}: field 'pdb': file {pdb_path} does not exist")
-    try:
-        pdb = app.PDBFile(str(pdb_path))
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{pdb_path}: cannot read PDB ({e})") from None
+    pdb = read_pdb(pdb_path)
     ff = load_forcefield(list(ff_files), path)
     unmatched = ff.getUnmatchedResidues(pdb.topology)
     if unmatched:
