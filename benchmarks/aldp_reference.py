@@ -76,6 +76,12 @@ def main() -> None:
     ap.add_argument("--save-ps", type=float, default=0.5)
     ap.add_argument("--variant", default="implicit")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the results file (results/aldp_reference_<variant><tag>.json): a check with other "
+        "settings must not replace the reference the benchmarks read",
+    )
     args = ap.parse_args()
 
     from boltzdiff.analysis.free_energy import delta_f_phi, free_energy_profile
@@ -125,7 +131,8 @@ def main() -> None:
     print(f"reference ΔF = {mean:.3f} ± {se:.3f} kT (SE over replicates; spread {vals.max() - vals.min():.3f} kT)")
     total_steps = sum(r["md_steps"] for r in rows)
     # replicates resumed finished report ~0 s: keep the wall time an earlier invocation measured for them
-    res_file = RESULTS / f"aldp_reference_{args.variant}.json"
+    stem = f"aldp_reference_{args.variant}{args.tag}"
+    res_file = RESULTS / f"{stem}.json"
     if res_file.is_file():
         old_rows = {r["seed"]: r for r in json.loads(res_file.read_text()).get("replicates", [])}
         for r in rows:
@@ -168,7 +175,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     from boltzdiff.runinfo import atomic_write_json
 
-    atomic_write_json(RESULTS / f"aldp_reference_{args.variant}.json", out)
+    atomic_write_json(res_file, out)
     try:
         import matplotlib
 
@@ -182,7 +189,7 @@ def main() -> None:
         ax.set(xlabel="φ (rad)", ylabel="F(φ) (kT)", title="ALDP reference F(φ), 2-D umbrella + MBAR")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(RESULTS / f"aldp_reference_{args.variant}.png", dpi=120)
+        fig.savefig(RESULTS / f"{stem}.png", dpi=120)
     except Exception as e:  # noqa: BLE001 - the numbers matter more than the plot
         print(f"(plot skipped: {e})")
     print(json.dumps({k: out[k] for k in ("reference_delta_f_kT", "reference_delta_f_se_kT", "wall_s")}))
