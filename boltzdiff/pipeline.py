@@ -111,6 +111,75 @@ def _check_run_dir(out: Path, system: System, preset: str, loss: str | None = No
             raise ConfigError(f"{out} holds a run trained with loss {old_loss!r}, not {loss!r}")
 
 
+#: settings that may change between invocations on one run directory without invalidating its stages
+_FREE_SETTINGS = {("train", "device"), ("train", "num_threads")}
+#: what each stage leaves in the run directory (removed by ``redo``)
+STAGE_OUTPUTS = {
+    "reference": ("reference",),
+    "train": ("train",),
+    "sample": ("samples.npz", "samples.json", "sample_runs"),
+    "analyze": ("analysis.json", "report.md"),
+}
+
+
+def _changed(old, new, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every setting the run recorded whose value is now different (keys added to the
+    presets after the run was started are not compared: the run did not know them)."""
+    out = []
+    for k, v in (old or {}).items():
+        if k not in new:
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(new[k], dict):
+            out += _changed(v, new[k], key + ".")
+        elif v != new[k] and tuple(key.split(".")[:2]) not in _FREE_SETTINGS:
+            out.append(f"{key}: {v!r} -> {new[k]!r}")
+    return out
+
+
+def _stage_done(out: Path, stage: str) -> bool:
+    return any((out / name).exists() for name in STAGE_OUTPUTS[stage])
+
+
+def check_settings(out: Path, old: dict, new: dict, redo: str | None = None) -> None:
+    """Refuse to reuse a finished stage whose settings changed since the run directory was started.
+
+    Resuming used to keep such stages silently (a changed run.yaml had no effect on a finished stage). The
+    reference, train and sample stages are compared in order; the first changed one whose output exists is an
+    error unless ``redo`` names it or an earlier stage.
+    """
+    first_redo = STAGES.index(redo) if redo else len(STAGES)
+    for i, stage in enumerate(STAGES[:3]):
+        diff = _changed(old.get(stage), new.get(stage, {}), f"{stage}.")
+        if diff and i < first_redo and _stage_done(out, stage):
+            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+            raise ConfigError(
+                f"{out}: the {stage} settings changed since this run directory was started ({shown}), so its "
+                f"finished {stage} stage would be reused as it is; use another --out, or --redo {stage} to "
+                f"redo {stage} and the stages after it"
+            )
+
+
+def remove_stage_outputs(out: Path, first: str) -> list[str]:
+    """Delete the outputs of stage ``first`` and of every stage after it; returns what was removed."""
+    import shutil
+
+    if first not in STAGES:
+        raise ConfigError(f"--redo: expected one of {list(STAGES)}, got {first!r}")
+    removed = []
+    for stage in STAGES[STAGES.index(first) :]:
+        for name in STAGE_OUTPUTS[stage]:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+            else:
+                continue
+            removed.append(name)
+    return removed
+
+
 # -- stages ---------------------------------------------------------------------------------------------
 def stage_reference(system: System, out: Path, settings: dict, progress: bool) -> Path | None:
     """Reference samples: MD for molecules, MCMC for particle targets, none for analytic targets."""
@@ -390,18 +459,31 @@ def run_pipeline(
     progress: bool = True,
     stages=STAGES,
     loss: str | None = None,
+    redo: str | None = None,
 ) -> dict:
-    """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only."""
+    """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only.
+
+    Resuming with settings that changed since the run directory was started is refused for finished stages
+    (:func:`check_settings`); ``redo`` (a stage name) deletes that stage's outputs and those after it first.
+    """
     from boltzdiff.analysis.pipeline_analysis import analyze_run
 
+    if redo is not None and redo not in STAGES:
+        raise ConfigError(f"--redo: expected one of {list(STAGES)}, got {redo!r}")
     system = load_system(system_name, variant)
     out = Path(out_dir)
     _check_run_dir(out, system, preset, loss)
-    if loss is None and (out / "pipeline.json").exists():  # resuming: keep the loss the run started with
-        loss = json.loads((out / "pipeline.json").read_text()).get("settings", {}).get("train", {}).get("loss")
+    old = json.loads((out / "pipeline.json").read_text()) if (out / "pipeline.json").exists() else None
+    if loss is None and old is not None:  # resuming: keep the loss the run started with
+        loss = old.get("settings", {}).get("train", {}).get("loss")
     out.mkdir(parents=True, exist_ok=True)
     settings = resolve_settings(system, preset, seed, device, loss)
-    if not (out / "pipeline.json").exists():
+    if old is not None:
+        check_settings(out, old.get("settings") or {}, settings, redo)
+    if redo is not None:
+        removed = remove_stage_outputs(out, redo)
+        log.info("--redo %s: removed %s", redo, ", ".join(removed) or "nothing (no outputs yet)")
+    if old is None or redo is not None or old.get("settings") != settings:  # record what the stages now run with
         atomic_write_json(
             out / "pipeline.json",
             dict(

@@ -88,6 +88,49 @@ def test_mixture_end_to_end(tmp_path):
     assert main(["run", str(d), "--out", str(out_dsm), "--loss", "diffclf", "--no-progress"]) == 2
 
 
+def test_changed_settings_of_a_finished_stage_are_refused_until_redone(tmp_path, capsys):
+    d = tmp_path / "mix"
+    d.mkdir()
+    (d / "system.yaml").write_text("kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n")
+    run_yaml = {"train": {**TINY_TRAIN, "width": 16, "depth": 1}, "presets": {"quick": {"sample": {"n": 64}}}}
+    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
+    out = tmp_path / "run"
+    assert main(["run", str(d), "--out", str(out), "--no-progress"]) == 0
+    model_mtime = (out / "train" / "model.pt").stat().st_mtime
+    # a changed sample setting: the finished sample stage is not silently reused
+    run_yaml["presets"]["quick"]["sample"]["n"] = 96
+    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
+    capsys.readouterr()
+    assert main(["run", str(d), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sample settings changed" in err and "sample.n: 64 -> 96" in err and "--redo sample" in err
+    assert len(err.splitlines()) == 1
+    assert main(["run", str(d), "--out", str(out), "--no-progress", "--redo", "sample"]) == 0
+    with np.load(out / "samples.npz") as z:
+        assert z["x"].shape[0] == 96
+    assert (out / "train" / "model.pt").stat().st_mtime == model_mtime  # training kept
+    assert json.loads((out / "pipeline.json").read_text())["settings"]["sample"]["n"] == 96
+    assert main(["run", str(d), "--out", str(out), "--no-progress"]) == 0  # now consistent: plain resume
+    # a changed training setting needs the train stage redone (--redo sample is not enough), then all after it
+    run_yaml["train"]["steps"] = 24
+    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
+    assert main(["run", str(d), "--out", str(out), "--no-progress", "--redo", "sample"]) == 2
+    assert "train.steps: 20 -> 24" in capsys.readouterr().err
+    assert main(["run", str(d), "--out", str(out), "--no-progress", "--redo", "train"]) == 0
+    assert yaml.safe_load((out / "train" / "config.yaml").read_text())["steps"] == 24
+    assert (out / "train" / "model.pt").stat().st_mtime != model_mtime
+
+
+def test_settings_diff_ignores_the_device_and_keys_the_run_did_not_record():
+    from boltzdiff.pipeline import _changed
+
+    old = {"train": {"steps": 10, "device": "cpu"}, "sample": {"n": 4}}
+    new = {"train": {"steps": 10, "device": "cuda", "lr": 1e-3}, "sample": {"n": 4, "n_runs": 2}}
+    assert _changed(old, new) == []
+    new["sample"]["n"] = 8
+    assert _changed(old, new) == ["sample.n: 4 -> 8"]
+
+
 def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path)]) == 2
     assert "not a `boltzdiff run` directory" in capsys.readouterr().err

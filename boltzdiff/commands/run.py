@@ -13,9 +13,7 @@ def register(sub) -> None:
         help="reference data, training, SMC to the exact target, analysis, report",
         description="Runs (or resumes) every stage of the Boltzmann generator in one run directory.",
     )
-    p.add_argument(
-        "system", nargs="?", default=DEFAULT_SYSTEM, help=f"system name or path (default: {DEFAULT_SYSTEM})"
-    )
+    p.add_argument("system", nargs="?", default=DEFAULT_SYSTEM, help=f"system name or path (default: {DEFAULT_SYSTEM})")
     p.add_argument("--preset", default="quick", choices=["quick", "full"])
     p.add_argument("--variant")
     p.add_argument("--out", default=None, help="run directory (default: runs/<system>_<preset>)")
@@ -24,6 +22,13 @@ def register(sub) -> None:
         "--loss", choices=["diffclf", "dsm"], default=None, help="training loss (default: the preset's, DSM + DiffCLF)"
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--redo",
+        choices=["reference", "train", "sample", "analyze"],
+        default=None,
+        help="delete this stage's outputs and those of the stages after it, then run them again (needed after "
+        "changing the settings of a finished stage)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -47,6 +52,7 @@ def run(args) -> int:
         device=args.device,
         progress=not args.no_progress,
         loss=args.loss,
+        redo=args.redo,
     )
     keys = [
         "ess",
