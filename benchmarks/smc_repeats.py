@@ -11,6 +11,8 @@ the bootstrap (which treats resampled copies of one particle as independent) und
         --repeats 3 [--reference 3.48] [--sample bridge_mcmc_steps=10 ...] [--json FILE]
 
 ``--sample KEY=VALUE`` changes a sample-stage setting (e.g. more MCMC moves on the bridge to the target).
+``--pool DIR ...`` runs no SMC and pools finished sample directories of the same model (the run directory itself,
+earlier repeats) by their Z estimates, with the per-run log Z and ΔF and how they correlate.
 """
 
 from __future__ import annotations
@@ -45,19 +47,20 @@ def pool(work: Path, stem: str, repeats: int, src: Path, with_source: bool = Fal
     """One run directory holding every repeat's particles with run labels (as ``sample.n_runs`` writes);
     ``with_source`` adds the source run's own SMC run(s) as further runs."""
     out = work / f"{stem}_pooled{repeats}{'_and_source' if with_source else ''}"
+    dirs = [work / f"{stem}_r{r}" for r in range(repeats)] + ([src] if with_source else [])
+    return pool_dirs(dirs, src, out)
+
+
+def pool_dirs(dirs, src: Path, out: Path) -> Path:
+    """Pool the SMC runs of several sample directories of one model (each directory's ``run`` labels kept
+    apart) into ``out``, a run directory sharing ``src``'s model, for ``analyze_run`` to pool by Z."""
     prepare(src, out)
     xs, lws, summ = [], [], []
-    for r in range(repeats):
-        d = work / f"{stem}_r{r}"
-        with np.load(d / "samples.npz") as z:
-            xs.append(z["x"])
-            lws.append(z["log_w"])
-        summ.append(json.loads((d / "samples.json").read_text()))
-    if with_source:
-        s_summ = json.loads((src / "samples.json").read_text())
-        with np.load(src / "samples.npz") as z:
+    for d in dirs:
+        meta = json.loads((Path(d) / "samples.json").read_text())
+        with np.load(Path(d) / "samples.npz") as z:
             labels = z["run"] if "run" in z.files else np.zeros(len(z["x"]), dtype=int)
-            for k, m in enumerate(s_summ.get("runs", [s_summ])):
+            for k, m in enumerate(meta.get("runs", [meta])):
                 xs.append(z["x"][labels == k])
                 lws.append(z["log_w"][labels == k])
                 summ.append(m)
@@ -75,10 +78,44 @@ def pool(work: Path, stem: str, repeats: int, src: Path, with_source: bool = Fal
     return out
 
 
+def pool_only(src: Path, dirs, system, reference) -> None:
+    """``--pool``: no new SMC; pool the runs of finished sample directories and say how they scatter."""
+    from boltzdiff.analysis.pipeline_analysis import analyze_run
+
+    for d in dirs:
+        if not (Path(d) / "samples.npz").exists() or not (Path(d) / "samples.json").exists():
+            sys.exit(f"smc_repeats: --pool: {d} has no samples.npz and samples.json")
+    out = WORK / "smc_repeats" / f"{src.name}_pooled_{len(dirs)}dirs"
+    a = analyze_run(pool_dirs(dirs, src, out), system=system)
+    runs = json.loads((out / "samples.json").read_text())["runs"]
+    log_z = np.array([m["log_Z"] for m in runs])
+    df = np.array([np.nan if v is None else v for v in a.get("delta_f_runs_kT", [None] * len(runs))], dtype=float)
+    print(f"{len(runs)} SMC runs of {src} pooled by their Z estimates ({', '.join(str(d) for d in dirs)})")
+    print_table(
+        ["run", "log Z", "ΔF (kT)", "ESS"],
+        [[i, f"{z:.2f}", f"{v:.2f}", f"{m['ess']:.2f}"] for i, (z, v, m) in enumerate(zip(log_z, df, runs))],
+    )
+    ok = np.isfinite(df)
+    line = (
+        f"pooled ΔF {a.get('delta_f_kT'):.3f} ± {a.get('delta_f_se_kT'):.3f} kT (delete-one-run jackknife); "
+        f"single runs: mean {df[ok].mean():.2f}, SD {df[ok].std(ddof=1):.2f} ({ok.sum()} finite); "
+        f"log Z SD {log_z.std(ddof=1):.2f}; corr(log Z, ΔF) {np.corrcoef(log_z[ok], df[ok])[0, 1]:.2f}"
+    )
+    if reference is not None:
+        line += f"; |pooled - ref| {abs(a['delta_f_kT'] - reference):.3f}"
+    print(line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="a finished `boltzdiff run` directory (its train/ stage is reused)")
-    ap.add_argument("--n", type=int, nargs="+", required=True, help="particle counts")
+    ap.add_argument("--n", type=int, nargs="+", help="particle counts (required unless --pool)")
+    ap.add_argument(
+        "--pool",
+        nargs="+",
+        metavar="DIR",
+        help="run no SMC: pool the SMC runs of these finished sample directories (same model as run_dir) by Z",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="independent SMC runs per particle count")
     ap.add_argument("--reference", type=float, help="reference ΔF in kT (adds |ΔF - ref| of the mean)")
     ap.add_argument("--threads", type=int, default=1)
@@ -108,6 +145,11 @@ def main():
         sys.exit(f"smc_repeats: {src} is not a finished `boltzdiff run` directory (pipeline.json, train/model.pt)")
     meta = json.loads(pj.read_text())
     system = load_system(meta["system_path"], meta.get("variant"))
+    if args.pool:
+        pool_only(src, args.pool, system, args.reference)
+        return
+    if not args.n:
+        sys.exit("smc_repeats: --n: expected particle counts (or --pool DIR ...)")
     import yaml
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
