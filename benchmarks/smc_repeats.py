@@ -117,6 +117,12 @@ def main():
         help="run no SMC: pool the SMC runs of these finished sample directories (same model as run_dir) by Z",
     )
     ap.add_argument("--repeats", type=int, default=3, help="independent SMC runs per particle count")
+    ap.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="index of the first repeat (its SMC seed is 1000 + index): run repeats in parallel processes",
+    )
     ap.add_argument("--reference", type=float, help="reference ΔF in kT (adds |ΔF - ref| of the mean)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -162,7 +168,7 @@ def main():
     for n in args.n:
         if n < 1:
             sys.exit(f"smc_repeats: --n: expected positive particle counts, got {n}")
-        for r in range(args.repeats):
+        for r in range(args.start, args.start + args.repeats):
             out = WORK / "smc_repeats" / f"{src.name}_n{n}{tag}_r{r}"
             prepare(src, out)
             settings = json.loads(json.dumps(meta["settings"]))
@@ -214,7 +220,7 @@ def main():
         )
         if args.reference is not None and s["mean"] is not None:
             s["abs_err_of_mean"] = abs(s["mean"] - args.reference)
-        if args.repeats > 1:  # all repeats as one sample: pooled by their Z estimates, jackknife over repeats
+        if args.repeats > 1 and args.start == 0:  # all repeats pooled by their Z estimates, jackknife over them
             pooled = pool(WORK / "smc_repeats", f"{src.name}_n{n}{tag}", args.repeats, src, args.pool_with_source)
             a = analyze_run(pooled, system=system)
             s.update(pooled_delta_f=a.get("delta_f_kT"), pooled_jackknife_se=a.get("delta_f_se_kT"))
