@@ -160,12 +160,10 @@ def check_settings(out: Path, old: dict, new: dict, redo: str | None = None) -> 
             )
 
 
-def remove_stage_outputs(out: Path, first: str) -> list[str]:
-    """Delete the outputs of stage ``first`` and of every stage after it; returns what was removed."""
+def _remove_stage_outputs(out: Path, first: str) -> list[str]:
+    """Delete the outputs of stage ``first`` (one of STAGES) and of every stage after it; returns what was removed."""
     import shutil
 
-    if first not in STAGES:
-        raise ConfigError(f"--redo: expected one of {list(STAGES)}, got {first!r}")
     removed = []
     for stage in STAGES[STAGES.index(first) :]:
         for name in STAGE_OUTPUTS[stage]:
@@ -481,7 +479,7 @@ def run_pipeline(
     if old is not None:
         check_settings(out, old.get("settings") or {}, settings, redo)
     if redo is not None:
-        removed = remove_stage_outputs(out, redo)
+        removed = _remove_stage_outputs(out, redo)
         log.info("--redo %s: removed %s", redo, ", ".join(removed) or "nothing (no outputs yet)")
     if old is None or redo is not None or old.get("settings") != settings:  # record what the stages now run with
         atomic_write_json(
