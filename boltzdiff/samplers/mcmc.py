@@ -200,7 +200,7 @@ def _valid(ev: DensityEval) -> torch.Tensor:
 
 
 def _accept(log_alpha: torch.Tensor, ok: torch.Tensor, generator) -> torch.Tensor:
-    log_u = torch.log(torch.rand(log_alpha.shape, generator=generator, dtype=torch.float64))
+    log_u = torch.log(torch.rand(log_alpha.shape, generator=generator, dtype=torch.float64)).to(log_alpha.device)
     log_alpha = torch.where(ok, log_alpha, torch.full_like(log_alpha, -math.inf))
     log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
     return log_u < log_alpha
@@ -211,7 +211,7 @@ def mala_step(
 ) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
     """One Metropolis-adjusted Langevin step with step size ``h``; returns ``(x, state, accepted (B,)
     bool)``."""
-    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     y = x + h * state.grad + math.sqrt(2 * h) * xi
     new = density.evaluate(y)
     fwd = -((y - x - h * state.grad).double() ** 2).sum(-1) / (4 * h)
@@ -224,7 +224,7 @@ def hmc_step(
     density, x: torch.Tensor, state: DensityEval, eps: float, n_leapfrog: int, generator=None
 ) -> tuple[torch.Tensor, DensityEval, torch.Tensor]:
     """One Hamiltonian Monte Carlo step (identity mass, ``n_leapfrog`` leapfrog steps of size ``eps``)."""
-    p0 = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    p0 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     y, p, ev = x, p0 + 0.5 * eps * state.grad, state
     for i in range(n_leapfrog):
         y = y + eps * p

@@ -1,4 +1,8 @@
-"""Importance-weight utilities: normalisation, Kish ESS and resampling (float64, log-space)."""
+"""Importance-weight utilities: normalisation, Kish ESS and resampling (float64, log-space).
+
+The resamplers work on the CPU, where the (CPU) generator draws, whatever the device of the weights: they
+return CPU indices (and weights), which the caller moves to its particles' device.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ def systematic_resample(
     weights, so particle ``i`` is copied ``floor(n W_i)`` or ``ceil(n W_i)`` times (unbiased: ``E[count_i] = n
     W_i``).
     """
-    W = torch.softmax(log_w.to(torch.float64), 0)
+    W = torch.softmax(log_w.detach().to(torch.float64).cpu(), 0)
     n = int(n if n is not None else W.numel())
     u = (torch.rand((), generator=generator, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
     c = torch.cumsum(W, 0)
@@ -48,7 +52,7 @@ def multinomial_resample(
 ) -> torch.Tensor:
     """Multinomial resampling: ``n`` i.i.d. ancestor indices ``(n,)`` long drawn with the normalised
     weights."""
-    W = torch.softmax(log_w.to(torch.float64), 0)
+    W = torch.softmax(log_w.detach().to(torch.float64).cpu(), 0)
     n = int(n if n is not None else W.numel())
     return torch.multinomial(W, n, replacement=True, generator=generator)
 
@@ -74,7 +78,7 @@ def stratified_resample(
 
     Returns ``(idx, log_w_new)``: ``(n,)`` ancestor indices and ``(n,)`` float64 log-weights (mean weight 1).
     """
-    log_w = log_w.to(torch.float64)
+    log_w = log_w.detach().to(torch.float64).cpu()
     n = log_w.numel()
     labels = labels.reshape(-1).to(torch.long).cpu()
     if labels.numel() != n:

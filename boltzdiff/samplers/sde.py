@@ -81,7 +81,7 @@ def noisiest_gaussian(model) -> tuple[torch.Tensor, torch.Tensor]:
     g = model.grid
     a_n, s_n = g.alpha[-1], g.sigma[-1]
     if all(hasattr(model, k) for k in ("alpha", "a2", "mu")):
-        return (model.alpha[-1].double() * model.mu.double().cpu(), torch.sqrt(model.a2[-1].double()).cpu())
+        return (model.alpha[-1].double().cpu() * model.mu.double().cpu(), torch.sqrt(model.a2[-1].double()).cpu())
     if hasattr(model, "gmm"):
         mu, sd = model.gmm.data_moments()
         return a_n * mu, torch.sqrt(a_n**2 * sd**2 + s_n**2)
@@ -135,7 +135,7 @@ def fisher_level_variances(grid, level: int, score: torch.Tensor, log_w: torch.T
         Their log-weights (uniform when omitted).
     """
     if log_w is None:
-        log_w = torch.zeros(score.shape[0], dtype=torch.float64)
+        log_w = torch.zeros(score.shape[0], dtype=torch.float64, device=score.device)
     ok = torch.isfinite(log_w) & torch.isfinite(score).all(-1)
     W = torch.softmax(torch.where(ok, log_w, torch.full_like(log_w, -math.inf)), 0)
     g2 = (torch.nan_to_num(score.double()) ** 2).sum(-1)
@@ -211,7 +211,8 @@ def initial_particles(
     mean, std = noisiest_gaussian(model)
     eps = torch.randn(int(n), model.dim, generator=generator, dtype=torch.float64)
     x = mean + std * eps
-    return x.to(dtype=dtype, device=model_device(model)), gaussian_log_density(x, mean, std)
+    device = model_device(model)
+    return x.to(dtype=dtype, device=device), gaussian_log_density(x, mean, std).to(device)
 
 
 def _progress(it, enabled: bool, desc: str):

@@ -69,7 +69,8 @@ class _Particles:
 
     def take(self, idx, log_w=None):
         self.x, self.state = self.x[idx], self.state.index(idx)
-        self.log_w = torch.zeros(idx.numel(), dtype=torch.float64) if log_w is None else log_w
+        dev = self.x.device
+        self.log_w = torch.zeros(idx.numel(), dtype=torch.float64, device=dev) if log_w is None else log_w.to(dev)
 
 
 class _Run:
@@ -256,7 +257,7 @@ def smc(
     top = lv[-1]
     x, log_prop = initial_particles(model, n, generator)
     ef, s = model_energy_and_score(model, x, top, counter)
-    p = _Particles(x, torch.zeros(n, dtype=torch.float64), DensityEval(-ef, s))
+    p = _Particles(x, torch.zeros(n, dtype=torch.float64, device=x.device), DensityEval(-ef, s))
     run.reweight(p, -ef - log_prop, f"at the noisiest level {top}")
     run.rejuvenate(p, LevelDensity(model, top, counter), mcmc, level_variance(model, top))
 
