@@ -287,35 +287,46 @@ def stage_train(system: System, out: Path, settings: dict, data: Path | None, pr
 def cv_strata(system: System, spec):
     """``sample.bridge_strata: {cv: NAME, edges: [...]}`` -> ``x (n, d) -> (n,)`` labels: which interval of the
     edges the dihedral ``cvs.NAME`` of the system's spec falls in (radians, wrapped to [-pi, pi); mirrored
-    molecules are mapped back first, as in the analysis). ``None`` -> None."""
+    molecules are mapped back first, as in the analysis). A list of such specs labels the cells of their
+    product (e.g. phi intervals x psi intervals). ``None`` -> None."""
     if spec is None:
         return None
     cvs = system.spec.get("cvs") or {}
-    if not isinstance(spec, dict) or set(spec) != {"cv", "edges"} or not isinstance(spec["edges"], list):
-        raise ConfigError(f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...]}} or null, got {spec!r}")
-    if spec["cv"] not in cvs:
-        raise ConfigError(
-            f"sample.bridge_strata: cv {spec['cv']!r} is not among the system's cvs ({sorted(cvs) or 'none'})"
-        )
-    try:
-        edges = np.sort(np.asarray([float(e) for e in spec["edges"]]))
-    except (TypeError, ValueError):
-        raise ConfigError(f"sample.bridge_strata: edges must be numbers (radians), got {spec['edges']!r}") from None
+    specs = spec if isinstance(spec, list) and spec else [spec]
+    names, edge_sets = [], []
+    for one in specs:
+        if not isinstance(one, dict) or set(one) != {"cv", "edges"} or not isinstance(one["edges"], list):
+            raise ConfigError(
+                f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...]}}, a list of them, or null, "
+                f"got {spec!r}"
+            )
+        if one["cv"] not in cvs:
+            raise ConfigError(
+                f"sample.bridge_strata: cv {one['cv']!r} is not among the system's cvs ({sorted(cvs) or 'none'})"
+            )
+        try:
+            edge_sets.append(np.sort(np.asarray([float(e) for e in one["edges"]])))
+        except (TypeError, ValueError):
+            raise ConfigError(f"sample.bridge_strata: edges must be numbers (radians), got {one['edges']!r}") from None
+        names.append(one["cv"])
     from boltzdiff.cv import dihedrals
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
     quads = chiral_quads_of(system)
     ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads) if quads else None
-    idx = [cvs[spec["cv"]]]
+    idx = [cvs[name] for name in names]
     n_atoms = system.target.event_shape[0]
 
     def labels(x: torch.Tensor) -> torch.Tensor:
         xs = x.detach().double().cpu().reshape(-1, n_atoms, 3)
         if quads:
             xs = fix_chirality(xs, quads, ref_sign).x
-        angle = dihedrals(xs.numpy(), idx, system.topology)[:, 0]
-        angle = (angle + np.pi) % (2 * np.pi) - np.pi
-        return torch.as_tensor(np.searchsorted(edges, angle))
+        angles = dihedrals(xs.numpy(), idx, system.topology)
+        angles = (angles + np.pi) % (2 * np.pi) - np.pi
+        cell = np.zeros(len(angles), dtype=np.int64)
+        for k, edges in enumerate(edge_sets):  # mixed-radix index of the product cell
+            cell = cell * (len(edges) + 1) + np.searchsorted(edges, angles[:, k])
+        return torch.as_tensor(cell)
 
     return labels
 
@@ -394,6 +405,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
             max_bridge=int(s.get("max_bridge", 2000)),
             bridge_strata=strata,
+            strata_max_sigma=None if s.get("strata_max_sigma") is None else float(s["strata_max_sigma"]),
             progress=progress,
         )
         done = _FinishedRun(

@@ -364,7 +364,12 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     mirrored = x1.reshape(-1, 3) * torch.tensor([1.0, 1.0, -1.0])  # D-Ala has phi -0.95; mapped back first
     assert labels(torch.cat([x0, x1, mirrored.reshape(1, -1)])).tolist() == [0, 1, 1]
     assert cv_strata(system, None) is None
+    # a list of specs labels the cells of their product: phi in 3 intervals x psi in 2 -> phi_bin * 2 + psi_bin
+    both = cv_strata(system, [{"cv": "phi", "edges": [0.0, 2.0]}, {"cv": "psi", "edges": [0.0]}])
+    # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see systems/alanine_dipeptide)
+    assert both(torch.cat([x0, x1])).tolist() == [0 * 2 + 0, 1 * 2 + 1]
     for bad, msg in (
+        ([{"cv": "phi", "edges": [0.0]}, {"cv": "omega", "edges": [0.0]}], "cv 'omega' is not among"),
         ({"cv": "omega", "edges": [0.0]}, "cv 'omega' is not among the system's cvs"),
         ({"cv": "phi"}, "expected {cv: NAME, edges"),
         ({"cv": "phi", "edges": ["a"]}, "edges must be numbers"),

@@ -444,3 +444,35 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128):
         assert float((strata(r.x) == 0).double().mean()) > 0.45
     est, zs = np.array(est), np.array(zs)
     assert_weights_and_z_unbiased(est, zs, gmm3)
+
+
+def test_strata_on_the_low_levels_keep_each_stratum_and_stay_unbiased(gmm3, grid128):
+    """Stratified resampling also on the way down (levels with sigma <= 0.5), not only on the bridge: the
+    model's allocation of particles to the strata is kept from the first stratified level on, and the target
+    mode weights and Z = 1 stay unbiased over seeds."""
+    model = wrong_model(gmm3, grid128)
+
+    def strata(x):
+        return torch.where(x[:, 1] > 2.0, 2, torch.where(x[:, 0] < 0, 0, 1))
+
+    est, zs = [], []
+    for s in range(12):
+        r = smc(
+            model,
+            500,
+            generator=torch.Generator().manual_seed(100 + s),
+            levels=32,
+            target=gmm3,
+            n_bridge=4,
+            ess_threshold=1.0,
+            bridge_strata=strata,
+            strata_max_sigma=0.5,
+            bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
+        )
+        est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
+        zs.append(math.exp(r.log_Z))
+        assert float((strata(r.x) == 0).double().mean()) > 0.45
+    est, zs = np.array(est), np.array(zs)
+    assert_weights_and_z_unbiased(est, zs, gmm3)
+    with pytest.raises(ConfigError, match="strata_max_sigma"):
+        smc(model, 10, levels=8, strata_max_sigma=0.5)

@@ -170,6 +170,7 @@ def smc(
     bridge_cess: float | None = None,
     max_bridge: int = 2000,
     bridge_strata=None,
+    strata_max_sigma: float | None = None,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -218,6 +219,10 @@ def smc(
         (:func:`~boltzdiff.samplers.resampling.stratified_resample`): the share of particles in a minor basin is
         the one the model's levels delivered, instead of being driven to 0 or 1 by repeated resampling of
         heavy-tailed bridge weights. Estimates stay consistent; particles still cross between strata by MCMC.
+    strata_max_sigma : float, optional
+        Also resample within ``bridge_strata`` on the way down the levels, at every level whose noise scale
+        ``sigma`` is at most this (in data units; the labels are computed from the noised particles, so it
+        should be small enough for them to mean something). Any labelling keeps the estimates consistent.
     progress : bool
         Show a tqdm progress bar.
 
@@ -242,6 +247,8 @@ def smc(
         raise ConfigError(f"bridge_cess: expected a number in (0, 1), got {bridge_cess}")
     if int(max_bridge) < 1:
         raise ConfigError(f"max_bridge: expected an integer >= 1, got {max_bridge}")
+    if strata_max_sigma is not None and (bridge_strata is None or not float(strata_max_sigma) > 0):
+        raise ConfigError(f"strata_max_sigma: expected a positive number with bridge_strata, got {strata_max_sigma}")
     n = int(n)
     grid = model.grid
     lv = resolve_levels(grid.n, levels)
@@ -277,6 +284,8 @@ def smc(
         ef_new, s_new = model_energy_and_score(model, x_new, i_to, counter)
         inc = (-ef_new) - p.state.log_prob + log_k - log_m
         p.x, p.state = x_new, DensityEval(-ef_new, s_new)
+        if strata_max_sigma is not None and float(grid.sigma[i_to]) <= float(strata_max_sigma):
+            run.strata = bridge_strata
         run.reweight(p, inc, f"at level {i_to}")
         run.rejuvenate(p, LevelDensity(model, i_to, counter), mcmc, level_variance(model, i_to))
 
