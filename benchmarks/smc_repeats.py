@@ -159,7 +159,8 @@ def main():
     import yaml
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
-    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata", "strata_max_sigma"}  # settings a preset may leave out
+    # settings a preset may leave out
+    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata", "strata_max_sigma"}
     unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:
         sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")

@@ -476,3 +476,23 @@ def test_strata_on_the_low_levels_keep_each_stratum_and_stay_unbiased(gmm3, grid
     assert_weights_and_z_unbiased(est, zs, gmm3)
     with pytest.raises(ConfigError, match="strata_max_sigma"):
         smc(model, 10, levels=8, strata_max_sigma=0.5)
+
+
+def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):
+    """The running log Z (one entry per reweighting, like the ESS trace) ends at the run's estimate, across
+    resamplings; the killed-particle trace is cumulative and ends at n_nonfinite."""
+
+    class Cut(ExactMixtureEnergy):  # NaN energies right of x0 = 4 at the lowest level only
+        def energy(self, x, level):
+            e = super().energy(x, level)
+            lv = int(level) if not torch.is_tensor(level) or level.dim() == 0 else int(level[0])
+            return torch.where((x[:, 0] > 4.0) & (lv == 0), torch.full_like(e, math.nan), e)
+
+    model = Cut(gmm3, grid128)
+    r = smc(model, 400, generator=torch.Generator().manual_seed(5), levels=16, ess_threshold=0.9)
+    assert len(r.log_Z_trace) == len(r.ess_trace) == len(r.killed_trace)
+    assert r.log_Z_trace[-1] == pytest.approx(r.log_Z, abs=1e-12)
+    assert r.n_resample > 0 and r.n_nonfinite > 0
+    assert r.killed_trace == sorted(r.killed_trace) and r.killed_trace[-1] == r.n_nonfinite
+    s = r.summary()
+    assert s["log_Z_trace"][-1] == pytest.approx(r.log_Z, abs=1e-4) and s["killed_trace"][-1] == r.n_nonfinite

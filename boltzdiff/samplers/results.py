@@ -81,6 +81,11 @@ class SMCResult:
     step_size : float or None
         Final adapted MCMC step size.
     wall_s : float
+    log_Z_trace : list of float
+        The running ``log Z`` estimate after each reweighting (steps as in ``ess_trace``): where a run's
+        estimate jumps.
+    killed_trace : list of int
+        Particle events killed by non-finite energies so far, after each reweighting.
     """
 
     x: torch.Tensor
@@ -98,6 +103,8 @@ class SMCResult:
     acceptance_trace: list[float] = field(default_factory=list)
     step_size: float | None = None
     wall_s: float = 0.0
+    log_Z_trace: list[float] = field(default_factory=list)
+    killed_trace: list[int] = field(default_factory=list)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -105,7 +112,7 @@ class SMCResult:
         return torch.softmax(self.log_w, 0)
 
     def summary(self) -> dict:
-        """JSON-friendly scalars (no arrays except the short ESS trace)."""
+        """JSON-friendly scalars and the per-step ``log_Z_trace`` / ``killed_trace`` (rounded)."""
         return dict(
             n=int(self.x.shape[0]),
             ess=float(self.ess),
@@ -120,4 +127,6 @@ class SMCResult:
             n_bridge=0 if self.lambdas is None else int(len(self.lambdas) - 1),
             step_size=self.step_size,
             wall_s=float(self.wall_s),
+            log_Z_trace=[round(float(v), 4) for v in self.log_Z_trace],
+            killed_trace=[int(v) for v in self.killed_trace],
         )

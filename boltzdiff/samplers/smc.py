@@ -81,6 +81,8 @@ class _Run:
         self.n_resample = 0
         self.n_nonfinite = 0
         self.ess_trace: list[float] = []
+        self.log_Z_trace: list[float] = []  # running log Z estimate after each reweighting
+        self.killed_trace: list[int] = []  # particle events killed so far, after each reweighting
         self.acc_trace: list[float] = []
         self.progress = progress
         #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
@@ -98,6 +100,8 @@ class _Run:
             )
         ess = kish_ess(p.log_w)
         self.ess_trace.append(ess)
+        self.log_Z_trace.append(self.log_Z(p))
+        self.killed_trace.append(self.n_nonfinite)
         if ess < self.ess_threshold:
             self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
             if self.strata is None:
@@ -344,6 +348,8 @@ def smc(
         levels=lv[::-1],
         lambdas=lambdas,
         acceptance_trace=run.acc_trace,
+        log_Z_trace=run.log_Z_trace,
+        killed_trace=run.killed_trace,
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
     )
