@@ -33,7 +33,8 @@ class TrainConfig:
     uniform average of the parameters over the steps after that point instead of the EMA (tail average).
     ``tsm_scale`` (a length in the data's units, e.g. nm): add target score matching below that noise scale,
     using the target's forces on the data, which were sampled at ``data_temperature`` (K; default the
-    system's); see :func:`boltzdiff.losses._dsm_terms`.
+    system's); see :func:`boltzdiff.losses._dsm_terms`. ``tsm_weight`` (>= 0, default 0): raise the weight of
+    the score error below ``tsm_scale`` so that it no longer vanishes with the noise (see ``_dsm_terms``).
     """
 
     system: str = "gmm2_unbalanced"
@@ -75,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     num_threads: int | None = None
     tsm_scale: float | None = None
+    tsm_weight: float = 0.0
     data_temperature: float | None = None
 
     def validate(self, where: str = "config") -> TrainConfig:
@@ -128,6 +130,11 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
                 bad(name, "null or a positive number")
+        w = self.tsm_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
+            bad("tsm_weight", "a number >= 0")
+        if w > 0 and self.tsm_scale is None:
+            bad("tsm_weight", "0 unless tsm_scale is set")
         return self
 
     def to_dict(self) -> dict:

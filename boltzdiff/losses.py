@@ -89,6 +89,7 @@ def _dsm_terms(
     sigma_data: float,
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
+    tsm_weight: float = 0.0,
 ) -> torch.Tensor:
     """Per-sample DSM terms given energies ``E(x_t, t)`` computed from ``xt`` (which requires grad).
 
@@ -98,6 +99,12 @@ def _dsm_terms(
     ``E[x0 | x_t]`` as their expectation, so the minimiser is unchanged, but TSM's variance vanishes as the
     noise does while DSM's does not. Weight of DSM: ``c = sbar^2 / (sbar^2 + tsm_scale^2)``, ``sbar =
     sigma/alpha``: TSM below the length scale of the stiffest degrees of freedom, DSM above it.
+
+    With the EDM weight, a term is ``~ sbar^2 |score error|^2`` at low noise: the lowest levels' scores (which
+    the SMC's last levels and its bridge to the target rely on) are barely trained. ``tsm_weight = w``
+    multiplies each term by ``1 + w tsm^4 / (sbar^2 (sbar^2 + tsm^2))``, ``~ w tsm^2 / sbar^2`` below the TSM
+    scale (a score-error weight that stays at ``w tsm^2``) and ~1 above it. Any positive per-level weight
+    leaves the minimiser unchanged.
     """
     (grad,) = torch.autograd.grad(energy.sum(), xt, create_graph=True)
     a = model.grid.alpha.to(x0)[level][:, None]
@@ -110,6 +117,9 @@ def _dsm_terms(
         c = sbar2 / (sbar2 + float(tsm_scale) ** 2)
         x0_tsm = (xt.detach() + s2 * score0 / a) / a
         target = c * x0 + (1 - c) * x0_tsm
+        if tsm_weight:
+            t2 = float(tsm_scale) ** 2
+            lam = lam * (1 + float(tsm_weight) * t2**2 / (sbar2 * (sbar2 + t2)))[:, 0]
     return lam * ((x0_hat - target) ** 2).sum(-1) / x0.shape[-1]
 
 
@@ -121,6 +131,7 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
+    tsm_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean DSM loss at the given levels, one noise draw per row. ``x0: (B, d)``, ``level: (B,)``;
     ``score0``/``tsm_scale``: target score matching at low noise (see :func:`_dsm_terms`)."""
@@ -129,7 +140,7 @@ def dsm_loss(
     s = model.grid.sigma.to(x0)[level][:, None]
     xt = (a * x0 + s * eps).requires_grad_(True)
     e = model.energy(xt, level)
-    return _dsm_terms(model, x0, xt, level, e, sigma_data, score0, tsm_scale).mean()
+    return _dsm_terms(model, x0, xt, level, e, sigma_data, score0, tsm_scale, tsm_weight).mean()
 
 
 def clf_logits(model: LevelEnergy, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -161,6 +172,7 @@ def diffclf_loss(
     generator: torch.Generator | None = None,
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
+    tsm_weight: float = 0.0,
 ) -> LossOutput:
     """DSM + lambda_clf * multi-level DiffCLF; the k diagonal energies are reused for DSM.
 
@@ -177,7 +189,8 @@ def diffclf_loss(
     lv = levels.reshape(-1)
     e_diag = model.energy(xd, lv)  # (B k,)
     g0 = None if score0 is None else score0.repeat_interleave(k, 0)
-    dsm = _dsm_terms(model, x0.repeat_interleave(k, 0), xd, lv, e_diag, sigma_data, g0, tsm_scale).mean()
+    x0k = x0.repeat_interleave(k, 0)
+    dsm = _dsm_terms(model, x0k, xd, lv, e_diag, sigma_data, g0, tsm_scale, tsm_weight).mean()
     if k > 1:
         # off-diagonal pairs (a != b) without input gradients
         ia, ib = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
@@ -221,11 +234,19 @@ def dsm_only_loss(
     generator: torch.Generator | None = None,
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
+    tsm_weight: float = 0.0,
 ) -> LossOutput:
     """The DSM-only baseline at an equal number of DSM terms: ``x0`` repeated k times, levels ``(B, k)``."""
     B, k = levels.shape
     g0 = None if score0 is None else score0.repeat_interleave(k, 0)
     dsm = dsm_loss(
-        model, x0.repeat_interleave(k, 0), levels.reshape(-1), sigma_data, generator, score0=g0, tsm_scale=tsm_scale
+        model,
+        x0.repeat_interleave(k, 0),
+        levels.reshape(-1),
+        sigma_data,
+        generator,
+        score0=g0,
+        tsm_scale=tsm_scale,
+        tsm_weight=tsm_weight,
     )
     return LossOutput(total=dsm, dsm=dsm.detach(), clf=None, n_dsm_terms=B * k, n_energy_evals=B * k)

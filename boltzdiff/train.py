@@ -321,7 +321,7 @@ def train(
             x0 = data[idx]
             g0 = None if score0 is None else score0[idx]
             levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
-            tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale)
+            tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale, tsm_weight=cfg.tsm_weight)
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
                 res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen, **tsm)
             else:

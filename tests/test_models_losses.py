@@ -274,6 +274,43 @@ def test_tsm_gradient_is_unbiased_and_quieter_at_low_noise(level):
         assert abs(float(g_dsm.mean())) < 5 * float(g_dsm.std() / math.sqrt(g_dsm.numel()))
 
 
+@pytest.mark.parametrize("level", [0, 12, 31])
+def test_tsm_weight_multiplies_each_term_by_its_closed_form_and_keeps_the_minimiser(level):
+    """``tsm_weight = w`` multiplies every per-sample term by ``1 + w tsm^4 / (sbar^2 (sbar^2 + tsm^2))``
+    (exactly), so the exact model (theta = 1, the data's own variance) still has zero expected gradient."""
+    from types import SimpleNamespace
+
+    from boltzdiff.config import TrainConfig
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.losses import _dsm_terms
+
+    grid = make_grid(VPSchedule(), 32)
+    g = torch.Generator().manual_seed(4)
+    n, tsm, w = 20000, 0.1, 2.0
+    x0 = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    a, s = float(grid.alpha[level]), float(grid.sigma[level])
+    xt = (a * x0 + s * torch.randn(n, 1, generator=g, dtype=torch.float64)).requires_grad_(True)
+    theta = torch.ones(n, dtype=torch.float64, requires_grad=True)
+    lv = torch.full((n,), level)
+    model = SimpleNamespace(grid=grid)
+
+    def terms(weight):
+        energy = xt[:, 0] ** 2 / (2 * (a**2 * theta**2 + s**2))
+        return _dsm_terms(model, x0, xt, lv, energy, 1.0, score0=-x0, tsm_scale=tsm, tsm_weight=weight)
+
+    plain, weighted = terms(0.0), terms(w)
+    sbar2 = (s / a) ** 2
+    factor = 1 + w * tsm**4 / (sbar2 * (sbar2 + tsm**2))
+    assert torch.allclose(weighted, plain * factor, rtol=1e-12, atol=0)
+    (gt,) = torch.autograd.grad(weighted.sum(), theta)
+    assert abs(float(gt.mean())) < 4 * float(gt.std() / math.sqrt(n))
+    for bad, msg in ((-1.0, "tsm_weight"), ("a lot", "tsm_weight")):
+        with pytest.raises(ConfigError, match=msg):
+            TrainConfig(tsm_scale=0.005, tsm_weight=bad).validate()
+    with pytest.raises(ConfigError, match="tsm_weight.*unless tsm_scale"):
+        TrainConfig(tsm_weight=1.0).validate()
+
+
 def test_data_scores_rescale_forces_to_the_data_temperature():
     from boltzdiff.systems import load_system
     from boltzdiff.train import data_scores
