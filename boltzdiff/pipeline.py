@@ -368,6 +368,14 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1 or n % n_runs:
         raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs!r}")
     strata = cv_strata(system, s.get("bridge_strata"))
+    max_sigma = s.get("strata_max_sigma")
+    if max_sigma is not None and (
+        isinstance(max_sigma, bool) or not isinstance(max_sigma, int | float) or not max_sigma > 0 or strata is None
+    ):
+        raise ConfigError(
+            f"sample.strata_max_sigma: expected a positive noise scale (with sample.bridge_strata) or null, "
+            f"got {max_sigma!r}"
+        )
     run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
@@ -405,7 +413,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
             max_bridge=int(s.get("max_bridge", 2000)),
             bridge_strata=strata,
-            strata_max_sigma=None if s.get("strata_max_sigma") is None else float(s["strata_max_sigma"]),
+            strata_max_sigma=None if max_sigma is None else float(max_sigma),
             progress=progress,
         )
         done = _FinishedRun(

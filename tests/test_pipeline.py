@@ -271,6 +271,20 @@ def test_sample_stage_rejects_bad_n_runs_before_loading_anything(tmp_path, n_run
     assert not (tmp_path / "samples.npz").exists()
 
 
+@pytest.mark.parametrize("value", ["low", -0.1, 0, True, 0.05])
+def test_sample_stage_rejects_bad_strata_max_sigma_before_loading_anything(tmp_path, value):
+    """A non-positive or non-numeric noise scale, or one without bridge_strata (the last case), is a one-line
+    error naming the setting."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, "strata_max_sigma": value}}
+    with pytest.raises(ConfigError, match="sample.strata_max_sigma: expected a positive noise scale"):
+        stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+    assert not (tmp_path / "samples.npz").exists()
+
+
 def test_interrupted_sample_stage_resumes_at_the_next_smc_run(tmp_path, monkeypatch):
     """Each finished SMC run is checkpointed: after an interruption only the missing runs are redone, the result
     is identical to an uninterrupted stage, and a checkpoint made with other settings is not reused."""

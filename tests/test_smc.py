@@ -416,17 +416,19 @@ def test_stratified_resampling_keeps_each_stratum_weight_and_is_unbiased():
     assert idx.numel() == n and not bool((labels[idx] == 2).any()) and torch.isfinite(lw).all()
 
 
-def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128):
+@pytest.mark.parametrize("max_sigma, first_seed", [(None, 0), (0.5, 100)])
+def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_sigma, first_seed):
     """A model that gives mode 0 weight 0.6 where the target has 0.2, bridged with resampling inside
     strata (which mode's half-plane a particle is in): target mode weights and Z = 1 unbiased over seeds; the
-    particle count per stratum does not change on the bridge."""
+    particle count per stratum does not change on the bridge. With ``strata_max_sigma`` the levels with sigma
+    <= 0.5 resample within the strata too, and the same holds."""
     model = wrong_model(gmm3, grid128)
 
     def strata(x):  # mode 0 at (-3, 0), mode 1 at (3, 0), mode 2 at (0, 4)
         return torch.where(x[:, 1] > 2.0, 2, torch.where(x[:, 0] < 0, 0, 1))
 
     est, zs = [], []
-    for s in range(10):
+    for s in range(first_seed, first_seed + (10 if max_sigma is None else 12)):
         r = smc(
             model,
             500,
@@ -436,6 +438,7 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128):
             n_bridge=4,
             ess_threshold=1.0,  # resample at every step, so that the bridge's resamplings are stratified
             bridge_strata=strata,
+            strata_max_sigma=max_sigma,
             bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
         )
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
@@ -446,36 +449,9 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128):
     assert_weights_and_z_unbiased(est, zs, gmm3)
 
 
-def test_strata_on_the_low_levels_keep_each_stratum_and_stay_unbiased(gmm3, grid128):
-    """Stratified resampling also on the way down (levels with sigma <= 0.5), not only on the bridge: the
-    model's allocation of particles to the strata is kept from the first stratified level on, and the target
-    mode weights and Z = 1 stay unbiased over seeds."""
-    model = wrong_model(gmm3, grid128)
-
-    def strata(x):
-        return torch.where(x[:, 1] > 2.0, 2, torch.where(x[:, 0] < 0, 0, 1))
-
-    est, zs = [], []
-    for s in range(12):
-        r = smc(
-            model,
-            500,
-            generator=torch.Generator().manual_seed(100 + s),
-            levels=32,
-            target=gmm3,
-            n_bridge=4,
-            ess_threshold=1.0,
-            bridge_strata=strata,
-            strata_max_sigma=0.5,
-            bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
-        )
-        est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
-        zs.append(math.exp(r.log_Z))
-        assert float((strata(r.x) == 0).double().mean()) > 0.45
-    est, zs = np.array(est), np.array(zs)
-    assert_weights_and_z_unbiased(est, zs, gmm3)
+def test_strata_max_sigma_needs_bridge_strata(gmm3, grid128):
     with pytest.raises(ConfigError, match="strata_max_sigma"):
-        smc(model, 10, levels=8, strata_max_sigma=0.5)
+        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_max_sigma=0.5)
 
 
 def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):
