@@ -12,33 +12,23 @@ What must agree with the CPU, and how closely:
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_TRAIN, make_system
 
 from boltzdiff.cli import main
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VPSchedule, make_grid
 from boltzdiff.samplers import MCMCConfig, smc
 from boltzdiff.samplers.diagnostics import weighted_mode_weights
-from boltzdiff.systems import SYSTEMS_DIR
 from boltzdiff.targets.gmm import GaussianMixture
 from boltzdiff.train import load_run
 
 DEVICE = os.environ.get("BOLTZDIFF_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no GPU (set BOLTZDIFF_TEST_DEVICE=cpu to self-check)")
-
-TINY_TRAIN = dict(steps=20, batch_size=16, n_levels=12, k=2, warmup_steps=5, checkpoint_every=10, lr_warmup=2)
-
-
-def make_system(tmp_path, name, run_yaml):
-    d = tmp_path / name
-    shutil.copytree(SYSTEMS_DIR / name, d)
-    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
-    return d
 
 
 def run_on_device(sysdir, out):
@@ -109,20 +99,10 @@ def test_alanine_dipeptide_run_on_device(tmp_path):
         tmp_path,
         "alanine_dipeptide",
         {
-            "train": {
-                **TINY_TRAIN,
-                "steps": 300,
-                "warmup_steps": 100,
-                "batch_size": 64,
-                "network": "pairmlp",
-                "width": 32,
-                "depth": 1,
-                "pairmlp": {"stiffness_init": 1.0},
-                "tsm_scale": 0.005,
-            },
+            "train": ALDP_PAIRMLP_TRAIN,
             "presets": {
                 "quick": {
-                    "reference": {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0},
+                    "reference": ALDP_HOT_REFERENCE,
                     "sample": {
                         "n": 48,
                         "n_runs": 2,

@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_TRAIN, make_system
 
 from boltzdiff.cli import main
 from boltzdiff.systems import SYSTEMS_DIR
-
-TINY_TRAIN = dict(steps=20, batch_size=16, n_levels=12, k=2, warmup_steps=5, checkpoint_every=10, lr_warmup=2)
-
-
-def make_system(tmp_path, name, run_yaml):
-    d = tmp_path / name
-    shutil.copytree(SYSTEMS_DIR / name, d) if (SYSTEMS_DIR / name).is_dir() else d.mkdir()
-    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
-    return d
 
 
 def test_dw4_end_to_end_and_resume(tmp_path):
@@ -228,20 +220,10 @@ def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
         tmp_path,
         "alanine_dipeptide",
         {
-            "train": {
-                **TINY_TRAIN,
-                "steps": 300,
-                "warmup_steps": 100,
-                "batch_size": 64,
-                "network": "pairmlp",
-                "width": 32,
-                "depth": 1,
-                "pairmlp": {"stiffness_init": 1.0},
-                "tsm_scale": 0.005,
-            },
+            "train": ALDP_PAIRMLP_TRAIN,
             "presets": {
                 "quick": {
-                    "reference": {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0},
+                    "reference": ALDP_HOT_REFERENCE,
                     "sample": {"n": 32, "mcmc_steps": 1, "bridge_cess": 0.9, "max_bridge": 6},
                 }
             },
@@ -288,7 +270,6 @@ def test_sample_stage_rejects_bad_strata_max_sigma_before_loading_anything(tmp_p
 def test_interrupted_sample_stage_resumes_at_the_next_smc_run(tmp_path, monkeypatch):
     """Each finished SMC run is checkpointed: after an interruption only the missing runs are redone, the result
     is identical to an uninterrupted stage, and a checkpoint made with other settings is not reused."""
-    import shutil
 
     import boltzdiff.samplers
     from boltzdiff.config import TrainConfig

@@ -1,0 +1,31 @@
+"""Tiny run settings shared by the end-to-end tests (tests/test_pipeline.py, tests/test_device.py)."""
+
+import shutil
+
+import yaml
+
+from boltzdiff.systems import SYSTEMS_DIR
+
+TINY_TRAIN = dict(steps=20, batch_size=16, n_levels=12, k=2, warmup_steps=5, checkpoint_every=10, lr_warmup=2)
+
+# the alanine-dipeptide recipe in miniature: pair-distance model with target score matching, 500 K MD data
+ALDP_PAIRMLP_TRAIN = {
+    **TINY_TRAIN,
+    "steps": 300,
+    "warmup_steps": 100,
+    "batch_size": 64,
+    "network": "pairmlp",
+    "width": 32,
+    "depth": 1,
+    "pairmlp": {"stiffness_init": 1.0},
+    "tsm_scale": 0.005,
+}
+ALDP_HOT_REFERENCE = {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0}
+
+
+def make_system(tmp_path, name, run_yaml):
+    """A copy of ``systems/<name>`` (or an empty folder) under ``tmp_path`` with ``run_yaml`` as its run.yaml."""
+    d = tmp_path / name
+    shutil.copytree(SYSTEMS_DIR / name, d) if (SYSTEMS_DIR / name).is_dir() else d.mkdir()
+    (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))
+    return d
