@@ -160,7 +160,7 @@ def main():
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
     # settings a preset may leave out
-    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata", "strata_max_sigma"}
+    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata", "strata_max_sigma", "strata_min_share"}
     unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:
         sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")

@@ -287,19 +287,27 @@ def stage_train(system: System, out: Path, settings: dict, data: Path | None, pr
 def cv_strata(system: System, spec):
     """``sample.bridge_strata: {cv: NAME, edges: [...]}`` -> ``x (n, d) -> (n,)`` labels: which interval of the
     edges the dihedral ``cvs.NAME`` of the system's spec falls in (radians, wrapped to [-pi, pi); mirrored
-    molecules are mapped back first, as in the analysis). A list of such specs labels the cells of their
+    molecules are mapped back first, as in the analysis). With ``wrap: true`` the interval below the first edge
+    and the one above the last are one stratum (the arc across ±pi), so ``{cv: phi, edges: [0, 2], wrap:
+    true}`` gives two strata, the phi > 0 basin and the rest. A list of such specs labels the cells of their
     product (e.g. phi intervals x psi intervals). ``None`` -> None."""
     if spec is None:
         return None
     cvs = system.spec.get("cvs") or {}
     specs = spec if isinstance(spec, list) and spec else [spec]
-    names, edge_sets = [], []
+    names, edge_sets, wraps = [], [], []
     for one in specs:
-        if not isinstance(one, dict) or set(one) != {"cv", "edges"} or not isinstance(one["edges"], list):
+        if (
+            not isinstance(one, dict)
+            or not {"cv", "edges"} <= set(one) <= {"cv", "edges", "wrap"}
+            or not isinstance(one["edges"], list)
+            or not isinstance(one.get("wrap", False), bool)
+        ):
             raise ConfigError(
-                f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...]}}, a list of them, or null, "
-                f"got {spec!r}"
+                f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...], wrap: true|false (optional)}}, "
+                f"a list of them, or null, got {spec!r}"
             )
+        wraps.append(bool(one.get("wrap", False)) and len(one["edges"]) >= 2)
         if one["cv"] not in cvs:
             raise ConfigError(
                 f"sample.bridge_strata: cv {one['cv']!r} is not among the system's cvs ({sorted(cvs) or 'none'})"
@@ -324,8 +332,9 @@ def cv_strata(system: System, spec):
         angles = dihedrals(xs.numpy(), idx, system.topology)
         angles = (angles + np.pi) % (2 * np.pi) - np.pi
         cell = np.zeros(len(angles), dtype=np.int64)
-        for k, edges in enumerate(edge_sets):  # mixed-radix index of the product cell
-            cell = cell * (len(edges) + 1) + np.searchsorted(edges, angles[:, k])
+        for k, (edges, wrap) in enumerate(zip(edge_sets, wraps, strict=True)):  # mixed-radix product-cell index
+            n_cells = len(edges) if wrap else len(edges) + 1
+            cell = cell * n_cells + np.searchsorted(edges, angles[:, k]) % n_cells
         return torch.as_tensor(cell)
 
     return labels
@@ -376,6 +385,17 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             f"sample.strata_max_sigma: expected a positive noise scale (with sample.bridge_strata) or null, "
             f"got {max_sigma!r}"
         )
+    min_share = s.get("strata_min_share", 0.0) or 0.0
+    if (
+        isinstance(min_share, bool)
+        or not isinstance(min_share, int | float)
+        or not 0 <= min_share <= 1
+        or (min_share and strata is None)
+    ):
+        raise ConfigError(
+            f"sample.strata_min_share: expected a share of the particles in [0, 1] (with sample.bridge_strata) or "
+            f"null, got {min_share!r}"
+        )
     run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
@@ -414,6 +434,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             max_bridge=int(s.get("max_bridge", 2000)),
             bridge_strata=strata,
             strata_max_sigma=None if max_sigma is None else float(max_sigma),
+            strata_min_share=float(min_share),
             progress=progress,
         )
         done = _FinishedRun(

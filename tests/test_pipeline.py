@@ -363,11 +363,31 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     both = cv_strata(system, [{"cv": "phi", "edges": [0.0, 2.0]}, {"cv": "psi", "edges": [0.0]}])
     # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see systems/alanine_dipeptide)
     assert both(torch.cat([x0, x1])).tolist() == [0 * 2 + 0, 1 * 2 + 1]
+    # wrap: the arcs below 0 and above 2 are one stratum (label 0), the basin 0 < phi < 2 the other
+    wrapped = cv_strata(system, {"cv": "phi", "edges": [0.0, 2.0], "wrap": True})
+    assert wrapped(torch.cat([x0, x1])).tolist() == [0, 1]
+    # phi = -1.35 lies above the last edge: the third interval without wrap, the first with it
+    assert cv_strata(system, {"cv": "phi", "edges": [-2.0, -1.5]})(x0).tolist() == [2]
+    assert cv_strata(system, {"cv": "phi", "edges": [-2.0, -1.5], "wrap": True})(x0).tolist() == [0]
     for bad, msg in (
         ([{"cv": "phi", "edges": [0.0]}, {"cv": "omega", "edges": [0.0]}], "cv 'omega' is not among"),
         ({"cv": "omega", "edges": [0.0]}, "cv 'omega' is not among the system's cvs"),
         ({"cv": "phi"}, "expected {cv: NAME, edges"),
         ({"cv": "phi", "edges": ["a"]}, "edges must be numbers"),
+        ({"cv": "phi", "edges": [0.0, 2.0], "wrap": "yes"}, "wrap: true"),
     ):
         with pytest.raises(ConfigError, match=msg):
             cv_strata(system, bad)
+
+
+@pytest.mark.parametrize("value", ["half", -0.1, 1.5, True, 0.2])
+def test_sample_stage_rejects_bad_strata_min_share_before_loading_anything(tmp_path, value):
+    """Not a share in [0, 1], or a share without bridge_strata (the last case): a one-line error naming it."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, "strata_min_share": value}}
+    with pytest.raises(ConfigError, match="sample.strata_min_share: expected a share"):
+        stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+    assert not (tmp_path / "samples.npz").exists()

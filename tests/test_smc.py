@@ -416,12 +416,38 @@ def test_stratified_resampling_keeps_each_stratum_weight_and_is_unbiased():
     assert idx.numel() == n and not bool((labels[idx] == 2).any()) and torch.isfinite(lw).all()
 
 
-@pytest.mark.parametrize("max_sigma, first_seed", [(None, 0), (0.5, 100)])
-def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_sigma, first_seed):
+def test_stratified_resampling_with_a_minimum_share_gives_a_minor_stratum_more_particles_unbiasedly():
+    from boltzdiff.samplers.resampling import stratified_resample
+
+    g = torch.Generator().manual_seed(1)
+    n, R = 20, 4000
+    labels = torch.tensor([1] + [0] * (n - 1))  # one particle in stratum 1
+    w = torch.linspace(1.0, 2.0, n, dtype=torch.float64)
+    w[0] = 0.3
+    log_w = torch.log(w)
+    W = w / w.sum()
+    acc = torch.zeros(R, n, dtype=torch.float64)
+    for r in range(R):
+        idx, lw = stratified_resample(log_w, labels, generator=g, min_share=0.25)
+        assert idx.numel() == n and int((labels[idx] == 1).sum()) == 5  # the floor: 25 % of 20
+        share = float(torch.exp(torch.logsumexp(lw[labels[idx] == 1], 0) - math.log(n)))
+        assert share == pytest.approx(float(W[0]), rel=1e-12)  # its weight is unchanged
+        acc[r].index_add_(0, idx, torch.exp(lw) / n)
+    z = (acc.mean(0) - W) / (acc.std(0) / math.sqrt(R)).clamp(min=1e-12)
+    assert z.abs().max() < Z_MAX, z
+    # more strata than 1 / min_share: an equal share each
+    labels3 = torch.tensor([0] * 18 + [1, 2])
+    idx, _ = stratified_resample(log_w, labels3, generator=g, min_share=0.5)
+    assert sorted(int((labels3[idx] == s).sum()) for s in range(3)) == [6, 7, 7]
+
+
+@pytest.mark.parametrize("max_sigma, min_share, first_seed", [(None, 0.0, 0), (0.5, 0.0, 100), (0.5, 0.3, 200)])
+def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_sigma, min_share, first_seed):
     """A model that gives mode 0 weight 0.6 where the target has 0.2, bridged with resampling inside
     strata (which mode's half-plane a particle is in): target mode weights and Z = 1 unbiased over seeds; the
     particle count per stratum does not change on the bridge. With ``strata_max_sigma`` the levels with sigma
-    <= 0.5 resample within the strata too, and the same holds."""
+    <= 0.5 resample within the strata too, and the same holds; with ``strata_min_share`` every stratum keeps at
+    least that share of the particles (less what MCMC moves out), and the same holds."""
     model = wrong_model(gmm3, grid128)
 
     def strata(x):  # mode 0 at (-3, 0), mode 1 at (3, 0), mode 2 at (0, 4)
@@ -439,12 +465,16 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_
             ess_threshold=1.0,  # resample at every step, so that the bridge's resamplings are stratified
             bridge_strata=strata,
             strata_max_sigma=max_sigma,
+            strata_min_share=min_share,
             bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
         )
+        if min_share:
+            counts = torch.bincount(strata(r.x), minlength=3).double() / 500
+            assert float(counts.min()) > min_share - 0.05, counts
+        else:  # the model's allocation (~0.6 in mode 0) survives; only the weights carry the correction to 0.2
+            assert float((strata(r.x) == 0).double().mean()) > 0.45
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
         zs.append(math.exp(r.log_Z))
-        # the model's allocation (~0.6 in mode 0) survives; only the weights carry the correction to 0.2
-        assert float((strata(r.x) == 0).double().mean()) > 0.45
     est, zs = np.array(est), np.array(zs)
     assert_weights_and_z_unbiased(est, zs, gmm3)
 
@@ -452,6 +482,8 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_
 def test_strata_max_sigma_needs_bridge_strata(gmm3, grid128):
     with pytest.raises(ConfigError, match="strata_max_sigma"):
         smc(wrong_model(gmm3, grid128), 10, levels=8, strata_max_sigma=0.5)
+    with pytest.raises(ConfigError, match="strata_min_share"):
+        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_min_share=0.2)
 
 
 def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):

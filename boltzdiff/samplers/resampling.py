@@ -65,6 +65,7 @@ def stratified_resample(
     labels: torch.Tensor,
     resample_fn=systematic_resample,
     generator: torch.Generator | None = None,
+    min_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample within strata (e.g. the basins of a collective variable), keeping each stratum's total weight.
 
@@ -75,6 +76,12 @@ def stratified_resample(
     expected total weight of every particle's copies equals its weight, as for plain resampling, so
     self-normalised estimates stay consistent; but mass cannot move between strata, so a stratum that holds a
     few percent of the weight keeps its particles instead of losing them to the noise of repeated resampling.
+
+    ``min_share`` in ``[0, 1]``: every living stratum gets at least ``min_share * n`` slots (with S living
+    strata, at most an equal share ``n / S``), taken from the others in proportion to their counts. A minor
+    stratum then holds more particles, each of a smaller weight ``W_s / N_s``: its share of the *weight* is
+    unchanged, only the variance of its estimates drops (optimal allocation in stratified sampling), at the
+    price of unequal weights.
 
     Returns ``(idx, log_w_new)``: ``(n,)`` ancestor indices and ``(n,)`` float64 log-weights (mean weight 1).
     """
@@ -90,6 +97,20 @@ def stratified_resample(
     counts = torch.tensor([int((labels == s).sum()) for s in strata], dtype=torch.float64)
     # slots of dead strata go to the living ones in proportion to their counts (largest remainder)
     share = counts / counts.sum() * n
+    if min_share > 0:
+        # every living stratum gets at least min_share * n slots (an equal share if there are too many strata);
+        # the others are scaled down in proportion to their counts, repeated while that pushes one below the floor
+        floor_n = min(float(min_share), 1.0 / len(strata)) * n
+        low = share < floor_n
+        while bool(low.any()) and not bool(low.all()):
+            free = n - floor_n * int(low.sum())
+            share = torch.where(low, torch.full_like(share, floor_n), counts / counts[~low].sum() * free)
+            new_low = low | (share < floor_n)
+            if bool((new_low == low).all()):
+                break
+            low = new_low
+        if bool(low.all()):
+            share = torch.full_like(share, n / len(strata))
     alloc = torch.floor(share).to(torch.long)
     rest = n - int(alloc.sum())
     if rest > 0:
