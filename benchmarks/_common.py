@@ -79,3 +79,13 @@ def print_table(header, rows):
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + fmt_row(r, widths) + " |")
+
+
+def aldp_reference_file(variant: str = "implicit") -> Path:
+    """The project's reference ΔF file for alanine dipeptide: the metadynamics + frozen-bias estimate
+    (``aldp_reference_metad.py``) where it exists, else the 2-D umbrella one (``aldp_reference.py``). Session 9
+    found the umbrella protocol's estimate 0.37 kT below two metadynamics replicates that agree with each
+    other (RESULTS.md, reference section), so the metadynamics file takes precedence."""
+    results = ROOT / "benchmarks" / "results"
+    metad = results / f"aldp_reference_{variant}_metad.json"
+    return metad if metad.exists() else results / f"aldp_reference_{variant}.json"

@@ -61,16 +61,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--md-ns", type=float, default=10.0, help="length of the long MD trajectory (resumed/extended)")
     ap.add_argument("--save-every-ps", type=float, default=1.0)
-    ap.add_argument("--reference", default=str(RESULTS / "aldp_reference_implicit.json"))
+    ap.add_argument(
+        "--reference",
+        default=None,
+        help="reference JSON (default: the metadynamics reference where it exists, else the umbrella one)",
+    )
     ap.add_argument("--bg", action="append", default=[], metavar="LABEL=RUN_DIR")
     ap.add_argument("--budgets", default="0.25,0.5,1,2,5,10,20,50")
     args = ap.parse_args()
+
+    from _common import aldp_reference_file
 
     from boltzdiff import md
     from boltzdiff.cv import phi_psi
     from boltzdiff.systems import load_system
 
-    ref_path = Path(args.reference)
+    ref_path = Path(args.reference) if args.reference else aldp_reference_file("implicit")
     if not ref_path.is_file():
         sys.exit(f"aldp_vs_md: no reference {ref_path}; run benchmarks/aldp_reference.py first")
     ref_json = json.loads(ref_path.read_text())
@@ -116,6 +122,7 @@ def main() -> None:
             f"{r['method']:<34} {r['n_target_evals']:13.3g} {r['rms_error_kT']:15.3f} "
             f"{r.get('failed_fraction', 0.0):7.2f} {r.get('n_blocks', 1):7d}"
         )
+
     def _finite(v):  # strict JSON: NaN/inf become null
         if isinstance(v, float) and not math.isfinite(v):
             return None

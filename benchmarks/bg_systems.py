@@ -159,7 +159,9 @@ def main() -> None:
         print(f"{r['method']:<30} " + " ".join(cells))
     main_run = next((r for r in runs if r["loss"] == "diffclf"), runs[0])
     out = dict(main_run, system=name, command="python benchmarks/bg_systems.py " + " ".join(sys.argv[1:]), runs=runs)
-    ref_file = RESULTS / f"aldp_reference_{system.variant}.json"
+    from _common import aldp_reference_file
+
+    ref_file = aldp_reference_file(system.variant)
     if system.kind == "openmm" and ref_file.exists():
         ref = json.loads(ref_file.read_text())
         out["reference_delta_f_kT"] = ref["reference_delta_f_kT"]
@@ -171,7 +173,11 @@ def main() -> None:
             if isinstance(r.get("md_delta_f_kT"), float):  # the training data's own (raw) estimate
                 r["abs_md_delta_f_error_kT"] = abs(r["md_delta_f_kT"] - ref["reference_delta_f_kT"])
         out.update({k: v for k, v in runs[runs.index(main_run)].items() if k.startswith(("abs_", "pmf_rmse_vs"))})
-        print(f"reference ΔF {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f} kT")
+        out["reference_file"] = ref_file.name
+        print(
+            f"reference ΔF {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f} kT "
+            f"({ref_file.name}: {ref.get('method', '')})"
+        )
         for r in runs:
             print(
                 f"  {r['method']:<30} ΔF {r.get('delta_f_kT', float('nan')):7.3f} ± "
