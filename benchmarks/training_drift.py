@@ -5,8 +5,12 @@ For a Gaussian mixture: the level-0 weight of every component, by self-normalise
 For a molecule with a ``phi`` CV (alanine dipeptide): the basin offset of the level-0 energy against the model's
 own training data, ``offset = -[lme_basin(r) - lme_rest(r)]`` with ``r = -E(x, t_0) + (T_sys / T_data) u(x)`` on
 every 8th data frame (``lme`` = log-mean-exp, so the offset is the error of ln[q(basin)/q(rest)] relative to the
-data, in kT; positive = basin underweighted). Also the final model's error at every 8th level
-(mixtures only; exact samples of each level). Each value is logged every ``--every`` steps into the run's metrics.jsonl.
+data's temperature-T_data Boltzmann populations, in kT; positive = basin underweighted), and the same for the β
+region against αR (columns ``_beta``; β = φ < 0 outside −2 < ψ < 1). For data at the system's temperature whose
+region populations are not Boltzmann (e.g. MD replicas started in several basins), both offsets are against the
+target's populations instead, since r then only sees the within-region shapes. Also the final model's error at
+every 8th level (mixtures only; exact samples of each level). Each value is logged every ``--every`` steps into
+the run's metrics.jsonl.
 
     python benchmarks/training_drift.py gmm2_unbalanced --steps 3000 --seed 0 [--set lambda_clf=3 ...]
     python benchmarks/training_drift.py alanine_dipeptide --preset full --steps 6000 \\
@@ -70,20 +74,28 @@ def basin_probe(system, data_file: str, t_data: float):
     with torch.no_grad():
         u = system.target.energy(xt).numpy()
     cvs = system.spec["cvs"]
-    phi, _ = phi_psi(x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
-    phi = wrap_angle(phi)
+    phi, psi = phi_psi(x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
+    phi, psi = wrap_angle(phi), wrap_angle(psi)
     basin = (phi > 0) & (phi < 2)
+    alpha = ~basin & (psi > -2) & (psi < 1)  # alpha_R; the rest of phi < 0 is beta / C7eq
+    beta = ~basin & ~alpha
     ratio = float(system.temperature) / float(t_data)
 
-    def offset(model, level: int = 0) -> float:
+    def offset(model, level: int = 0) -> dict:
         dtype = next(model.parameters()).dtype
         with torch.no_grad():
             e = model.energy(xt.to(dtype), level).double().numpy()
         r = -e + ratio * u
         ok = np.isfinite(r)
-        return -(_lme(r[basin & ok]) - _lme(r[~basin & ok]))
+        return {
+            "": -(_lme(r[basin & ok]) - _lme(r[~basin & ok])),
+            "_beta": -(_lme(r[beta & ok]) - _lme(r[alpha & ok])) if beta.any() and alpha.any() else float("nan"),
+        }
 
-    return offset, f"basin offset (kT, {basin.mean():.3f} of {len(x)} frames in the basin)"
+    return offset, (
+        f"basin offset (kT, {basin.mean():.3f} of {len(x)} frames in the basin) and beta offset against alpha_R "
+        f"(suffix _beta; {beta.mean():.3f} / {alpha.mean():.3f} of the frames)"
+    )
 
 
 def main():
@@ -159,8 +171,12 @@ def main():
             update_averages(step, model)
         if step % args.every and step != args.steps:
             return {}
-        rec = {"probe_raw": probe(model), "probe_ema": probe(ema_model)}
-        rec.update({f"probe_{k}": probe(m) for k, (m, _) in averages.items()})
+        rec = {}
+        for name, m in (("raw", model), ("ema", ema_model), *((k, m) for k, (m, _) in averages.items())):
+            v = probe(m)
+            if not isinstance(v, dict):
+                v = {"": v}
+            rec.update({f"probe_{name}{sfx}": x for sfx, x in v.items()})
         return rec
 
     if not (out / "model.pt").exists():
@@ -171,6 +187,7 @@ def main():
     print(f"{what} at level 0 during training")
     fmt = "{:.3f}" if system.target.has_exact_samples else "{:+.2f}"
     cols = ["raw", "ema"] + [k for k in ("avg1k", "avg3k", "swa") if any(f"probe_{k}" in r for r in recs)]
+    cols += [c + "_beta" for c in cols if any(f"probe_{c}_beta" in r for r in recs)]
     rows = [[r["step"]] + [fmt.format(r[f"probe_{c}"]) if f"probe_{c}" in r else "" for c in cols] for r in recs]
     print_table(["step"] + cols, rows)
     if system.target.has_exact_samples:  # exact samples of every level: where does the error build up?
