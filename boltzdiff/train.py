@@ -66,6 +66,8 @@ def resolve_input_fourier(value, dim: int) -> int:
 def build_model(
     cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, system: System
 ) -> PreconditionedEnergy:
+    # the preconditioning Gaussian's width (cfg.precond_scale); the losses keep the data's sigma
+    sigma_data = float(sigma_data) * float(getattr(cfg, "precond_scale", 1.0))
     if cfg.network == "mlp":
         return build_mlp_energy(
             grid,
@@ -411,7 +413,10 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
         meta = None
     grid = grid_from_dict(meta["grid"]) if meta else build_grid(cfg)
     mu = torch.tensor(meta["mu"]) if meta else state["mu"]
-    sigma_d = meta["sigma_data"] if meta else float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0])
+    if meta:
+        sigma_d = meta["sigma_data"]
+    else:  # the a2 buffer holds the preconditioning width: undo precond_scale to get the data's sigma
+        sigma_d = float(torch.sqrt(state["a2"][0] - grid.sigma[0] ** 2) / grid.alpha[0]) / float(cfg.precond_scale)
     if system.target.dim != mu.numel():
         raise ConfigError(
             f"run dir {rd}: model dimension {mu.numel()} does not match system {cfg.system} (dim {system.target.dim})"

@@ -169,3 +169,28 @@ def test_positive_stiffness_option_starts_at_the_given_value_and_rejects_bad_opt
             0.2,
             aldp,
         )
+
+
+def test_precond_scale_widens_the_preconditioning_gaussian_only():
+    """``precond_scale: s`` builds a2_t = alpha_t^2 (s sigma_data)^2 + sigma_t^2 in the energy and in the pair
+    net, i.e. the same model as ``precond_scale: 1`` with an s-times wider sigma_data (the losses keep the
+    data's sigma); bad values are one-line errors naming the field."""
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import build_grid, build_model
+
+    aldp = load_system("alanine_dipeptide")
+    small = dict(system="alanine_dipeptide", network="pairmlp", width=16, depth=1)
+    cfg = TrainConfig(**small, precond_scale=3.0).validate()
+    grid = build_grid(cfg)
+    model = build_model(cfg, grid, torch.zeros(66), 0.2, aldp).double()
+    a2 = grid.alpha.double() ** 2 * 0.6**2 + grid.sigma.double() ** 2
+    assert torch.allclose(model.a2, a2) and torch.allclose(model.net.a2.double(), a2)
+    wide = build_model(TrainConfig(**small), grid, torch.zeros(66), 0.6, aldp).double()
+    wide.load_state_dict(model.state_dict())
+    x = torch.randn(5, 66, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.3
+    with torch.no_grad():
+        for lv in (0, grid.n // 2, grid.n - 1):
+            assert torch.allclose(wide.energy(x, lv), model.energy(x, lv))
+    for bad in (0, -1.0, "wide", True, float("nan")):
+        with pytest.raises(ConfigError, match="field 'precond_scale'"):
+            TrainConfig(precond_scale=bad).validate()
