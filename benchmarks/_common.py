@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,3 +91,26 @@ def aldp_reference_file(variant: str = "implicit") -> Path:
     results = ROOT / "benchmarks" / "results"
     metad = results / f"aldp_reference_{variant}_metad.json"
     return metad if metad.exists() else results / f"aldp_reference_{variant}.json"
+
+
+def mean_phi_profile(profiles) -> dict:
+    """A reference F(φ) for the results JSON: from the replicates' mean bin probabilities (``profiles``:
+    :class:`boltzdiff.analysis.free_energy` profiles on the same bins), and the replicate SE of F per bin;
+    ``{edges, f_kT, se_kT, p}`` with None where a bin is empty. Used by both ALDP reference scripts."""
+    p_rep = np.array([p.p_b for p in profiles])
+    p_mean = p_rep.mean(0)
+    with np.errstate(divide="ignore"):
+        f_mean = -np.log(p_mean)
+        f_rep = -np.log(p_rep)
+    f_mean -= f_mean[np.isfinite(f_mean)].min()
+    f_rep = np.where(np.isfinite(f_rep), f_rep, np.nan)
+    f_rep -= np.nanmin(f_rep, axis=1, keepdims=True)
+    se = np.full_like(f_mean, np.nan)
+    if len(profiles) > 1:
+        se = np.nanstd(f_rep, axis=0, ddof=1) / math.sqrt(len(profiles))
+    return dict(
+        edges=profiles[0].edges.tolist(),
+        f_kT=[float(v) if np.isfinite(v) else None for v in f_mean],
+        se_kT=[float(v) if np.isfinite(v) else None for v in se],
+        p=p_mean.tolist(),
+    )

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import mean_phi_profile  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "aldp_reference"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -143,25 +146,7 @@ def main() -> None:
             if r["wall_s"] < 5.0:  # resumed finished: the time was spent by an earlier invocation
                 same = o and o.get("md_steps") == r["md_steps"] and (o.get("wall_s") or 0) >= 5.0
                 r["wall_s"] = o["wall_s"] if same else None
-    # F(phi): mean bin probabilities over replicates, and the replicate spread of F per bin
-    p_rep = np.array([p.p_b for p in profiles])
-    p_mean = p_rep.mean(0)
-    with np.errstate(divide="ignore"):
-        f_mean = -np.log(p_mean)
-        f_rep = -np.log(p_rep)
-    f_mean -= f_mean[np.isfinite(f_mean)].min()
-    f_rep -= np.nanmin(np.where(np.isfinite(f_rep), f_rep, np.nan), axis=1, keepdims=True)
-    f_se = (
-        np.nanstd(np.where(np.isfinite(f_rep), f_rep, np.nan), axis=0, ddof=1) / math.sqrt(len(profiles))
-        if len(profiles) > 1
-        else np.full_like(f_mean, np.nan)
-    )
-    ref_profile = dict(
-        edges=profiles[0].edges.tolist(),
-        f_kT=[float(v) if np.isfinite(v) else None for v in f_mean],
-        se_kT=[float(v) if np.isfinite(v) else None for v in f_se],
-        p=p_mean.tolist(),
-    )
+    ref_profile = mean_phi_profile(profiles)  # F(phi) from the replicates' mean bin probabilities
     out = dict(
         system=f"alanine_dipeptide/{args.variant}",
         method="2-D umbrella sampling (phi, psi) + MBAR, independent replicates",

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import mean_phi_profile  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "aldp_reference_metad"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,28 +52,6 @@ def _one(args) -> dict:
     res["wall_s"] = time.perf_counter() - t0
     res["md_steps"] = round((build_ps + prod_ps) * 1000 / cfg.timestep_fs)
     return res
-
-
-def _mean_profile(profiles) -> dict:
-    """F(φ) from the replicates' mean bin probabilities, and the replicate SE of F per bin (as in
-    aldp_reference.py, so the benchmarks compare profiles the same way against either reference)."""
-    p_rep = np.array([p.p_b for p in profiles])
-    p_mean = p_rep.mean(0)
-    with np.errstate(divide="ignore"):
-        f_mean = -np.log(p_mean)
-        f_rep = -np.log(p_rep)
-    f_mean -= f_mean[np.isfinite(f_mean)].min()
-    f_rep = np.where(np.isfinite(f_rep), f_rep, np.nan)
-    f_rep -= np.nanmin(f_rep, axis=1, keepdims=True)
-    se = np.full_like(f_mean, np.nan)
-    if len(profiles) > 1:
-        se = np.nanstd(f_rep, axis=0, ddof=1) / math.sqrt(len(profiles))
-    return dict(
-        edges=profiles[0].edges.tolist(),
-        f_kT=[float(v) if np.isfinite(v) else None for v in f_mean],
-        se_kT=[float(v) if np.isfinite(v) else None for v in se],
-        p=p_mean.tolist(),
-    )
 
 
 def main() -> None:
@@ -191,7 +172,7 @@ def main() -> None:
         replicate_se_kT=se_rep,
         chi2_per_dof=chi2,
         replicates=rows,
-        reference_f_phi=_mean_profile(profiles),
+        reference_f_phi=mean_phi_profile(profiles),
         settings=vars(args),
         n_target_evals=int(sum(r["md_steps"] for r in rows)),
         combined=args.combine,
