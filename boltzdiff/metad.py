@@ -50,6 +50,7 @@ class MetadConfig:
     friction_per_ps: float = 1.0
     seed: int = 0
     platform: str = "Reference"
+    save_positions: bool = False  # also keep every production frame's coordinates (nm), e.g. as training data
 
 
 def periodic_gaussians(grid: np.ndarray, centers: np.ndarray, heights: np.ndarray, sigma: float) -> np.ndarray:
@@ -139,6 +140,10 @@ def run_metad_2d(system, out_dir: str | Path, cfg: MetadConfig, phi_idx, psi_idx
             vel=np.zeros((0, 3)),
             segment=np.array(0),
         )
+    if cfg.save_positions and "frames" not in state:
+        if len(state["phi"]):
+            raise ConfigError(f"metad: {path} was started without save_positions; use a new folder")
+        state["frames"] = np.zeros((0, len(np.asarray(system.positions).reshape(-1, 3)), 3), np.float32)
     write_run_info(out, {"kind": "metad_2d", **asdict(cfg), "spec": system.spec}, cfg.seed)
 
     omm = openmm.XmlSerializer.clone(system.extras["openmm_system"])
@@ -189,6 +194,7 @@ def run_metad_2d(system, out_dir: str | Path, cfg: MetadConfig, phi_idx, psi_idx
     bar.update(done)
     centers, heights = list(map(tuple, state["centers"])), list(state["heights"])
     phis, psis, vs = list(state["phi"]), list(state["psi"]), list(state["bias_kjmol"])
+    frames = list(state["frames"]) if cfg.save_positions else None
     while done < total:
         stop = min(total, done + per_seg)
         for k in range(done, stop):
@@ -206,6 +212,9 @@ def run_metad_2d(system, out_dir: str | Path, cfg: MetadConfig, phi_idx, psi_idx
                 phis.append(a)
                 psis.append(b)
                 vs.append(v)
+                if frames is not None:
+                    p = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+                    frames.append(np.asarray(p, dtype=np.float32))
             bar.update(1)
         done = stop
         st = ctx.getState(getPositions=True, getVelocities=True)
@@ -224,6 +233,8 @@ def run_metad_2d(system, out_dir: str | Path, cfg: MetadConfig, phi_idx, psi_idx
             vel=np.asarray(st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)),
             segment=np.array(seg),
         )
+        if frames is not None:
+            state["frames"] = np.asarray(frames, dtype=np.float32).reshape(len(frames), len(pos), 3)
         _save(path, state)
     bar.close()
     atomic_write_json(out / "metad.json", {"kT_kjmol": kT, "n_build": n_build, "n_prod": n_prod})
@@ -236,6 +247,7 @@ def run_metad_2d(system, out_dir: str | Path, cfg: MetadConfig, phi_idx, psi_idx
         bias_grid=bias_grid,
         centers=state["centers"],
         heights=state["heights"],
+        frames=state.get("frames"),
     )
 
 

@@ -194,6 +194,12 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
 
     if kind == "molecule":
         rs = dict(settings["reference"])
+        method = rs.pop("method", "md")
+        if method == "metad":
+            run_metad_reference(system, ref, rs, progress)
+            return done
+        if method != "md":
+            raise ConfigError(f"reference.method: expected 'md' or 'metad', got {method!r}")
         starts = rs.pop("starts", None)
         if starts is None:
             cfg = md.MDConfig(**{"ns": 1.0, **rs})
@@ -245,6 +251,87 @@ def run_md_replicas(system: System, ref: Path, settings: dict, starts, progress:
         import shutil
 
         shutil.copy(ref / "replica0" / "topology.pdb", ref / "topology.pdb")
+
+
+#: reference settings of ``method: metad`` (the rest of MetadConfig's fields are taken as they are)
+_METAD_KEYS = {"ns", "build_ns", "save_every_ps", "temperature", "cvs", "seed"}
+
+
+def run_metad_reference(system: System, ref: Path, settings: dict, progress: bool) -> None:
+    """``reference.method: metad``: training data with Boltzmann populations from biased MD.
+
+    Well-tempered metadynamics over two of the system's CVs (``cvs``, default ``[phi, psi]``) for ``build_ns``,
+    then ``ns`` of MD under the frozen bias with a frame every ``save_every_ps`` (:func:`boltzdiff.metad.run_metad_2d`,
+    resumable, in ``reference/metad/``). Each frame's exact weight for the unbiased ensemble is exp(+V/kT);
+    the frames are resampled by these weights (systematic, as many as were saved) into
+    ``reference/positions.npy``, so the data cross the barriers the plain MD cannot and carry (up to the
+    weights' noise) the Boltzmann populations rather than those of the start structures. The raw frames and
+    their log-weights stay in ``reference/metad/`` (``frames.npy``, ``log_weights.npy``), the weights' Kish ESS
+    and the number of distinct frames kept in ``progress.json``.
+    """
+    from boltzdiff import md
+    from boltzdiff.metad import MetadConfig, reweight_log_weights, run_metad_2d
+    from boltzdiff.samplers.resampling import kish_ess, systematic_resample
+
+    known = _METAD_KEYS | (
+        set(MetadConfig.__dataclass_fields__) - {"build_ps", "prod_ps", "stride_steps", "save_positions"}
+    )
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"reference (method: metad): unknown setting(s) {unknown}; expected some of {sorted(known)}")
+    t = settings.get("temperature")
+    if t is not None and abs(float(t) - float(system.temperature)) > 1e-6:
+        raise ConfigError(
+            f"reference.temperature: metadynamics runs at the system's temperature ({system.temperature} K), "
+            f"got {t}; leave it out"
+        )
+    names = settings.get("cvs", ["phi", "psi"])
+    cv_spec = (system.spec or {}).get("cvs") or {}
+    if not (isinstance(names, list) and len(names) == 2 and all(n in cv_spec for n in names)):
+        raise ConfigError(f"reference.cvs: expected two of the system's dihedral CVs {sorted(cv_spec)}, got {names!r}")
+    idx = [cv_spec[n] for n in names]
+    if not all(isinstance(i, list) and len(i) == 4 for i in idx):
+        raise ConfigError(f"reference.cvs: {names} must be dihedrals (4 atom indices each) in system.yaml cvs")
+    rest = {k: v for k, v in settings.items() if k not in _METAD_KEYS}
+    step_fs = float(rest.get("timestep_fs", 1.0))
+    stride = round(float(settings.get("save_every_ps", 0.5)) * 1000.0 / step_fs)
+    if stride < 1:
+        raise ConfigError(
+            f"reference.save_every_ps: expected at least one time step, got {settings.get('save_every_ps')}"
+        )
+    cfg = MetadConfig(
+        **rest,
+        build_ps=1000.0 * float(settings.get("build_ns", 1.0)),
+        prod_ps=1000.0 * float(settings.get("ns", 4.0)),
+        stride_steps=stride,
+        seed=int(settings.get("seed", 0)),
+        save_positions=True,
+    )
+    res = run_metad_2d(system, ref / "metad", cfg, idx[0], idx[1], progress=progress)
+    frames = np.asarray(res["frames"], dtype=np.float32)
+    log_w = torch.as_tensor(reweight_log_weights(res["bias_kjmol"], res["kT_kjmol"]), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    pick = systematic_resample(log_w, len(frames), gen).numpy()
+    pos = frames[pick]
+    en = system.target.energy(torch.as_tensor(pos.reshape(len(pos), -1), dtype=torch.float64)).detach().cpu().numpy()
+    md._save_npy(ref / "metad" / "frames.npy", frames)
+    md._save_npy(ref / "metad" / "log_weights.npy", log_w.numpy())
+    md._write_frames(ref, pos, np.asarray(en, dtype=np.float64), system.topology)
+    atomic_write_json(
+        ref / "progress.json",
+        {
+            "settings": {
+                **dataclasses.asdict(cfg),
+                "method": "metad",
+                "cvs": names,
+                "temperature": float(system.temperature),
+            },
+            "frames": int(len(pos)),
+            "frames_distinct": int(len(np.unique(pick))),
+            "weights_ess": kish_ess(log_w),
+            "completed": True,
+        },
+    )
 
 
 def reference_starts(run_dir: Path) -> list:

@@ -134,3 +134,37 @@ def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, mo
     r = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
     assert len(r["phi"]) == 20 and np.array_equal(r["phi"][:10], kept["phi"])
     assert np.array_equal(r["heights"], kept["heights"])
+
+
+def test_saved_frames_are_the_recorded_production_frames_and_survive_a_resume(tmp_path, monkeypatch):
+    import boltzdiff.metad as metad
+    from boltzdiff.cv import ALDP_PHI, ALDP_PSI, dihedrals
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide", variant="vacuum")
+    cfg = MetadConfig(build_ps=2, prod_ps=3, stride_steps=100, segment_ps=1, seed=7, save_positions=True)
+    real_save, calls = metad._save, []
+
+    def save_then_die(path, arrays):
+        real_save(path, arrays)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(metad, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    monkeypatch.setattr(metad, "_save", real_save)
+    r = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    assert r["frames"].shape == (30, 22, 3) and r["frames"].dtype == np.float32
+    # each saved frame is the configuration whose dihedrals and bias were recorded (float32 rounding only)
+    ang = dihedrals(r["frames"], [ALDP_PHI, ALDP_PSI])
+    d = np.angle(np.exp(1j * (ang - np.stack([r["phi"], r["psi"]], 1))))
+    assert np.max(np.abs(d)) < 1e-4
+    assert len(np.unique(r["frames"][:, 0, 0])) == 30  # and the frames differ
+    # a run started without frames cannot be continued with them
+    run_metad_2d(system, tmp_path / "n", MetadConfig(build_ps=1, prod_ps=1, stride_steps=100), ALDP_PHI, ALDP_PSI,
+                 progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="save_positions"):
+        run_metad_2d(system, tmp_path / "n", MetadConfig(build_ps=1, prod_ps=1, stride_steps=100,
+                     save_positions=True), ALDP_PHI, ALDP_PSI, progress=False)  # fmt: skip

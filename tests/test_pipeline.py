@@ -391,3 +391,42 @@ def test_sample_stage_rejects_bad_strata_min_share_before_loading_anything(tmp_p
     with pytest.raises(ConfigError, match="sample.strata_min_share: expected a share"):
         stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
     assert not (tmp_path / "samples.npz").exists()
+
+
+def test_reference_by_metadynamics_resamples_the_frames_by_their_weights(tmp_path):
+    from boltzdiff.cv import dihedrals
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_reference
+    from boltzdiff.samplers.resampling import kish_ess
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide", variant="vacuum")
+    rs = {"method": "metad", "build_ns": 0.003, "ns": 0.005, "save_every_ps": 0.1, "seed": 3, "segment_ps": 2}
+    stage_reference(system, tmp_path, {"reference": rs}, progress=False)
+    ref = tmp_path / "reference"
+    pos, frames = np.load(ref / "positions.npy"), np.load(ref / "metad" / "frames.npy")
+    log_w = np.load(ref / "metad" / "log_weights.npy")
+    prog = json.loads((ref / "progress.json").read_text())
+    assert prog["completed"] and prog["frames"] == len(pos) == len(frames) == 50
+    assert abs(prog["weights_ess"] - kish_ess(torch.as_tensor(log_w))) < 1e-12 and prog["weights_ess"] < 1
+    # every training frame is one of the biased frames; systematic resampling copies frame i
+    # floor(n W_i) or ceil(n W_i) times
+    idx = [int(np.flatnonzero((frames == p).all(axis=(1, 2)))[0]) for p in pos]
+    counts = np.bincount(idx, minlength=len(frames))
+    w = np.exp(log_w - log_w.max())
+    nw = len(frames) * w / w.sum()
+    assert np.all(counts >= np.floor(nw) - 1e-9) and np.all(counts <= np.ceil(nw) + 1e-9)
+    assert prog["frames_distinct"] == int((counts > 0).sum())
+    # the energies are the target's at the training frames
+    e = system.target.energy(torch.as_tensor(pos[:5].reshape(5, -1), dtype=torch.float64)).numpy()
+    assert np.allclose(np.load(ref / "energies.npy")[:5], e)
+    assert dihedrals(pos[:1], [[4, 6, 8, 14]]).shape == (1, 1)
+    # bad settings are one-line errors naming the field
+    for bad, field in [
+        ({"method": "umbrella"}, "reference.method"),
+        ({"method": "metad", "nss": 1.0}, "unknown setting"),
+        ({"method": "metad", "temperature": 500.0}, "reference.temperature"),
+        ({"method": "metad", "cvs": ["phi", "omega"]}, "reference.cvs"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            stage_reference(system, tmp_path / "bad", {"reference": bad}, progress=False)
