@@ -559,6 +559,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             n_target_evals=sum(d["n_target_evals"] for d in summaries),
             n_nonfinite=sum(d["n_nonfinite"] for d in summaries),
             n_bridge=max(d["n_bridge"] for d in summaries),
+            n_lineages=min(int(d.get("n_lineages", d["n"])) for d in summaries),
             runs=[dict(d, ess_final_step=float(res.ess_trace[-1])) for d, res in zip(summaries, results)],
         )
 

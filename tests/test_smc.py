@@ -504,3 +504,30 @@ def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):
     assert r.killed_trace == sorted(r.killed_trace) and r.killed_trace[-1] == r.n_nonfinite
     s = r.summary()
     assert s["log_Z_trace"][-1] == pytest.approx(r.log_Z, abs=1e-4) and s["killed_trace"][-1] == r.n_nonfinite
+
+
+def test_distinct_ancestors_follow_the_genealogy_back():
+    from boltzdiff.samplers.smc import distinct_ancestors
+
+    # 6 particles; step 3: everyone copies particle 2 or 4; step 7: the survivors reshuffle among themselves
+    parents = [(3, torch.tensor([2, 2, 4, 4, 4, 2])), (7, torch.tensor([0, 1, 1, 5, 5, 5]))]
+    # final 0..5 <- {0, 1, 5} at step 7 <- {2} (0, 1, 5 all copy 2) at step 3
+    assert distinct_ancestors(parents, 6) == [[3, 1], [7, 3]]
+    assert distinct_ancestors([], 6) == []
+    # with a resampling that keeps everyone, nothing coalesces
+    assert distinct_ancestors([(0, torch.arange(5))], 5) == [[0, 5]]
+
+
+def test_smc_reports_the_lineages_its_particles_rest_on():
+    """Resampling at every step of a long SMC on an exact mixture energy: lineages only ever coalesce going
+    back, and the summary's n_lineages is the oldest count."""
+    gmm = GaussianMixture([0.5, 0.5], [[-2.0], [2.0]], [0.3, 0.3])
+    res = smc(ExactMixtureEnergy(gmm, make_grid(VPSchedule(), 32)), 500, generator=torch.Generator().manual_seed(0),
+              ess_threshold=1.0)  # fmt: skip
+    assert res.n_resample == len(res.ancestors) > 10
+    k = [c for _, c in res.ancestors]
+    assert all(a <= b for a, b in zip(k, k[1:])) and 1 <= k[0] < 500 and k[-1] <= 500
+    steps = [s for s, _ in res.ancestors]
+    assert steps == sorted(steps) and steps[-1] < len(res.ess_trace)
+    summ = res.summary()
+    assert summ["n_lineages"] == k[0] and summ["ancestors"] == res.ancestors

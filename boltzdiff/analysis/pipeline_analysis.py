@@ -99,6 +99,13 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         ess_min=summ.get("ess_min"),
         n_resample=summ.get("n_resample"),
         n_bridge=summ.get("n_bridge"),
+        # how many distinct particles at the first resampling the final ones descend from (the fewest of the
+        # SMC runs); what a quantity decided at the noisy levels, like a basin's mass, rests on
+        n_lineages=(
+            min(int(r["n_lineages"]) for r in summ["runs"])
+            if summ.get("runs") and all("n_lineages" in r for r in summ["runs"])
+            else summ.get("n_lineages")
+        ),
     )
     train_summary = out / "train" / "train_summary.json"
     if train_summary.exists():

@@ -86,6 +86,10 @@ class SMCResult:
         estimate jumps.
     killed_trace : list of int
         Particle events killed by non-finite energies so far, after each reweighting.
+    ancestors : list of [int, int]
+        The final particles' genealogy: per resampling (oldest first), its step (index into ``ess_trace``) and
+        how many distinct particles of that moment the final ones descend from
+        (:func:`boltzdiff.samplers.smc.distinct_ancestors`).
     """
 
     x: torch.Tensor
@@ -105,6 +109,7 @@ class SMCResult:
     wall_s: float = 0.0
     log_Z_trace: list[float] = field(default_factory=list)
     killed_trace: list[int] = field(default_factory=list)
+    ancestors: list[list[int]] = field(default_factory=list)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -129,4 +134,6 @@ class SMCResult:
             wall_s=float(self.wall_s),
             log_Z_trace=[round(float(v), 4) for v in self.log_Z_trace],
             killed_trace=[int(v) for v in self.killed_trace],
+            ancestors=[[int(a), int(b)] for a, b in self.ancestors],
+            n_lineages=int(self.ancestors[0][1]) if self.ancestors else int(self.x.shape[0]),
         )

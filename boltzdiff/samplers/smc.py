@@ -88,6 +88,8 @@ class _Run:
         #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
         self.strata = None
         self.strata_min_share = 0.0
+        #: (step in ess_trace, ancestor indices) of every resampling, for :func:`distinct_ancestors`
+        self.parents: list[tuple[int, torch.Tensor]] = []
 
     def reweight(self, p: _Particles, inc: torch.Tensor, where: str):
         alive = torch.isfinite(p.log_w)
@@ -113,6 +115,7 @@ class _Run:
                     p.log_w, self.strata(p.x), self.resample_fn, self.generator, min_share=self.strata_min_share
                 )
                 p.take(idx.to(p.x.device), lw)
+            self.parents.append((len(self.ess_trace) - 1, idx.detach().cpu().long()))
             self.n_resample += 1
 
     def log_Z(self, p: _Particles) -> float:
@@ -125,6 +128,24 @@ class _Run:
         r = run_mcmc(density, p.x, cfg, self.generator, state=p.state, scale=scale, alive=alive)
         p.x, p.state = r.x, r.state
         self.acc_trace.extend(r.acceptance_trace)
+
+
+def distinct_ancestors(parents: list[tuple[int, torch.Tensor]], n_final: int) -> list[list[int]]:
+    """The genealogy of the final particles: ``[[step, k], ...]``, one entry per resampling (oldest first), with
+    ``k`` the number of distinct particles, just before that resampling, that the ``n_final`` final particles
+    descend from. ``parents``: ``(step, idx)`` per resampling, ``idx[i]`` the parent of new particle ``i``.
+
+    Weights say how well a single step's particles cover the next density; this says how many independent
+    lineages the final population rests on. A quantity decided at a noisy level (which basin a molecule
+    ends in) can be no better resolved than by the lineages that level passes on: with ``k = 5``, a run's
+    basin masses are five draws, however many particles there are and whatever the final ESS.
+    """
+    cur = torch.arange(int(n_final))
+    out = []
+    for step, idx in reversed(parents):
+        cur = torch.unique(idx[cur])
+        out.append([int(step), int(cur.numel())])
+    return out[::-1]
 
 
 def conditional_ess(log_w: torch.Tensor, log_inc: torch.Tensor) -> float:
@@ -363,6 +384,7 @@ def smc(
         acceptance_trace=run.acc_trace,
         log_Z_trace=run.log_Z_trace,
         killed_trace=run.killed_trace,
+        ancestors=distinct_ancestors(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
     )
