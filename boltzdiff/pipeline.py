@@ -446,6 +446,7 @@ class _FinishedRun:
     log_w: torch.Tensor
     summary: dict
     ess_trace: torch.Tensor
+    lineage: torch.Tensor | None = None  # None in runs checkpointed before lineages were recorded
 
 
 def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed: int):
@@ -529,6 +530,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             log_w=res.log_w.detach().double().cpu(),
             summary=res.summary(),
             ess_trace=res.ess_trace.detach().cpu(),
+            lineage=None if res.lineage is None else res.lineage.cpu(),
         )
         if n_runs > 1:
             atomic_save(part, lambda p, d=done: torch.save(dict(tag=tag, result=vars(d)), p))
@@ -566,6 +568,9 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     def save(p):
         with open(p, "wb") as fh:
             extra = dict(run=run_of) if n_runs > 1 else {}
+            if all(res.lineage is not None for res in results):  # distinct labels across runs
+                m = n // n_runs
+                extra["lineage"] = np.concatenate([res.lineage.numpy() + k * m for k, res in enumerate(results)])
             np.savez(fh, x=x.numpy(), log_w=log_w.numpy(), **extra)
 
     atomic_save(f, save)

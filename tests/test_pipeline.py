@@ -190,6 +190,11 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
     with np.load(out / "samples.npz") as z:
         assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32
+        # lineage labels are distinct across the runs, and each run's labels number its own lineages
+        lin = z["lineage"]
+        assert set(lin[:16]).isdisjoint(lin[16:]) and lin[:16].max() < 16 <= lin[16:].min()
+        assert [np.unique(lin[:16]).size, np.unique(lin[16:]).size] == [r["n_lineages"] for r in smc["runs"]]
+    assert res["n_lineages"] == min(r["n_lineages"] for r in smc["runs"])
     assert res["delta_f_se_method"] == "jackknife over 2 independent SMC runs"
     assert len(res["delta_f_runs_kT"]) == 2
     for key in (

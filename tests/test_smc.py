@@ -516,6 +516,11 @@ def test_distinct_ancestors_follow_the_genealogy_back():
     assert distinct_ancestors([], 6) == []
     # with a resampling that keeps everyone, nothing coalesces
     assert distinct_ancestors([(0, torch.arange(5))], 5) == [[0, 5]]
+    from boltzdiff.samplers.smc import lineage_labels
+
+    assert lineage_labels(parents, 6).tolist() == [2, 2, 2, 2, 2, 2]
+    assert lineage_labels([(3, torch.tensor([2, 2, 4, 4, 4, 2]))], 6).tolist() == [2, 2, 4, 4, 4, 2]
+    assert lineage_labels([], 4).tolist() == [0, 1, 2, 3]
 
 
 def test_smc_reports_the_lineages_its_particles_rest_on():
@@ -531,3 +536,5 @@ def test_smc_reports_the_lineages_its_particles_rest_on():
     assert steps == sorted(steps) and steps[-1] < len(res.ess_trace)
     summ = res.summary()
     assert summ["n_lineages"] == k[0] and summ["ancestors"] == res.ancestors
+    # each particle's lineage label is its ancestor at the first resampling
+    assert res.lineage.shape == (500,) and torch.unique(res.lineage).numel() == k[0]

@@ -412,9 +412,14 @@ def _df(in_a: np.ndarray, w: np.ndarray) -> float:
 
 
 def two_state_delta_f(
-    in_a_n, log_w_n=None, n_bootstrap: int = 200, rng: RngLike = None, block_length: int | None = None
+    in_a_n,
+    log_w_n=None,
+    n_bootstrap: int = 200,
+    rng: RngLike = None,
+    block_length: int | None = None,
+    clusters=None,
 ) -> DeltaF:
-    """ΔF (kT) between state A (``in_a_n`` True) and the rest, with a (block) bootstrap standard error.
+    """ΔF (kT) between state A (``in_a_n`` True) and the rest, with a (block or cluster) bootstrap standard error.
 
     Parameters
     ----------
@@ -424,12 +429,28 @@ def two_state_delta_f(
     rng : numpy Generator, int seed or None
     block_length : int or None
         Circular block bootstrap for correlated, time-ordered samples (e.g. MD).
+    clusters : (n,) int array-like or None
+        Cluster bootstrap: whole clusters are drawn with replacement (as many as there are), each bringing
+        all its samples and weights. For SMC particles pass their lineages (``samples.npz`` ``lineage``):
+        resampled copies of one ancestor are one draw, and their weights move together.
     """
     in_a = np.asarray(in_a_n, dtype=bool).reshape(-1)
     w = _weights(in_a.size, log_w_n)
     est = _df(in_a, w)
     reps = np.array([])
-    if n_bootstrap > 0:
+    if n_bootstrap > 0 and clusters is not None:
+        lab = np.unique(np.asarray(clusters).reshape(-1), return_inverse=True)[1].reshape(-1)
+        if lab.size != in_a.size:
+            raise ValueError(f"clusters: expected {in_a.size} labels, got {lab.size}")
+        nc = int(lab.max()) + 1
+        wa_c = np.bincount(lab, weights=np.where(in_a, w, 0.0), minlength=nc)
+        wt_c = np.bincount(lab, weights=w, minlength=nc)
+        counts = _rng(rng).multinomial(nc, np.full(nc, 1.0 / nc), size=n_bootstrap)
+        pa, pt = counts @ wa_c, counts @ wt_c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps = -np.log(pa / (pt - pa))
+        reps = reps[np.isfinite(reps)]
+    elif n_bootstrap > 0:
         boot = bootstrap_indices(in_a.size, n_bootstrap, rng, block_length)
         wa = np.where(in_a, w, 0.0)
         pa = wa[boot].sum(1)
@@ -449,13 +470,14 @@ def delta_f_phi(
     n_bootstrap: int = 200,
     rng: RngLike = None,
     block_length: int | None = None,
+    clusters=None,
 ) -> DeltaF:
     """ΔF (kT) between the basin ``lo < phi < hi`` (default: the alanine-dipeptide phi > 0 basin,
     0 < phi < 2 rad) and the rest: ``ΔF = -ln[P(lo < phi < hi) / P(elsewhere)]`` (METHOD.md §6).
-    ``phi_n: (n,)`` in radians, wrapped to ``[-pi, pi)`` first.
+    ``phi_n: (n,)`` in radians, wrapped to ``[-pi, pi)`` first; ``clusters``: see :func:`two_state_delta_f`.
     """
     phi = wrap_angle(phi_n).reshape(-1)
-    return two_state_delta_f((phi > lo) & (phi < hi), log_w_n, n_bootstrap, rng, block_length)
+    return two_state_delta_f((phi > lo) & (phi < hi), log_w_n, n_bootstrap, rng, block_length, clusters)
 
 
 # --------------------------------------------------------------------------------------------------

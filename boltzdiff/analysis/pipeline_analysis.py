@@ -194,7 +194,16 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         if kind == "molecule":
             res.update(
                 _molecule(
-                    system, out, x, log_w, ref_x, n_bootstrap, figs, same_ensemble=not (hot or seeded), run_of=run_of
+                    system,
+                    out,
+                    x,
+                    log_w,
+                    ref_x,
+                    n_bootstrap,
+                    figs,
+                    same_ensemble=not (hot or seeded),
+                    run_of=run_of,
+                    lineage=_lineage(out),
                 )
             )
         else:
@@ -217,6 +226,12 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     return res
 
 
+def _lineage(out: Path) -> np.ndarray | None:
+    """The SMC lineage label of each particle (``samples.npz`` ``lineage``), or None for older runs."""
+    with np.load(out / "samples.npz") as z:
+        return np.asarray(z["lineage"]) if "lineage" in z.files else None
+
+
 def _molecule(
     system,
     out: Path,
@@ -227,6 +242,7 @@ def _molecule(
     figs: list,
     same_ensemble: bool = True,
     run_of: np.ndarray | None = None,
+    lineage: np.ndarray | None = None,
 ) -> dict:
     """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
     still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it."""
@@ -254,6 +270,15 @@ def _molecule(
     rng = np.random.default_rng(0)
     df = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng)
     r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se), delta_f_se_method="bootstrap over particles")
+    if lineage is not None and len(lineage) == len(phi):
+        # resampled copies of one ancestor are not independent: draw whole SMC lineages (the particle
+        # bootstrap's SE was 5-25x below the spread of independent runs, benchmarks/RESULTS.md)
+        dl = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng, clusters=lineage)
+        r.update(
+            delta_f_se_kT=float(dl.se),
+            delta_f_se_particles_kT=float(df.se),
+            delta_f_se_method=f"bootstrap over {np.unique(lineage).size} SMC lineages",
+        )
     if run_of is not None and np.unique(run_of).size > 1:
         # resampled SMC particles are not independent and their weights are heavy-tailed: the particle
         # bootstrap understated the spread between independent SMC runs ~5x (benchmarks/RESULTS.md), so the

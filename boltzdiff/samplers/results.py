@@ -90,6 +90,9 @@ class SMCResult:
         The final particles' genealogy: per resampling (oldest first), its step (index into ``ess_trace``) and
         how many distinct particles of that moment the final ones descend from
         (:func:`boltzdiff.samplers.smc.distinct_ancestors`).
+    lineage : (n,) long tensor or None
+        Each final particle's ancestor just before the first resampling
+        (:func:`~boltzdiff.samplers.smc.lineage_labels`).
     """
 
     x: torch.Tensor
@@ -110,6 +113,7 @@ class SMCResult:
     log_Z_trace: list[float] = field(default_factory=list)
     killed_trace: list[int] = field(default_factory=list)
     ancestors: list[list[int]] = field(default_factory=list)
+    lineage: torch.Tensor | None = None
 
     @property
     def weights(self) -> torch.Tensor:

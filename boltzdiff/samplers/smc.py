@@ -148,6 +148,16 @@ def distinct_ancestors(parents: list[tuple[int, torch.Tensor]], n_final: int) ->
     return out[::-1]
 
 
+def lineage_labels(parents: list[tuple[int, torch.Tensor]], n_final: int) -> torch.Tensor:
+    """For each final particle, the index of its ancestor just before the first resampling ``(n_final,)``
+    (``arange`` without resampling): particles sharing a label are copies of one lineage, not independent draws
+    (the clusters of :func:`boltzdiff.analysis.free_energy.two_state_delta_f`'s lineage bootstrap)."""
+    cur = torch.arange(int(n_final))
+    for _, idx in reversed(parents):
+        cur = idx[cur]
+    return cur
+
+
 def conditional_ess(log_w: torch.Tensor, log_inc: torch.Tensor) -> float:
     """Conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` (in (0, 1]) of incremental weights
     ``w = exp(log_inc)`` under the current normalised weights ``W`` (Zhou, Johansen & Aston 2016); particles
@@ -385,6 +395,7 @@ def smc(
         log_Z_trace=run.log_Z_trace,
         killed_trace=run.killed_trace,
         ancestors=distinct_ancestors(run.parents, p.x.shape[0]),
+        lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
     )
