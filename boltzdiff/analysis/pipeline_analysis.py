@@ -272,7 +272,7 @@ def _molecule(
     r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se), delta_f_se_method="bootstrap over particles")
     if lineage is not None and len(lineage) == len(phi):
         # resampled copies of one ancestor are not independent: draw whole SMC lineages (the particle
-        # bootstrap's SE was 5-25x below the spread of independent runs, benchmarks/RESULTS.md)
+        # bootstrap's SE was 7-25x below the spread of independent runs, benchmarks/RESULTS.md "Session 10")
         dl = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng, clusters=lineage)
         r.update(
             delta_f_se_kT=float(dl.se),
