@@ -90,6 +90,9 @@ class SMCResult:
         The final particles' genealogy: per resampling (oldest first), its step (index into ``ess_trace``) and
         how many distinct particles of that moment the final ones descend from
         (:func:`boltzdiff.samplers.smc.distinct_ancestors`).
+    inc_sd_trace : list of float
+        Standard deviation of each step's log-weight increments over the live particles (steps as in
+        ``ess_trace``): which levels (or bridge steps) spread the weights, and so coalesce the lineages.
     lineage : (n,) long tensor or None
         Each final particle's ancestor just before the first resampling
         (:func:`~boltzdiff.samplers.smc.lineage_labels`).
@@ -114,6 +117,7 @@ class SMCResult:
     killed_trace: list[int] = field(default_factory=list)
     ancestors: list[list[int]] = field(default_factory=list)
     lineage: torch.Tensor | None = None
+    inc_sd_trace: list[float] = field(default_factory=list)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -139,5 +143,6 @@ class SMCResult:
             log_Z_trace=[round(float(v), 4) for v in self.log_Z_trace],
             killed_trace=[int(v) for v in self.killed_trace],
             ancestors=[[int(a), int(b)] for a, b in self.ancestors],
+            inc_sd_trace=[round(float(v), 4) for v in self.inc_sd_trace],
             n_lineages=int(self.ancestors[0][1]) if self.ancestors else int(self.x.shape[0]),
         )

@@ -83,6 +83,7 @@ class _Run:
         self.ess_trace: list[float] = []
         self.log_Z_trace: list[float] = []  # running log Z estimate after each reweighting
         self.killed_trace: list[int] = []  # particle events killed so far, after each reweighting
+        self.inc_sd_trace: list[float] = []  # SD of the log-weight increments over the live particles, per step
         self.acc_trace: list[float] = []
         self.progress = progress
         #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
@@ -94,6 +95,8 @@ class _Run:
     def reweight(self, p: _Particles, inc: torch.Tensor, where: str):
         alive = torch.isfinite(p.log_w)
         ok = torch.isfinite(inc)
+        live = inc[alive & ok]
+        self.inc_sd_trace.append(float(live.std()) if live.numel() > 1 else 0.0)
         self.n_nonfinite += int((alive & ~ok).sum())
         p.log_w = torch.where(alive & ok, p.log_w + torch.nan_to_num(inc, nan=0.0), torch.full_like(p.log_w, -math.inf))
         if not torch.isfinite(p.log_w).any():
@@ -395,6 +398,7 @@ def smc(
         log_Z_trace=run.log_Z_trace,
         killed_trace=run.killed_trace,
         ancestors=distinct_ancestors(run.parents, p.x.shape[0]),
+        inc_sd_trace=run.inc_sd_trace,
         lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
