@@ -39,6 +39,7 @@ PRESETS: dict[str, dict] = {
         "sample": {
             "n": 2000,
             "levels": None,
+            "kernel_variance": "fisher",
             "mcmc_steps": 0,
             "n_bridge": 16,
             "bridge_cess": None,
@@ -53,6 +54,7 @@ PRESETS: dict[str, dict] = {
         "sample": {
             "n": 5000,
             "levels": None,
+            "kernel_variance": "fisher",
             "mcmc_steps": 2,
             "n_bridge": 32,
             "bridge_cess": None,
@@ -484,6 +486,12 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             f"sample.strata_min_share: expected a share of the particles in [0, 1] (with sample.bridge_strata) or "
             f"null, got {min_share!r}"
         )
+    kv = s.get("kernel_variance", "fisher")
+    if kv not in ("fisher", "matrix", "model"):
+        raise ConfigError(f"sample.kernel_variance: expected 'fisher', 'matrix' or 'model', got {kv!r}")
+    # particles whose energy is rotation-invariant: the matrix kernel follows each one's orientation
+    shape = system.target.event_shape
+    particles = tuple(int(v) for v in shape) if kv == "matrix" and len(shape) == 2 else None
     run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
@@ -514,6 +522,8 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             n // n_runs,
             generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
             levels=s.get("levels"),
+            kernel_variance=kv,
+            particles=particles,
             mcmc=copy.deepcopy(mcmc),
             target=target,
             n_bridge=int(s.get("n_bridge", 16)),

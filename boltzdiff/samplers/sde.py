@@ -148,13 +148,171 @@ def fisher_level_variances(grid, level: int, score: torch.Tensor, log_w: torch.T
 
 @dataclass
 class ReverseMove:
-    """A Gaussian reverse move ``x_k ~ N(mean, std^2 I)`` from level ``l`` and the backward (noising) kernel
-    ``L(x_l | x_k) = N(a x_k, s_back^2 I)`` its importance weight uses. ``mean: (B, d)``; scalars float64."""
+    """A Gaussian reverse move from level ``l`` and the backward (noising) kernel ``L(x_l | x_k) = N(a x_k,
+    s_back^2 I)`` its importance weight uses. ``mean: (B, d)``; ``a``, ``s_back`` scalars float64.
+
+    Isotropic (``basis`` None): ``x_k ~ N(mean, std^2 I)`` with ``std`` a float64 scalar. Anisotropic
+    (:func:`matrix_move`): ``x_k = mean + F(U diag(std) eps)`` with ``basis = U`` ``(d, d)`` orthonormal,
+    ``std: (d,)`` and ``F`` the map from the kernel's frame to each particle's own: the identity, or with
+    ``rot: (B, m, m)`` (particles of ``m`` coordinates) ``y -> y @ rot`` per particle (rotations leave the
+    density's normaliser unchanged).
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
     a: torch.Tensor
     s_back: torch.Tensor
+    basis: torch.Tensor | None = None
+    rot: torch.Tensor | None = None
+
+    def sample(self, eps: torch.Tensor) -> torch.Tensor:
+        """The move for standard-normal ``eps: (B, d)`` (float64), in the dtype of ``mean``."""
+        if self.basis is None:
+            return self.mean + self.std.to(self.mean) * eps.to(self.mean)
+        y = (eps.to(self.basis) * self.std) @ self.basis.T
+        return self.mean + self._from_frame(y).to(self.mean)
+
+    def log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """``log M(x | x_l)`` per row, float64 ``(B,)``."""
+        if self.basis is None:
+            return gaussian_log_density(x, self.mean, self.std)
+        r = self._to_frame(x.double() - self.mean.double())
+        z = (r @ self.basis) / self.std
+        return -0.5 * (z**2).sum(-1) - torch.log(self.std).sum() - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+    def _from_frame(self, y: torch.Tensor) -> torch.Tensor:
+        if self.rot is None:
+            return y
+        m = self.rot.shape[-1]
+        return (y.reshape(y.shape[0], -1, m) @ self.rot).reshape(y.shape)
+
+    def _to_frame(self, y: torch.Tensor) -> torch.Tensor:
+        if self.rot is None:
+            return y
+        m = self.rot.shape[-1]
+        return (y.reshape(y.shape[0], -1, m) @ self.rot.transpose(-1, -2)).reshape(y.shape)
+
+
+def particle_frames(x: torch.Tensor, log_w: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Per-particle rotations ``(B, m, m)`` float64 into a common frame: each configuration of ``x: (B, n * m)``
+    is Kabsch-aligned (proper rotation about its centroid) to a reference, the weighted mean of all of them
+    aligned to the heaviest one. Configuration ``i`` in that frame is ``(x_i - c_i) @ rot_i.T``."""
+    from boltzdiff.geometry import kabsch
+
+    n_at, m = shape
+    xs = x.double().reshape(x.shape[0], n_at, m)
+    xs = xs - xs.mean(1, keepdim=True)
+    ok = torch.isfinite(log_w) & torch.isfinite(xs).flatten(1).all(-1)
+    xs = torch.where(ok[:, None, None], xs, torch.zeros_like(xs))
+    W = torch.softmax(torch.where(ok, log_w.double(), torch.full_like(log_w.double(), -math.inf)), 0)
+    ref = xs[int(torch.argmax(W))]
+    for _ in range(2):  # align to the reference, then to the weighted mean of the aligned configurations
+        rot, _ = kabsch(xs, ref)
+        ref = (W[:, None, None] * (xs @ rot.transpose(-1, -2))).sum(0)
+    rot, _ = kabsch(xs, ref)
+    return rot
+
+
+def shrunk_second_moment(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Weighted second moment ``S = sum_i W_i v_i v_i^T`` of ``v: (B, d)`` (weights ``W`` sum to 1), shrunk
+    towards ``mu I`` (``mu = tr S / d``) by the Ledoit-Wolf coefficient ``min(1, b^2 / c^2)``: ``c^2 =
+    |S - mu I|_F^2`` is how anisotropic ``S`` looks and ``b^2 = sum_i W_i^2 |v_i v_i^T - S|_F^2`` the sampling
+    noise of ``S`` (for equal weights, Ledoit & Wolf 2004). An isotropic truth is kept isotropic; a strongly
+    anisotropic one, estimated from enough particles, is barely shrunk. ``(d, d)`` float64."""
+    v = v.double()
+    W = W.double()
+    d = v.shape[1]
+    S = (W[:, None] * v).T @ v
+    mu = torch.trace(S) / d
+    eye = torch.eye(d, dtype=S.dtype, device=S.device)
+    c2 = ((S - mu * eye) ** 2).sum()
+    n2 = (v * v).sum(-1)
+    b2 = (W**2 * (n2**2 - 2 * ((v @ S) * v).sum(-1) + (S * S).sum())).sum()
+    gam = 1.0 if float(c2) <= 0 else min(1.0, float(b2 / c2))
+    return (1 - gam) * S + gam * mu * eye
+
+
+def fisher_curvature(score: torch.Tensor, log_w: torch.Tensor | None = None) -> torch.Tensor:
+    """The level's mean curvature ``E[-Hess log q] = E[score score^T]`` (Fisher identity), estimated from the
+    weighted particles' scores ``(B, d)`` and Ledoit-Wolf shrunk (:func:`shrunk_second_moment`); ``(d, d)``
+    float64. Particles with a non-finite score or weight are ignored."""
+    if log_w is None:
+        log_w = torch.zeros(score.shape[0], dtype=torch.float64, device=score.device)
+    ok = torch.isfinite(log_w) & torch.isfinite(score).all(-1)
+    W = torch.softmax(torch.where(ok, log_w.double(), torch.full_like(log_w.double(), -math.inf)), 0)
+    return shrunk_second_moment(torch.nan_to_num(score.double()), W)
+
+
+def level_hessians(model, level: int, x: torch.Tensor) -> torch.Tensor:
+    """Hessians ``(B, d, d)`` float64 of the level energy ``E(x, t_level)`` at ``x: (B, d)`` (``d`` backward
+    passes through the score, batched where autograd allows it)."""
+    d = x.shape[1]
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.energy(xr, level).sum(), xr, create_graph=True)
+        try:
+            eye = torch.eye(d, dtype=g.dtype, device=g.device)[:, None, :].expand(d, *g.shape)
+            (rows,) = torch.autograd.grad(g, xr, grad_outputs=eye, is_grads_batched=True)
+            rows = rows.transpose(0, 1)
+        except RuntimeError:  # an operation without a batching rule: one pass per coordinate
+            rows = torch.stack([torch.autograd.grad(g[:, j].sum(), xr, retain_graph=True)[0] for j in range(d)], 1)
+    return rows.detach().double()
+
+
+def hessian_curvature(
+    model, level: int, x: torch.Tensor, log_w: torch.Tensor, rot: torch.Tensor, k: int, generator=None
+) -> torch.Tensor:
+    """The level's mean curvature in the particles' common frame: the Hessians of ``E(., t_level)`` at ``k``
+    particles drawn by weight (systematic), each rotated into the frame by its ``rot`` (``(B, m, m)``, see
+    :func:`particle_frames`), averaged; ``(d, d)`` float64.
+
+    For particles the Fisher matrix of aligned scores is biased: the alignment picks, for each noisy
+    configuration, the rotation that best matches the reference, which correlates the rotated score with the
+    reference and fakes a stiff direction along it. A Hessian at a configuration does not depend on how the
+    configuration was picked (``H(R x) = R H(x) R^T`` for a rotation-invariant energy)."""
+    from boltzdiff.samplers.resampling import systematic_resample
+
+    ok = torch.isfinite(log_w) & torch.isfinite(x).all(-1)
+    lw = torch.where(ok, log_w.double(), torch.full_like(log_w.double(), -math.inf))
+    idx = systematic_resample(lw, int(k), generator=generator).to(x.device)
+    H = level_hessians(model, level, x[idx])
+    m = rot.shape[-1]
+    P = torch.stack([torch.block_diag(*[r] * (x.shape[1] // m)) for r in rot[idx].double()])
+    Hf = P @ H @ P.transpose(-1, -2)
+    Hf = torch.nan_to_num(Hf.mean(0))
+    return 0.5 * (Hf + Hf.T)
+
+
+def matrix_move(
+    grid,
+    i_to: int,
+    i_from: int,
+    x: torch.Tensor,
+    score: torch.Tensor,
+    curvature: torch.Tensor,
+    rot: torch.Tensor | None = None,
+) -> ReverseMove:
+    """Reverse move from level ``i_from`` (l) to ``i_to`` (k) with a full covariance from the level's curvature.
+
+    For Gaussian levels, ``x_l = a x_k + s eps`` and ``Cov(x_l) = Sigma_l``, the exact posterior is
+    ``x_k | x_l ~ N((x_l + s^2 score) / a, (s^2 / a^2)(I - s^2 Sigma_l^-1))``. ``curvature`` ``(d, d)`` stands
+    in for ``Sigma_l^-1`` (:func:`fisher_curvature`, :func:`hessian_curvature`; negative eigenvalues count as
+    0), so every principal direction gets its own variance: stiff ones (bonds, whose noised width is ~sigma_l)
+    shrink by ``~sigma_k^2 / sigma_l^2`` while soft ones (torsions, rotations) keep ``s^2 / a^2``. The
+    isotropic ``"gaussian"`` kernel must compromise between them, which costs log-weight variance in every
+    step where the two differ.
+
+    ``rot`` ``(B, m, m)``: the curvature is in a common frame of particles of ``m`` coordinates and each
+    particle's covariance is rotated into its own orientation (:func:`particle_frames`). The backward kernel
+    is the grid's noising transition; any curvature keeps the weights exact.
+    """
+    a, s = grid.transition_coeffs(i_to, i_from)
+    a, s = a.double(), s.double()
+    lam, basis = torch.linalg.eigh(curvature.double())
+    shrink = torch.clamp(1.0 - s**2 * torch.clamp(lam, min=0.0), min=1e-6, max=1.0)
+    std = (s / a) * torch.sqrt(shrink)
+    mean = (x + (s**2).to(x) * score) / a.to(x)
+    return ReverseMove(mean, std, a, s, basis=basis.to(x.device), rot=rot)
 
 
 def reverse_kernel(

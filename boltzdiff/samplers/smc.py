@@ -44,10 +44,14 @@ from boltzdiff.samplers.resampling import RESAMPLERS, kish_ess, stratified_resam
 from boltzdiff.samplers.results import SMCResult
 from boltzdiff.samplers.sde import (
     _progress,
+    fisher_curvature,
     fisher_level_variances,
     gaussian_log_density,
+    hessian_curvature,
     initial_particles,
     level_variances,
+    matrix_move,
+    particle_frames,
     resolve_levels,
     reverse_kernel,
 )
@@ -204,6 +208,8 @@ def smc(
     ess_threshold: float = 0.3,
     resampler: str = "systematic",
     kernel_variance: str = "fisher",
+    particles: tuple[int, int] | None = None,
+    hessian_samples: int = 16,
     mcmc: MCMCConfig | None = None,
     target=None,
     n_bridge: int = 16,
@@ -232,13 +238,25 @@ def smc(
     ess_threshold : float
         Resample when the normalised ESS falls below it (0 never, 1 always).
     resampler : {"systematic", "multinomial"}
-    kernel_variance : {"fisher", "model"}
-        Level variances of the ``"gaussian"`` kernel (default ``"fisher"``): ``"model"``, the model's Gaussian
+    kernel_variance : {"fisher", "matrix", "model"}
+        Level variances of the ``"gaussian"`` kernel (default ``"fisher"``). ``"matrix"``: a full covariance
+        per step (:func:`~boltzdiff.samplers.sde.matrix_move`), the Gaussian posterior for the level's mean
+        curvature, so stiff and soft directions each get their own variance (for molecules, whose bonds and
+        torsions differ by orders of magnitude, the isotropic kernels lose several units of log-weight variance
+        between sigma ~ 0.25 nm and the bond scale). The curvature is the weighted particles' Fisher matrix, or
+        with ``particles`` the mean Hessian of ``hessian_samples`` particles in a common frame (each costs
+        ``d`` more evaluations per step, counted). ``"model"``, the model's Gaussian
         approximation (``alpha^2 v_data + sigma^2`` with the model's ``sigma_data``, or a composition's own),
         or ``"fisher"``: at each step
         ``v_data`` is re-estimated from the weighted particles' scores, ``V_l = d / E_W[|score|^2]`` (exact
         for a Gaussian), which follows the local curvature of multi-modal levels (the global ``sigma_data``
         includes the spread between modes). The backward kernel stays the model's noising transition.
+    particles : (n, m), optional
+        With ``"matrix"``: ``x`` holds ``n`` particles in ``m`` dimensions whose energy is invariant to
+        rotations; the curvature is then taken in a common Kabsch-aligned frame and rotated into each
+        particle's orientation.
+    hessian_samples : int
+        With ``"matrix"`` and ``particles``: how many particles' Hessians make each step's curvature.
     mcmc : MCMCConfig, optional
         Rejuvenation at every level (targeting ``q_k``); ``n_steps = 0`` or None for none. Its step size is
         relative to the level's variance and adapted (the config is copied, not modified).
@@ -283,8 +301,12 @@ def smc(
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ConfigError(f"ess_threshold: expected a number in [0, 1], got {ess_threshold}")
-    if kernel_variance not in ("model", "fisher"):
-        raise ConfigError(f"kernel_variance: expected 'model' or 'fisher', got {kernel_variance!r}")
+    if kernel_variance not in ("model", "fisher", "matrix"):
+        raise ConfigError(f"kernel_variance: expected 'fisher', 'matrix' or 'model', got {kernel_variance!r}")
+    if int(hessian_samples) < 1:
+        raise ConfigError(f"hessian_samples: expected an integer >= 1, got {hessian_samples}")
+    if particles is not None and (len(particles) != 2 or int(particles[0]) * int(particles[1]) != model.dim):
+        raise ConfigError(f"particles: expected (n, m) with n * m = {model.dim}, got {particles}")
     if resampler not in RESAMPLERS:
         raise ConfigError(f"resampler: expected one of {sorted(RESAMPLERS)}, got {resampler!r}")
     if target is not None and int(getattr(target, "dim", model.dim)) != model.dim:
@@ -310,6 +332,8 @@ def smc(
     variances = level_variances(model)
     # a composition (not a diffusion) supplies its own level variances; its backward kernel follows them
     own_path = hasattr(model, "level_variances")
+    if kernel_variance == "matrix" and (own_path or kernel != "gaussian"):
+        raise ConfigError("kernel_variance: 'matrix' needs kernel 'gaussian' and a diffusion model (not a composition)")
 
     # -- start at the noisiest level ----------------------------------------------------------------------
     top = lv[-1]
@@ -324,10 +348,19 @@ def smc(
         i_from, i_to = lv[j], lv[j - 1]
         if kernel_variance == "fisher" and not own_path:
             variances = _fisher_variances(grid, i_to, i_from, p)
-        mv = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, variances)
-        eps = torch.randn(p.x.shape, generator=generator, dtype=torch.float64).to(p.x)
-        x_new = mv.mean + mv.std.to(p.x) * eps
-        log_m = gaussian_log_density(x_new, mv.mean, mv.std)
+        if kernel_variance == "matrix":
+            if particles is None:
+                mv = matrix_move(grid, i_to, i_from, p.x, p.state.grad, fisher_curvature(p.state.grad, p.log_w))
+            else:
+                rot = particle_frames(p.x, p.log_w, particles)
+                curv = hessian_curvature(model, i_from, p.x, p.log_w, rot, hessian_samples, generator)
+                counter.model += int(hessian_samples) * model.dim
+                mv = matrix_move(grid, i_to, i_from, p.x, p.state.grad, curv, rot)
+        else:
+            mv = reverse_kernel(grid, i_to, i_from, p.x, p.state.grad, kernel, variances)
+        eps = torch.randn(p.x.shape, generator=generator, dtype=torch.float64).to(p.x.device)
+        x_new = mv.sample(eps)
+        log_m = mv.log_density(x_new)
         if own_path and kernel == "gaussian":
             log_k = gaussian_log_density(p.x, mv.a.to(x_new) * x_new, mv.s_back)
         else:  # the model's forward noising transition K
