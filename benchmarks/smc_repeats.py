@@ -106,6 +106,31 @@ def pool_only(src: Path, dirs, system, reference) -> None:
     print(line)
 
 
+#: bands of the noise scale sigma / alpha (in the data's units) for the log-weight variance table
+BANDS = ((1.0, float("inf")), (0.25, 1.0), (0.05, 0.25), (0.01, 0.05), (0.002, 0.01), (0.0, 0.002))
+
+
+def band_variances(run_dir: Path, grid, levels_setting=None) -> dict:
+    """Log-weight variance of one SMC run summed over its level steps in each band of sigma / alpha, from
+    ``samples.json``'s ``inc_sd_trace`` (the start, one entry per level step, then the bridge), as
+    ``{"lo-hi": variance, ..., "bridge": variance}``; empty for runs that predate the trace.
+    ``levels_setting``: the run's ``sample.levels``."""
+    from boltzdiff.samplers.sde import resolve_levels
+
+    meta = json.loads((run_dir / "samples.json").read_text())
+    sd = meta.get("inc_sd_trace")
+    levels = resolve_levels(grid.n, levels_setting)[::-1]  # visited noisy to clean
+    if not sd or len(sd) < len(levels):
+        return {}
+    sig = (grid.sigma / grid.alpha).tolist()
+    steps = sd[1 : len(levels)]  # the step into levels[i] for i = 1 .. (levels listed noisy to clean)
+    out = {}
+    for lo, hi in BANDS:
+        out[f"{lo:g}-{hi:g}"] = float(sum(v**2 for v, lv in zip(steps, levels[1:]) if lo < sig[lv] <= hi))
+    out["bridge"] = float(sum(v**2 for v in sd[len(levels) :]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="a finished `boltzdiff run` directory (its train/ stage is reused)")
@@ -160,10 +185,21 @@ def main():
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
     # settings a preset may leave out
-    optional = {"n_bridge", "max_bridge", "levels", "bridge_strata", "strata_max_sigma", "strata_min_share"}
+    optional = {
+        "n_bridge",
+        "max_bridge",
+        "levels",
+        "bridge_strata",
+        "strata_max_sigma",
+        "strata_min_share",
+        "kernel_variance",
+    }
     unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:
         sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")
+    from boltzdiff.train import load_run
+
+    grid = load_run(src / "train").model.grid
     tag = re.sub(r"[^A-Za-z0-9_.+-]", "", "".join(f"_{k}{v}" for k, v in over.items()))
     rows, results = [], []
     for n in args.n:
@@ -177,6 +213,7 @@ def main():
             t0 = time.time()
             stage_sample(system, out, settings, progress=True, seed=1000 + r)  # skipped if done
             a = analyze_run(out, system=system)
+            bands = band_variances(out, grid, settings["sample"].get("levels"))
             res = dict(
                 n=n,
                 repeat=r,
@@ -185,6 +222,9 @@ def main():
                 ess=a["ess"],
                 n_target_evals=a["n_target_evals"],
                 sample_wall_s=a.get("sample_wall_s", time.time() - t0),
+                n_lineages=a.get("n_lineages"),
+                logw_var_bands=bands,
+                logw_var_0002_025=sum(v for k, v in bands.items() if k in ("0.05-0.25", "0.01-0.05", "0.002-0.01")),
             )
             results.append(res)
             print(json.dumps(res), file=sys.stderr, flush=True)
@@ -204,9 +244,24 @@ def main():
                 fmt(r["ess"], "{:.3f}"),
                 f"{r['n_target_evals']:.3g}",
                 f"{r['sample_wall_s']:.0f}",
+                r["n_lineages"] if r["n_lineages"] is not None else "-",
+                fmt(r["logw_var_0002_025"], "{:.1f}"),
             ]
         )
-    print_table(["particles", "repeat", "ΔF (kT)", "bootstrap SE", "ESS", "target evals", "SMC wall s"], rows)
+    print_table(
+        [
+            "particles",
+            "repeat",
+            "ΔF (kT)",
+            "bootstrap SE",
+            "ESS",
+            "target evals",
+            "SMC wall s",
+            "lineages",
+            "log-w var, σ̄ 0.002-0.25",
+        ],
+        rows,
+    )
     summary = []
     for n in args.n:
         d = np.array([r["delta_f_kT"] for r in results if r["n"] == n], dtype=float)

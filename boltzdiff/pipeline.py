@@ -486,7 +486,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             f"sample.strata_min_share: expected a share of the particles in [0, 1] (with sample.bridge_strata) or "
             f"null, got {min_share!r}"
         )
-    kv = s.get("kernel_variance", "fisher")
+    kv = s.get("kernel_variance") or "fisher"
     if kv not in ("fisher", "matrix", "model"):
         raise ConfigError(f"sample.kernel_variance: expected 'fisher', 'matrix' or 'model', got {kv!r}")
     # particles whose energy is rotation-invariant: the matrix kernel follows each one's orientation

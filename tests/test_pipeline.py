@@ -272,6 +272,18 @@ def test_sample_stage_rejects_bad_strata_max_sigma_before_loading_anything(tmp_p
     assert not (tmp_path / "samples.npz").exists()
 
 
+@pytest.mark.parametrize("value", ["full", 1])
+def test_sample_stage_rejects_a_bad_kernel_variance_before_loading_anything(tmp_path, value):
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, "kernel_variance": value}}
+    with pytest.raises(ConfigError, match="sample.kernel_variance: expected 'fisher', 'matrix' or 'model'"):
+        stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+    assert not (tmp_path / "samples.npz").exists()
+
+
 def test_interrupted_sample_stage_resumes_at_the_next_smc_run(tmp_path, monkeypatch):
     """Each finished SMC run is checkpointed: after an interruption only the missing runs are redone, the result
     is identical to an uninterrupted stage, and a checkpoint made with other settings is not reused."""
