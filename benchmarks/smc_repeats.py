@@ -193,13 +193,15 @@ def main():
         "strata_max_sigma",
         "strata_min_share",
         "kernel_variance",
+        "refine",
     }
     unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:
         sys.exit(f"smc_repeats: --sample: unknown setting(s) {unknown}; known: {sorted(meta['settings']['sample'])}")
+    from boltzdiff.models.energy import refine_levels
     from boltzdiff.train import load_run
 
-    grid = load_run(src / "train").model.grid
+    grid0 = load_run(src / "train").model.grid
     tag = re.sub(r"[^A-Za-z0-9_.+-]", "", "".join(f"_{k}{v}" for k, v in over.items()))
     rows, results = [], []
     for n in args.n:
@@ -213,6 +215,8 @@ def main():
             t0 = time.time()
             stage_sample(system, out, settings, progress=True, seed=1000 + r)  # skipped if done
             a = analyze_run(out, system=system)
+            refine = settings["sample"].get("refine") or 1
+            grid = grid0 if refine == 1 else refine_levels(load_run(src / "train").model, refine).grid
             bands = band_variances(out, grid, settings["sample"].get("levels"))
             res = dict(
                 n=n,

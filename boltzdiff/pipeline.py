@@ -492,7 +492,14 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     # particles whose energy is rotation-invariant: the matrix kernel follows each one's orientation
     shape = system.target.event_shape
     particles = tuple(int(v) for v in shape) if kv == "matrix" and len(shape) == 2 else None
+    refine = s.get("refine") or 1
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
+        raise ConfigError(f"sample.refine: expected an integer >= 1 (levels per trained level step), got {refine!r}")
     run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
+    if refine > 1:  # SMC through refine - 1 untrained levels between every two trained ones
+        from boltzdiff.models.energy import refine_levels
+
+        run.model = refine_levels(run.model, refine)
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
     t0 = time.time()

@@ -194,3 +194,46 @@ def test_precond_scale_widens_the_preconditioning_gaussian_only():
     for bad in (0, -1.0, "wide", True, float("nan")):
         with pytest.raises(ConfigError, match="field 'precond_scale'"):
             TrainConfig(precond_scale=bad).validate()
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_refined_levels_keep_the_trained_ones_and_are_exact_between_them_for_a_zero_network(factor):
+    """``refine_levels``: level i of the model is level ``factor * i`` of the refined one (same energy, same
+    f); in between, a zero network is still exactly the Gaussian marginal ``N(0, a_t^2)`` at the new t, and
+    the network's per-level buffers follow the new grid."""
+    from boltzdiff.models.energy import refine_levels
+
+    model = _model()
+    model.f.data = torch.randn(N_LEVELS, dtype=model.f.dtype)
+    fine = refine_levels(model, factor)
+    g = fine.grid
+    assert g.n == factor * (N_LEVELS - 1) + 1
+    torch.testing.assert_close(g.t[::factor], model.grid.t, rtol=0, atol=0)
+    assert torch.all(g.log_snr[1:] < g.log_snr[:-1])
+    x = _configs(5, 7)
+    for i in range(N_LEVELS):
+        torch.testing.assert_close(_e(fine, x, factor * i), _e(model, x, i), rtol=0, atol=0)
+    torch.testing.assert_close(fine.log_norm()[::factor], model.log_norm(), rtol=0, atol=0)
+    assert model.grid.n == N_LEVELS and model.a2.shape[0] == N_LEVELS  # the original is untouched
+    sd2 = float((model.a2[0] - model.grid.sigma[0] ** 2) / model.grid.alpha[0] ** 2)
+    torch.testing.assert_close(fine.net.a2, g.alpha**2 * sd2 + g.sigma**2)
+    torch.testing.assert_close(fine.net.sigma, g.sigma)
+    zero = refine_levels(_model(perturb=False), factor)
+    xf = x.reshape(5, -1)
+    for j in (1, factor + 1, g.n - 2):
+        a2 = g.alpha[j] ** 2 * sd2 + g.sigma[j] ** 2
+        expected = 0.5 * (xf**2).sum(-1) / a2 + 10.5 * torch.log(2 * torch.pi * a2)
+        torch.testing.assert_close(zero.energy(xf, j), expected)
+
+
+def test_refine_rejects_bad_factors_and_other_energies():
+    from boltzdiff.models.energy import refine_levels
+    from boltzdiff.models.exact import ExactMixtureEnergy
+    from boltzdiff.targets.gmm import GaussianMixture
+
+    assert refine_levels(_model(), 1) is not None
+    with pytest.raises(ConfigError, match="refine: expected an integer >= 1"):
+        refine_levels(_model(), 0)
+    exact = ExactMixtureEnergy(GaussianMixture([1.0], [[0.0, 0.0]], [1.0]), make_grid(make_schedule(None), 8))
+    with pytest.raises(ConfigError, match="refine: needs a trained Gaussian-preconditioned energy"):
+        refine_levels(exact, 2)

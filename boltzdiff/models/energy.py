@@ -127,3 +127,67 @@ def build_mlp_energy(
         head=head,
     )
     return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)
+
+
+def refine_levels(model: PreconditionedEnergy, factor: int) -> PreconditionedEnergy:
+    """A copy of ``model`` (sharing nothing mutable with it) on a grid with ``factor - 1`` levels inserted
+    between every two neighbours, evenly in log-SNR; the original levels keep their times exactly (level
+    ``i`` becomes level ``factor * i``).
+
+    The network sees the noise only through continuous inputs (the log-SNR or t embedding, and per-level
+    scales such as ``a_t`` that are functions of ``t``), so it can be evaluated between the levels it was
+    trained on; the preconditioning and the network's per-level buffers (``alpha``, ``sigma``, ``a2``) are
+    recomputed for the new grid, and the time input keeps the original grid's normalisation. The learned
+    log-normalisers ``f`` are interpolated linearly in between (only log-Z estimates use them; self-normalised
+    SMC weights do not). Smaller steps shrink the SMC's incremental-weight variance per step roughly
+    quadratically, so the variance summed over the path roughly halves for ``factor = 2``, at twice the cost.
+    """
+    import copy
+
+    from boltzdiff.noise import LevelGrid
+
+    factor = int(factor)
+    if factor < 1:
+        raise ConfigError(f"refine: expected an integer >= 1, got {factor}")
+    if factor == 1:
+        return model
+    if not isinstance(model, PreconditionedEnergy):
+        raise ConfigError(f"refine: needs a trained Gaussian-preconditioned energy, got {type(model).__name__}")
+    g = model.grid
+    lam = g.log_snr
+    frac = torch.arange(factor, dtype=torch.float64) / factor
+    lam_new = torch.cat([(lam[:-1, None] + frac * (lam[1:, None] - lam[:-1, None])).reshape(-1), lam[-1:]])
+    t_new = g.schedule.t_of_log_snr(lam_new)
+    t_new[::factor] = g.t  # the trained levels exactly
+    grid = LevelGrid(g.schedule, t_new, g.spacing)
+    new = copy.deepcopy(model)
+    new.grid = grid
+    dt = model.alpha.dtype
+    dev = model.alpha.device
+
+    def sd2(a2, alpha, sigma):  # the preconditioning variance a buffer was built with
+        return float((a2[0].double() - sigma[0] ** 2) / alpha[0] ** 2)
+
+    s2 = sd2(model.a2, g.alpha, g.sigma)
+    new.alpha = grid.alpha.to(dt).to(dev)
+    new.a2 = (grid.alpha**2 * s2 + grid.sigma**2).to(dt).to(dev)
+    if model.time_input == "logsnr":
+        c = (grid.log_snr - lam.mean()) / (lam.std() + 1e-12) * 0.25
+    else:
+        c = grid.t
+    new.c_noise = c.to(dt).to(dev)
+    for name in ("alpha", "a2", "c_noise"):  # the trained levels bit for bit
+        getattr(new, name)[::factor] = getattr(model, name)
+    f = model.f.detach().double()
+    f_new = torch.cat([(f[:-1, None] + frac * (f[1:, None] - f[:-1, None])).reshape(-1), f[-1:]])
+    new.f = torch.nn.Parameter(f_new.to(model.f.dtype).to(model.f.device), requires_grad=False)
+    net = new.net
+    if all(isinstance(getattr(net, k, None), torch.Tensor) for k in ("alpha", "sigma", "a2")):
+        s2n = sd2(net.a2, g.alpha, g.sigma)
+        net.alpha = grid.alpha.to(net.alpha)
+        net.sigma = grid.sigma.to(net.sigma)
+        old_buf = {k: getattr(model.net, k) for k in ("alpha", "sigma", "a2")}
+        net.a2 = (grid.alpha**2 * s2n + grid.sigma**2).to(net.a2)
+        for k, v in old_buf.items():
+            getattr(net, k)[::factor] = v
+    return new
