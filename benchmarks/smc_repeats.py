@@ -194,6 +194,7 @@ def main():
         "strata_min_share",
         "kernel_variance",
         "refine",
+        "strata_denoised",
     }
     unknown = sorted(set(over) - set(meta["settings"]["sample"]) - optional)
     if unknown:

@@ -486,6 +486,8 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             f"sample.strata_min_share: expected a share of the particles in [0, 1] (with sample.bridge_strata) or "
             f"null, got {min_share!r}"
         )
+    if not isinstance(s.get("strata_denoised", False), bool):
+        raise ConfigError(f"sample.strata_denoised: expected true or false, got {s.get('strata_denoised')!r}")
     kv = s.get("kernel_variance") or "fisher"
     if kv not in ("fisher", "matrix", "model"):
         raise ConfigError(f"sample.kernel_variance: expected 'fisher', 'matrix' or 'model', got {kv!r}")
@@ -540,6 +542,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             bridge_strata=strata,
             strata_max_sigma=None if max_sigma is None else float(max_sigma),
             strata_min_share=float(min_share),
+            strata_denoised=bool(s.get("strata_denoised", False)),
             progress=progress,
         )
         done = _FinishedRun(

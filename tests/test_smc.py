@@ -441,13 +441,18 @@ def test_stratified_resampling_with_a_minimum_share_gives_a_minor_stratum_more_p
     assert sorted(int((labels3[idx] == s).sum()) for s in range(3)) == [6, 7, 7]
 
 
-@pytest.mark.parametrize("max_sigma, min_share, first_seed", [(None, 0.0, 0), (0.5, 0.0, 100), (0.5, 0.3, 200)])
-def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_sigma, min_share, first_seed):
+@pytest.mark.parametrize(
+    "max_sigma, min_share, first_seed, denoised",
+    [(None, 0.0, 0, False), (0.5, 0.0, 100, False), (0.5, 0.3, 200, False), (2.0, 0.3, 300, True)],
+)
+def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_sigma, min_share, first_seed, denoised):
     """A model that gives mode 0 weight 0.6 where the target has 0.2, bridged with resampling inside
     strata (which mode's half-plane a particle is in): target mode weights and Z = 1 unbiased over seeds; the
     particle count per stratum does not change on the bridge. With ``strata_max_sigma`` the levels with sigma
     <= 0.5 resample within the strata too, and the same holds; with ``strata_min_share`` every stratum keeps at
-    least that share of the particles (less what MCMC moves out), and the same holds."""
+    least that share of the particles (less what MCMC moves out), and the same holds; and with
+    ``strata_denoised`` (labels of the denoised estimates, from sigma <= 2 where the noisy positions say little)
+    as well."""
     model = wrong_model(gmm3, grid128)
 
     def strata(x):  # mode 0 at (-3, 0), mode 1 at (3, 0), mode 2 at (0, 4)
@@ -466,6 +471,7 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_
             bridge_strata=strata,
             strata_max_sigma=max_sigma,
             strata_min_share=min_share,
+            strata_denoised=denoised,
             bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
         )
         if min_share:
@@ -484,6 +490,8 @@ def test_strata_max_sigma_needs_bridge_strata(gmm3, grid128):
         smc(wrong_model(gmm3, grid128), 10, levels=8, strata_max_sigma=0.5)
     with pytest.raises(ConfigError, match="strata_min_share"):
         smc(wrong_model(gmm3, grid128), 10, levels=8, strata_min_share=0.2)
+    with pytest.raises(ConfigError, match="strata_denoised"):
+        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_denoised=True)
 
 
 def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):

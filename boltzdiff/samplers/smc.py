@@ -119,7 +119,7 @@ class _Run:
                 p.take(idx.to(p.x.device))
             else:
                 idx, lw = stratified_resample(
-                    p.log_w, self.strata(p.x), self.resample_fn, self.generator, min_share=self.strata_min_share
+                    p.log_w, self.strata(p), self.resample_fn, self.generator, min_share=self.strata_min_share
                 )
                 p.take(idx.to(p.x.device), lw)
             self.parents.append((len(self.ess_trace) - 1, idx.detach().cpu().long()))
@@ -219,6 +219,7 @@ def smc(
     bridge_strata=None,
     strata_max_sigma: float | None = None,
     strata_min_share: float = 0.0,
+    strata_denoised: bool = False,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -289,6 +290,12 @@ def smc(
         correspondingly smaller weight. For a minor basin this is the optimal-allocation idea of stratified
         sampling: its mass estimate rests on more particles, and ΔF's variance drops, while the estimates
         stay consistent. 0 (default) keeps the counts the model delivered.
+    strata_denoised : bool
+        On the levels, label each particle by its denoised configuration ``(x + sigma^2 score) / alpha`` (the
+        model's estimate of the clean one, Tweedie) instead of the noisy ``x``: a dihedral of a configuration
+        blurred by 0.1-0.3 nm is mostly noise, while its denoised estimate already says which basin the particle
+        is heading for, so ``strata_max_sigma`` can start where copies still diverge. Any labelling keeps the
+        estimates consistent.
     progress : bool
         Show a tqdm progress bar.
 
@@ -319,6 +326,8 @@ def smc(
         raise ConfigError(f"max_bridge: expected an integer >= 1, got {max_bridge}")
     if strata_max_sigma is not None and (bridge_strata is None or not float(strata_max_sigma) > 0):
         raise ConfigError(f"strata_max_sigma: expected a positive number with bridge_strata, got {strata_max_sigma}")
+    if strata_denoised and strata_max_sigma is None:
+        raise ConfigError("strata_denoised: labels on the levels need strata_max_sigma (and bridge_strata)")
     if not 0.0 <= float(strata_min_share) <= 1.0 or (strata_min_share and bridge_strata is None):
         raise ConfigError(f"strata_min_share: expected a number in [0, 1] with bridge_strata, got {strata_min_share}")
     n = int(n)
@@ -369,7 +378,11 @@ def smc(
         inc = (-ef_new) - p.state.log_prob + log_k - log_m
         p.x, p.state = x_new, DensityEval(-ef_new, s_new)
         if strata_max_sigma is not None and float(grid.sigma[i_to]) <= float(strata_max_sigma):
-            run.strata = bridge_strata
+            if strata_denoised:
+                a_k, s_k = grid.alpha[i_to], grid.sigma[i_to]
+                run.strata = lambda q, a=a_k, s=s_k: bridge_strata((q.x + (s**2).to(q.x) * q.state.grad) / a.to(q.x))
+            else:
+                run.strata = lambda q: bridge_strata(q.x)
         run.reweight(p, inc, f"at level {i_to}")
         run.rejuvenate(p, LevelDensity(model, i_to, counter), mcmc, level_variance(model, i_to))
 
@@ -384,7 +397,7 @@ def smc(
         scale = level_variance(model, lv[0])
         p.state = BridgeDensity(model, target, 0.0, lv[0], counter).combine(ef0, p.state.grad, u, gu)
         lam_list = [0.0]
-        run.strata = bridge_strata
+        run.strata = None if bridge_strata is None else (lambda q: bridge_strata(q.x))
         fixed = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64).tolist()
         bar = None
         if progress:
