@@ -48,6 +48,20 @@ def test_dw4_end_to_end_and_resume(tmp_path):
     (out / "analysis.json").unlink()
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     assert (out / "samples.npz").stat().st_mtime == mtime and (out / "analysis.json").exists()
+    # the same model sampled with the matrix kernel (per-particle Kabsch frames, EGNN Hessians) through one
+    # inserted level between every two trained ones
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    out2 = tmp_path / "run_matrix"
+    out2.mkdir()
+    (out2 / "train").symlink_to(out / "train")
+    settings = json.loads((out / "pipeline.json").read_text())["settings"]
+    settings["sample"].update(kernel_variance="matrix", refine=2)
+    stage_sample(load_system(str(sysdir)), out2, settings, progress=False, seed=0)
+    summ = json.loads((out2 / "samples.json").read_text())
+    assert summ["n_levels"] == 2 * (TINY_TRAIN["n_levels"] - 1) + 1 and 0 < summ["ess"] <= 1
+    assert summ["n_model_evals"] > 64 * summ["n_levels"]  # the Hessians are counted
     # a run directory of another system is refused
     mix = tmp_path / "mix.yaml"
     mix.write_text("kind: gaussian_mixture\nweights: [0.7, 0.3]\nmeans: [[1, 1], [-1, -1]]\nstd: 0.3\n")

@@ -140,6 +140,7 @@ def _fake_runs(monkeypatch, tmp_path, gmms):
     [
         ["--sampler", "smc"],
         ["--sampler", "smc", "--to-target", "--mcmc-steps", "1", "--bridge-steps", "2"],
+        ["--sampler", "smc", "--kernel-variance", "matrix"],
         ["--sampler", "sde"],
         ["--sampler", "ode", "--levels", "8"],
     ],
@@ -198,6 +199,9 @@ def test_cli_compose(monkeypatch, tmp_path):
         (["sample", "{a}", "--n", "5", "--sampler", "sde", "--to-target"], "--to-target"),
         (["sample", "{missing}", "--n", "5"], "does not exist"),
         (["sample", "{empty}", "--n", "5"], "no trained model"),
+        (["sample", "{a}", "--n", "5", "--refine", "0"], "--refine: expected an integer >= 1"),
+        (["sample", "{a}", "--n", "5", "--sampler", "sde", "--kernel-variance", "matrix"], "settings of --sampler smc"),
+        (["sample", "{a}", "--n", "5", "--refine", "2"], "refine: needs a trained Gaussian-preconditioned energy"),
     ],
 )
 def test_cli_bad_input_is_one_line(monkeypatch, tmp_path, capsys, argv, msg):

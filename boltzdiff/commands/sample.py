@@ -31,12 +31,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``sample`` and ``compose``."""
     p.add_argument("--n", type=_int, required=True, help="number of samples / particles")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--levels", type=_int, help="use a sub-grid of M levels evenly spaced in index (default: all)"
-    )
-    p.add_argument(
-        "--mcmc", choices=["mala", "hmc"], default="mala", help="MCMC kernel for rejuvenation (smc)"
-    )
+    p.add_argument("--levels", type=_int, help="use a sub-grid of M levels evenly spaced in index (default: all)")
+    p.add_argument("--mcmc", choices=["mala", "hmc"], default="mala", help="MCMC kernel for rejuvenation (smc)")
     p.add_argument(
         "--mcmc-steps",
         type=_int,
@@ -151,6 +147,20 @@ def register(sub) -> None:
         dest="bridge_steps",
         help="(smc --to-target) steps of the geometric bridge",
     )
+    p.add_argument(
+        "--kernel-variance",
+        choices=["fisher", "matrix", "model"],
+        default="fisher",
+        dest="kernel_variance",
+        help="(smc) variance of the gaussian reverse kernel: isotropic from the particles' Fisher information, "
+        "a full covariance from the level's curvature (matrix), or the model's Gaussian",
+    )
+    p.add_argument(
+        "--refine",
+        type=_int,
+        default=1,
+        help="(smc) run through REFINE - 1 untrained levels between every two trained ones (default 1: none)",
+    )
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -167,13 +177,23 @@ def run(args) -> int:
         raise ConfigError("--to-target needs --sampler smc (the bridge to the exact target is weighted)")
     if args.bridge_steps < 1:
         raise ConfigError(f"--bridge-steps: expected an integer >= 1, got {args.bridge_steps}")
+    if args.refine < 1:
+        raise ConfigError(f"--refine: expected an integer >= 1, got {args.refine}")
+    if args.sampler != "smc" and (args.refine != 1 or args.kernel_variance != "fisher"):
+        raise ConfigError("--refine and --kernel-variance are settings of --sampler smc")
     run_ = load_model(args.run_dir, ema=not args.no_ema)
     model, target = run_.model, run_.system.target
+    if args.refine > 1:
+        from boltzdiff.models.energy import refine_levels
+
+        model = run_.model = refine_levels(model, args.refine)
     if args.levels is not None and args.levels > model.grid.n:
         raise ConfigError(f"--levels: the model has {model.grid.n} levels; got {args.levels}")
     gen = torch.Generator().manual_seed(int(args.seed))
     progress = not args.no_progress
     if args.sampler == "smc":
+        shape = tuple(run_.system.target.event_shape)
+        particles = shape if args.kernel_variance == "matrix" and len(shape) == 2 else None
         mcmc, bridge = smc_configs(args)
         if args.to_target:
             target = exact_target(run_)
@@ -183,6 +203,8 @@ def run(args) -> int:
             generator=gen,
             levels=args.levels,
             kernel=args.kernel,
+            kernel_variance=args.kernel_variance,
+            particles=particles,
             ess_threshold=args.ess_threshold,
             mcmc=mcmc,
             target=target if args.to_target else None,
@@ -191,9 +213,7 @@ def run(args) -> int:
             progress=progress,
         )
     elif args.sampler == "sde":
-        res = reverse_sde(
-            model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress
-        )
+        res = reverse_sde(model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress)
     else:
         res = probability_flow_ode(model, args.n, generator=gen, levels=args.levels, progress=progress)
     summary = dict(
