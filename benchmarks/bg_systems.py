@@ -30,8 +30,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 def reference_evals(settings: dict, kind: str) -> int:
     """Target-energy evaluations spent on the training data (MD steps or MCMC steps x chains)."""
     ref = settings.get("reference", {})
-    if kind == "molecule":
-        return round(float(ref.get("ns", 1.0)) * 1e6 / float(ref.get("timestep_fs", 1.0)))
+    if kind == "molecule":  # metadynamics also spends its bias-building run
+        ns = float(ref.get("ns", 1.0)) + (float(ref.get("build_ns", 0.0)) if ref.get("method") == "metad" else 0.0)
+        return round(ns * 1e6 / float(ref.get("timestep_fs", 1.0)))
     if kind == "particles":
         return int(ref.get("n_steps", 20000)) * int(ref.get("n_chains", 64))
     return 0
