@@ -36,28 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table  # noqa: E402
 
-from boltzdiff.models.base import LevelEnergy  # noqa: E402
+from boltzdiff.models.exact import DiagonalGaussianEnergy  # noqa: E402
 from boltzdiff.noise import make_grid, make_schedule  # noqa: E402
 from boltzdiff.samplers import smc  # noqa: E402
 
 BANDS = ((1.0, math.inf), (0.25, 1.0), (0.05, 0.25), (0.01, 0.05), (0.002, 0.01), (0.0, 0.002))
-
-
-class DiagonalGaussianLevels(LevelEnergy):
-    """Exact, normalised levels of data ``N(0, diag(v))``."""
-
-    def __init__(self, grid, v):
-        super().__init__()
-        self.grid, self.v, self.dim = grid, v.double(), len(v)
-        self.sigma_data = float(v.mean().sqrt())
-
-    def energy(self, x, level):
-        lv = self._levels(x, level)
-        V = self.grid.alpha[lv][:, None] ** 2 * self.v + self.grid.sigma[lv][:, None] ** 2
-        return (0.5 * x.double() ** 2 / V + 0.5 * torch.log(2 * math.pi * V)).sum(-1).to(x.dtype)
-
-    def log_norm(self):
-        return torch.zeros(self.grid.n, dtype=torch.float64)
 
 
 def one_step_diagnostics(run_dir: str, n: int, floor_draws: int, seed: int = 0) -> list[list]:
@@ -167,7 +150,7 @@ def main():
         return
     grid = make_grid(make_schedule({"kind": "vp", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-6}), 160, "logsnr")
     v = torch.logspace(math.log10(args.std_min**2), math.log10(args.std_max**2), args.dim, dtype=torch.float64)
-    model = DiagonalGaussianLevels(grid, v)
+    model = DiagonalGaussianEnergy(grid, v)
     sig = (grid.sigma / grid.alpha).flip(0)[1:].tolist()  # the level each step moves into, noisy to clean
     rows = []
     for kv in ("model", "fisher", "matrix"):

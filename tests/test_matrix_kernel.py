@@ -13,6 +13,7 @@ import torch
 from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import random_rotations
 from boltzdiff.models.base import LevelEnergy
+from boltzdiff.models.exact import DiagonalGaussianEnergy
 from boltzdiff.noise import VPSchedule, make_grid
 from boltzdiff.samplers import smc
 from boltzdiff.samplers.sde import (
@@ -28,32 +29,11 @@ from boltzdiff.samplers.sde import (
 Z_MAX = 3.0
 
 
-class AnisotropicGaussianLevels(LevelEnergy):
-    """Exact levels of data ``N(0, diag(v))``: ``E = sum x^2 / (2 V) + log(2 pi V) / 2``, ``V = alpha^2 v +
-    sigma^2``; normalised, so ``f = 0`` and ``Z = 1``."""
-
-    def __init__(self, grid, v):
-        super().__init__()
-        self.grid, self.v, self.dim = grid, torch.as_tensor(v, dtype=torch.float64), len(v)
-        self.sigma_data = float(self.v.mean().sqrt())
-
-    def level_var(self, level):
-        return self.grid.alpha[level] ** 2 * self.v + self.grid.sigma[level] ** 2
-
-    def energy(self, x, level):
-        lv = self._levels(x, level)
-        V = self.grid.alpha[lv][:, None] ** 2 * self.v + self.grid.sigma[lv][:, None] ** 2
-        return (0.5 * x.double() ** 2 / V + 0.5 * torch.log(2 * math.pi * V)).sum(-1).to(x.dtype)
-
-    def log_norm(self):
-        return torch.zeros(self.grid.n, dtype=torch.float64)
-
-
 @pytest.fixture(scope="module")
 def aniso():
     grid = make_grid(VPSchedule(t_min=1e-5), 48, "logsnr")
     v = torch.logspace(-5, -0.5, 12, dtype=torch.float64)  # std from 0.003 to 0.56
-    return AnisotropicGaussianLevels(grid, v)
+    return DiagonalGaussianEnergy(grid, v)
 
 
 def _rotate_particles(x, rot):
