@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -451,14 +452,20 @@ class _FinishedRun:
     lineage: torch.Tensor | None = None  # None in runs checkpointed before lineages were recorded
 
 
-def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed: int):
-    from boltzdiff.samplers import MCMCConfig, smc
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
+    """Validate ``settings['sample']`` and build what every SMC run of the stage shares: the (refined) model,
+    the target and the keyword arguments of :func:`boltzdiff.samplers.smc` (all but the generator)."""
+    from boltzdiff.samplers import MCMCConfig
     from boltzdiff.train import load_run
 
-    f = out / "samples.npz"
-    if f.exists() and (out / "samples.json").exists():
-        log.info("sample: %s exists, skipped", f)
-        return
     s = settings["sample"]
     n = int(s["n"])
     if n < 1:
@@ -504,57 +511,174 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
         run.model = refine_levels(run.model, refine)
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
     target = sampling_target(system, run.model) if s.get("to_target", True) else None
+    kwargs = dict(
+        levels=s.get("levels"),
+        kernel_variance=kv,
+        particles=particles,
+        mcmc=mcmc,
+        n_bridge=int(s.get("n_bridge", 16)),
+        bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
+        bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
+        max_bridge=int(s.get("max_bridge", 2000)),
+        bridge_strata=strata,
+        strata_max_sigma=None if max_sigma is None else float(max_sigma),
+        strata_min_share=float(min_share),
+        strata_denoised=bool(s.get("strata_denoised", False)),
+    )
+    return dict(model=run.model, target=target, kwargs=kwargs, n=n, n_runs=n_runs)
+
+
+def _smc_run(inputs: dict, r: int, seed: int, progress: bool) -> _FinishedRun:
+    """SMC run ``r`` of the sample stage (its own generator, ``seed + 1 + 7919 r``)."""
+    from boltzdiff.samplers import smc
+
+    kw = dict(inputs["kwargs"])
+    kw["mcmc"] = copy.deepcopy(kw["mcmc"])
+    kw["bridge_mcmc"] = copy.deepcopy(kw["bridge_mcmc"])
+    res = smc(
+        inputs["model"],
+        inputs["n"] // inputs["n_runs"],
+        generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
+        target=inputs["target"],
+        progress=progress,
+        **kw,
+    )
+    return _FinishedRun(
+        x=res.x.detach().double().cpu(),
+        log_w=res.log_w.detach().double().cpu(),
+        summary=res.summary(),
+        ess_trace=res.ess_trace.detach().cpu(),
+        lineage=None if res.lineage is None else res.lineage.cpu(),
+    )
+
+
+def _save_part(part: Path, tag: dict, done: _FinishedRun) -> None:
+    atomic_save(part, lambda p: torch.save(dict(tag=tag, result=vars(done)), p))
+
+
+def _smc_worker(job: dict) -> int:
+    """One SMC run in a worker process (``sample`` with ``workers > 1``): rebuilds the system and the model
+    from the run directory, runs SMC run ``job['r']`` and writes it to its part file; returns ``r``."""
+    torch.set_num_threads(int(job["threads"]))
+    system = load_system(job["system_path"], job["variant"])
+    out = Path(job["out"])
+    inputs = _sample_inputs(system, out, job["settings"])
+    done = _smc_run(inputs, job["r"], job["seed"], progress=False)
+    _save_part(Path(job["part"]), job["tag"], done)
+    return int(job["r"])
+
+
+def _run_parallel(
+    system: System,
+    out: Path,
+    settings: dict,
+    seed: int,
+    todo: list,
+    parts: dict,
+    tag: dict,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Run the SMC runs ``todo`` in ``workers`` processes (spawned: no state shared with this one, each
+    single-threaded unless the cores allow more); each writes its part file, which the caller then reads."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    threads = max(1, usable_cores() // workers)
+    jobs = [
+        dict(
+            system_path=str(system.path or system.name),
+            variant=system.variant,
+            out=str(out),
+            settings=settings,
+            seed=seed,
+            r=r,
+            part=str(parts[r]),
+            tag=tag,
+            threads=threads,
+        )
+        for r in todo
+    ]
+    log.info("sample: %d SMC runs in %d worker processes (%d thread(s) each)", len(todo), workers, threads)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_smc_worker, j) for j in jobs]
+        bar = tqdm(total=len(futures), desc="SMC runs", disable=not progress)
+        try:
+            for fut in as_completed(futures):
+                r = fut.result()  # a worker's exception is raised here
+                log.info("sample: SMC run %d finished", r + 1)
+                bar.update()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        finally:
+            bar.close()
+
+
+def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed: int, workers: int | None = None):
+    """SMC from the trained model to the exact target: ``sample.n_runs`` independent runs of ``n / n_runs``
+    particles, pooled by their normalising constants. ``workers`` processes run them side by side (default:
+    one per usable CPU core, at most ``n_runs``; 1 on a GPU); the runs and their results do not depend on it."""
+    f = out / "samples.npz"
+    if f.exists() and (out / "samples.json").exists():
+        log.info("sample: %s exists, skipped", f)
+        return
+    s = settings["sample"]
+    inputs = _sample_inputs(system, out, settings)
+    n, n_runs, target = inputs["n"], inputs["n_runs"], inputs["target"]
+    device = str(settings["train"].get("device", "cpu"))
+    if workers is None:
+        workers = min(n_runs, usable_cores()) if device == "cpu" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers: expected a positive number of processes, got {workers!r}")
     t0 = time.time()
     # each finished SMC run is kept in sample_runs/ (tagged with what it was run with), so an interrupted stage
     # resumes at the next run instead of starting over; the folder goes once samples.npz is written
     part_dir = out / "sample_runs"
     tag = dict(sample=dict(s), seed=seed, n_runs=n_runs)
-    results = []
-    for r in range(n_runs):  # independent SMC runs (their spread is the honest error bar), pooled by Z_r
-        part = part_dir / f"run{r}.pt"
-        if part.exists():
-            try:
-                blob = torch.load(part, map_location="cpu", weights_only=False)
-            except Exception as exc:  # a damaged file is redone, not trusted
-                log.warning("sample: could not read %s (%s); rerunning SMC run %d", part, exc, r + 1)
-                blob = None
-            if blob is not None and blob.get("tag") == tag:
-                log.info("sample: SMC run %d of %d restored from %s", r + 1, n_runs, part)
-                results.append(_FinishedRun(**blob["result"]))
-                continue
-            if blob is not None:
-                log.warning("sample: %s was made with other settings; rerunning SMC run %d", part, r + 1)
-        if n_runs > 1:
-            log.info("sample: SMC run %d of %d (%d particles)", r + 1, n_runs, n // n_runs)
-        res = smc(
-            run.model,
-            n // n_runs,
-            generator=torch.Generator().manual_seed(seed + 1 + 7919 * r),
-            levels=s.get("levels"),
-            kernel_variance=kv,
-            particles=particles,
-            mcmc=copy.deepcopy(mcmc),
-            target=target,
-            n_bridge=int(s.get("n_bridge", 16)),
-            bridge_cess=None if s.get("bridge_cess") is None else float(s["bridge_cess"]),
-            bridge_mcmc=MCMCConfig("mala", n_steps=int(s.get("bridge_mcmc_steps", 2))),
-            max_bridge=int(s.get("max_bridge", 2000)),
-            bridge_strata=strata,
-            strata_max_sigma=None if max_sigma is None else float(max_sigma),
-            strata_min_share=float(min_share),
-            strata_denoised=bool(s.get("strata_denoised", False)),
-            progress=progress,
-        )
-        done = _FinishedRun(
-            x=res.x.detach().double().cpu(),
-            log_w=res.log_w.detach().double().cpu(),
-            summary=res.summary(),
-            ess_trace=res.ess_trace.detach().cpu(),
-            lineage=None if res.lineage is None else res.lineage.cpu(),
-        )
-        if n_runs > 1:
-            atomic_save(part, lambda p, d=done: torch.save(dict(tag=tag, result=vars(d)), p))
-        results.append(done)
+    parts = {r: part_dir / f"run{r}.pt" for r in range(n_runs)}
+
+    def restore(r: int) -> _FinishedRun | None:
+        part = parts[r]
+        if not part.exists():
+            return None
+        try:
+            blob = torch.load(part, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a damaged file is redone, not trusted
+            log.warning("sample: could not read %s (%s); rerunning SMC run %d", part, exc, r + 1)
+            return None
+        if blob.get("tag") != tag:
+            log.warning("sample: %s was made with other settings; rerunning SMC run %d", part, r + 1)
+            return None
+        return _FinishedRun(**blob["result"])
+
+    results: dict[int, _FinishedRun] = {}
+    for r in range(n_runs):
+        got = restore(r)
+        if got is not None:
+            log.info("sample: SMC run %d of %d restored from %s", r + 1, n_runs, parts[r])
+            results[r] = got
+    todo = [r for r in range(n_runs) if r not in results]
+    if min(workers, len(todo)) > 1:  # independent runs side by side in worker processes
+        part_dir.mkdir(parents=True, exist_ok=True)
+        _run_parallel(system, out, settings, seed, todo, parts, tag, min(workers, len(todo)), progress)
+        for r in todo:
+            got = restore(r)
+            if got is None:
+                raise RuntimeError(f"sample: SMC run {r + 1} finished in a worker but {parts[r]} cannot be read")
+            results[r] = got
+    else:
+        for r in todo:  # independent SMC runs (their spread is the honest error bar), pooled by Z_r
+            if n_runs > 1:
+                log.info("sample: SMC run %d of %d (%d particles)", r + 1, n_runs, n // n_runs)
+            done = _smc_run(inputs, r, seed, progress)
+            if n_runs > 1:
+                _save_part(parts[r], tag, done)
+            results[r] = done
+    results = [results[r] for r in range(n_runs)]
     x = torch.cat([res.x for res in results])
     log_w = torch.cat([res.log_w for res in results])
     run_of = np.repeat(np.arange(n_runs), n // n_runs)
@@ -612,8 +736,10 @@ def run_pipeline(
     stages=STAGES,
     loss: str | None = None,
     redo: str | None = None,
+    workers: int | None = None,
 ) -> dict:
-    """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only.
+    """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only;
+    ``workers``: processes for the sample stage's independent SMC runs (default: one per CPU core).
 
     Resuming with settings that changed since the run directory was started is refused for finished stages
     (:func:`check_settings`); ``redo`` (a stage name) deletes that stage's outputs and those after it first.
@@ -640,7 +766,7 @@ def run_pipeline(
             out / "pipeline.json",
             dict(
                 system=system.name,
-                system_path=str(system.path),
+                system_path=str(system.path or system.name),
                 variant=system.variant,
                 preset=preset,
                 seed=seed,
@@ -656,7 +782,7 @@ def run_pipeline(
             data = out / "reference" / "positions.npy"
         stage_train(system, out, settings, data, progress)
     if "sample" in stages:
-        stage_sample(system, out, settings, progress, seed)
+        stage_sample(system, out, settings, progress, seed, workers=workers)
     result = {}
     if "analyze" in stages:
         result = analyze_run(out, system=system)

@@ -29,6 +29,13 @@ def register(sub) -> None:
         help="delete this stage's outputs and those of the stages after it, then run them again (needed after "
         "changing the settings of a finished stage)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for the sample stage's independent SMC runs (sample.n_runs), side by side; default: one "
+        "per CPU core (1 on a GPU). The runs' results do not depend on it",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -53,6 +60,7 @@ def run(args) -> int:
         progress=not args.no_progress,
         loss=args.loss,
         redo=args.redo,
+        workers=args.workers,
     )
     keys = [
         "ess",
