@@ -209,6 +209,9 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
         assert set(lin[:16]).isdisjoint(lin[16:]) and lin[:16].max() < 16 <= lin[16:].min()
         assert [np.unique(lin[:16]).size, np.unique(lin[16:]).size] == [r["n_lineages"] for r in smc["runs"]]
     assert res["n_lineages"] == min(r["n_lineages"] for r in smc["runs"])
+    # the basin's own lineage count, per run: at most the run's, and 0 where a run has no basin particle
+    assert len(res["basin_lineages_runs"]) == 2 and res["basin_lineages"] == min(res["basin_lineages_runs"])
+    assert all(0 <= b <= r["n_lineages"] for b, r in zip(res["basin_lineages_runs"], smc["runs"]))
     assert res["delta_f_se_method"] == "jackknife over 2 independent SMC runs"
     assert len(res["delta_f_runs_kT"]) == 2
     for key in (

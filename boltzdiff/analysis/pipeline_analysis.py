@@ -18,6 +18,7 @@ from boltzdiff.analysis.free_energy import (
     pmf_rmse,
     wasserstein_1,
     weighted_histogram_2d,
+    wrap_angle,
 )
 from boltzdiff.analysis.report import (
     plot_distance_histograms,
@@ -279,6 +280,13 @@ def _molecule(
             delta_f_se_particles_kT=float(df.se),
             delta_f_se_method=f"bootstrap over {np.unique(lineage).size} SMC lineages",
         )
+    if lineage is not None and len(lineage) == len(phi):
+        # how many independent SMC paths the basin's mass rests on (its estimate is only as good as that
+        # count, RESULTS.md "Session 12"): distinct lineages among the basin's particles, per run
+        basin = (wrap_angle(phi) > 0.0) & (wrap_angle(phi) < 2.0)
+        runs = np.zeros(len(phi), dtype=int) if run_of is None else np.asarray(run_of)
+        counts = [int(np.unique(lineage[(runs == k) & basin]).size) for k in np.unique(runs)]
+        r.update(basin_lineages=min(counts), basin_lineages_runs=counts)
     if run_of is not None and np.unique(run_of).size > 1:
         # resampled SMC particles are not independent and their weights are heavy-tailed: the particle
         # bootstrap understated the spread between independent SMC runs ~5x (benchmarks/RESULTS.md), so the
