@@ -221,7 +221,9 @@ def test_input_fourier_config_auto_and_validation():
     assert TrainConfig().input_fourier == 0  # off by default: they hurt broad modes and high dimension
     from boltzdiff.commands._common import resolve_train_config
 
-    assert resolve_train_config("gmm40_2d", None, {}).input_fourier == 64  # its run.yaml turns them on
+    g40 = resolve_train_config("gmm40_2d", None, {})
+    assert g40.input_fourier == 64  # its run.yaml turns them on, with the scalar head and a 3x wider Gaussian
+    assert g40.mlp_head == "scalar" and g40.precond_scale == 3.0
     assert resolve_train_config("gmm2_unbalanced", None, {}).input_fourier == 0
     assert resolve_input_fourier(5, 32) == 5
     TrainConfig(input_fourier=0).validate()
