@@ -202,9 +202,7 @@ def weighted_histogram_2d(x_n, y_n, log_w_n=None, bins=60, range=None, periodic:
 # --------------------------------------------------------------------------------------------------
 # bootstrap
 # --------------------------------------------------------------------------------------------------
-def bootstrap_indices(
-    n: int, n_bootstrap: int, rng: RngLike = None, block_length: int | None = None
-) -> np.ndarray:
+def bootstrap_indices(n: int, n_bootstrap: int, rng: RngLike = None, block_length: int | None = None) -> np.ndarray:
     """Resampling indices, ``(n_bootstrap, n)`` int.
 
     ``block_length=None`` (or 1): i.i.d. resampling with replacement. Otherwise a circular block bootstrap:
@@ -462,11 +460,21 @@ def two_state_delta_f(
     return DeltaF(est, se, float(np.sum(w[in_a])), int(n_bootstrap), int(reps.size), block_length)
 
 
+#: alanine dipeptide's phi > 0 basin (radians), the default state of :func:`delta_f_phi`
+PHI_BASIN = (0.0, 2.0)
+
+
+def in_phi_basin(phi_n, lo: float = PHI_BASIN[0], hi: float = PHI_BASIN[1]) -> np.ndarray:
+    """Boolean mask ``lo < phi < hi`` after wrapping ``phi_n`` to ``[-pi, pi)``."""
+    phi = wrap_angle(phi_n).reshape(-1)
+    return (phi > lo) & (phi < hi)
+
+
 def delta_f_phi(
     phi_n,
     log_w_n=None,
-    lo: float = 0.0,
-    hi: float = 2.0,
+    lo: float = PHI_BASIN[0],
+    hi: float = PHI_BASIN[1],
     n_bootstrap: int = 200,
     rng: RngLike = None,
     block_length: int | None = None,
@@ -476,8 +484,7 @@ def delta_f_phi(
     0 < phi < 2 rad) and the rest: ``ΔF = -ln[P(lo < phi < hi) / P(elsewhere)]`` (METHOD.md §6).
     ``phi_n: (n,)`` in radians, wrapped to ``[-pi, pi)`` first; ``clusters``: see :func:`two_state_delta_f`.
     """
-    phi = wrap_angle(phi_n).reshape(-1)
-    return two_state_delta_f((phi > lo) & (phi < hi), log_w_n, n_bootstrap, rng, block_length, clusters)
+    return two_state_delta_f(in_phi_basin(phi_n, lo, hi), log_w_n, n_bootstrap, rng, block_length, clusters)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,6 +612,4 @@ def distance_histogram(
     lw = np.zeros(B) if log_w_b is None else as_float64(log_w_b).reshape(-1)
     if lw.size != B:
         raise ValueError(f"configurations ({B}) and log-weights ({lw.size}) differ in length")
-    return weighted_histogram_1d(
-        d.reshape(-1), np.repeat(lw, n_pairs), bins=bins, range=range, periodic=False
-    )
+    return weighted_histogram_1d(d.reshape(-1), np.repeat(lw, n_pairs), bins=bins, range=range, periodic=False)

@@ -14,11 +14,11 @@ from boltzdiff.analysis.free_energy import (
     delta_f_phi,
     distance_histogram,
     free_energy_profile,
+    in_phi_basin,
     jensen_shannon,
     pmf_rmse,
     wasserstein_1,
     weighted_histogram_2d,
-    wrap_angle,
 )
 from boltzdiff.analysis.report import (
     plot_distance_histograms,
@@ -283,7 +283,7 @@ def _molecule(
     if lineage is not None and len(lineage) == len(phi):
         # how many independent SMC paths the basin's mass rests on (its estimate is only as good as that
         # count, RESULTS.md "Session 12"): distinct lineages among the basin's particles, per run
-        basin = (wrap_angle(phi) > 0.0) & (wrap_angle(phi) < 2.0)
+        basin = in_phi_basin(phi)
         runs = np.zeros(len(phi), dtype=int) if run_of is None else np.asarray(run_of)
         counts = [int(np.unique(lineage[(runs == k) & basin]).size) for k in np.unique(runs)]
         r.update(basin_lineages=min(counts), basin_lineages_runs=counts)
