@@ -58,6 +58,35 @@ def step_times(system: str, repeats: int, threads: int) -> tuple[float, float]:
     return median(times["dsm"]), median(times["diffclf"])
 
 
+def timing_table(systems: list[str], threads: list[int], repeats: int, rounds: int) -> None:
+    """DiffCLF / DSM-only step-time ratios per system and thread count: each of ``rounds`` rounds measures every
+    (threads, system) pair once (medians of ``repeats`` interleaved steps); the table quotes the median over
+    rounds of each time and of the per-round ratio, with the range of the ratio."""
+    res: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for th in threads:
+            for system in systems:
+                t_dsm, t_clf = step_times(system, repeats, th)
+                res.setdefault((th, system), []).append((t_dsm, t_clf))
+                print(f"... round {r}, {th} thread(s), {system}: {t_clf / t_dsm:.2f}", file=sys.stderr, flush=True)
+    rows = []
+    for (th, system), v in res.items():
+        ratios = [c / d for d, c in v]
+        rows.append(
+            [
+                system,
+                th,
+                f"{median([d for d, _ in v]):.4f}",
+                f"{median([c for _, c in v]):.4f}",
+                f"{median(ratios):.2f}",
+                f"{min(ratios):.2f}-{max(ratios):.2f}",
+            ]
+        )
+    print(f"\nMachine: {machine()}")
+    print(f"Seconds per optimiser step at equal batch: medians over {rounds} rounds of the median of {repeats} steps")
+    print_table(["system", "threads", "DSM-only s/step", "DiffCLF s/step", "ratio (median)", "ratio (range)"], rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", default="gmm40_2d,gmm2_unbalanced")
@@ -69,12 +98,21 @@ def main():
     ap.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
     ap.add_argument("--no-dsm", action="store_true", help="train and score DiffCLF only (no DSM-only baseline)")
     ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="no training: step times only, at 1 and 2 threads (or --threads), --rounds times each, interleaved",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="with --timing-only: repeats of each measurement")
+    ap.add_argument(
         "--chains",
         type=int,
         default=256,
         help="noising chains for the classification loss (SE ~ 1/sqrt; cached models are rescored, not retrained)",
     )
     args = ap.parse_args()
+    if args.timing_only:
+        timing_table(args.systems.split(","), [args.threads] if args.threads else [1, 2], args.repeats, args.rounds)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     tag = "".join(f"_{k}{v}" for k, v in over.items())
