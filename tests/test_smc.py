@@ -186,6 +186,23 @@ def test_to_target_corrects_a_wrong_model(gmm3, grid128):
     assert r.acceptance is not None and 0.2 < r.acceptance <= 1.0
 
 
+@pytest.mark.parametrize("to_target", [True, False])
+def test_no_resampling_after_the_final_reweighting(gmm3, grid128, to_target):
+    """The last reweighting (one bridge jump from a wrong model to the target, or the last level with an ESS
+    threshold that every step falls below) must leave the weights as they are: resampling there would reset
+    them and make the final ESS read 1. The final ESS is the trace's last entry and below the threshold."""
+    model = wrong_model(gmm3, grid128)
+    kw = dict(target=gmm3, n_bridge=1, ess_threshold=0.9) if to_target else dict(ess_threshold=1.0)
+    r = smc(model, 400, generator=torch.Generator().manual_seed(3), levels=16, **kw)
+    assert r.ess == pytest.approx(float(r.ess_trace[-1]), abs=1e-12)
+    assert r.ess == pytest.approx(kish_ess(r.log_w), abs=1e-12)
+    if to_target:  # weights 0.6 / 0.2 / 0.2 -> 0.2 / 0.5 / 0.3 in one jump: the ESS falls below the threshold
+        assert r.ess < 0.9
+    else:  # resampling after every step whose ESS is below 1, but not after the last one
+        below = int((r.ess_trace < 1.0).sum())
+        assert r.ess < 1.0 and r.n_resample == below - 1
+
+
 def test_mcmc_rejuvenation_keeps_weights_consistent(gmm3, grid128):
     model = wrong_model(gmm3, grid128)
     est = []

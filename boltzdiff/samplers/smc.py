@@ -96,7 +96,10 @@ class _Run:
         #: (step in ess_trace, ancestor indices) of every resampling, for :func:`distinct_ancestors`
         self.parents: list[tuple[int, torch.Tensor]] = []
 
-    def reweight(self, p: _Particles, inc: torch.Tensor, where: str):
+    def reweight(self, p: _Particles, inc: torch.Tensor, where: str, final: bool = False):
+        """Add the incremental log-weights ``inc``; resample if the ESS fell below the threshold, except after the
+        ``final`` reweighting: resampling there only adds noise, and it would reset the weights, so the reported
+        final ESS would read 1 instead of what the last step left."""
         alive = torch.isfinite(p.log_w)
         ok = torch.isfinite(inc)
         live = inc[alive & ok]
@@ -112,7 +115,7 @@ class _Run:
         self.ess_trace.append(ess)
         self.log_Z_trace.append(self.log_Z(p))
         self.killed_trace.append(self.n_nonfinite)
-        if ess < self.ess_threshold:
+        if ess < self.ess_threshold and not final:
             self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
             if self.strata is None:
                 idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
@@ -383,7 +386,7 @@ def smc(
                 run.strata = lambda q, a=a_k, s=s_k: bridge_strata((q.x + (s**2).to(q.x) * q.state.grad) / a.to(q.x))
             else:
                 run.strata = lambda q: bridge_strata(q.x)
-        run.reweight(p, inc, f"at level {i_to}")
+        run.reweight(p, inc, f"at level {i_to}", final=(j == 1 and target is None))
         run.rejuvenate(p, LevelDensity(model, i_to, counter), mcmc, level_variance(model, i_to))
 
     # -- optional bridge to the exact target ---------------------------------------------------------------
@@ -415,7 +418,7 @@ def smc(
                 lam = next_bridge_lambda(p.log_w, u - ef0, lam_list[-1], float(bridge_cess))
             dlam = lam - lam_list[-1]
             lam_list.append(lam)
-            run.reweight(p, -dlam * (u - ef0), f"on the bridge to the target (lambda={lam:.3g})")
+            run.reweight(p, -dlam * (u - ef0), f"on the bridge to the target (lambda={lam:.3g})", final=lam >= 1.0)
             dens = BridgeDensity(model, target, lam, lv[0], counter)
             p.state = dens.rebase(p.state)  # same points under the new lambda, no new evaluations
             run.rejuvenate(p, dens, bridge_mcmc, scale)
