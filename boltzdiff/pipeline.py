@@ -102,10 +102,14 @@ def _check_run_dir(out: Path, system: System, preset: str, loss: str | None = No
     f = out / "pipeline.json"
     if f.exists():
         old = json.loads(f.read_text())
-        if old.get("system_path") != str(system.path) or old.get("variant") != system.variant:
+        old_path = old.get("system_path")
+        same = old_path is not None and (
+            old_path == str(system.path) or (system.path is not None and Path(old_path).resolve() == system.path)
+        )
+        if not same or old.get("variant") != system.variant:
             raise ConfigError(
-                f"{out} holds a run of system {old.get('system')!r} (variant {old.get('variant')}); "
-                f"choose another --out for {system.name!r}"
+                f"{out} holds a run of system {old.get('system')!r} ({old_path}, variant {old.get('variant')}), "
+                f"not of {system.path or system.name} (variant {system.variant}); choose another --out"
             )
         if old.get("preset") != preset:
             raise ConfigError(f"{out} holds a run with preset {old.get('preset')!r}, not {preset!r}")

@@ -74,17 +74,18 @@ def available_systems() -> list[str]:
 
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:
-    """Find the ``system.yaml`` for a system name, a folder holding one, or a YAML file path."""
+    """Find the ``system.yaml`` for a system name, a folder holding one, or a YAML file path (absolute, so that a
+    run directory that records it can be resumed or analysed from another working directory)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"system: file {p} does not exist")
-        return p
+        return p.resolve()
     if p.is_dir():
         f = p / "system.yaml"
         if not f.is_file():
             raise ConfigError(f"system: folder {p} has no system.yaml")
-        return f
+        return f.resolve()
     f = SYSTEMS_DIR / str(name_or_path) / "system.yaml"
     if f.is_file():
         return f
@@ -124,9 +125,7 @@ def load_system(name_or_path: str | Path, variant: str | None = None) -> System:
     variant = variant or default_variant
     if variant is not None:
         if variant not in variants:
-            raise ConfigError(
-                f"{path}: unknown variant {variant!r}; expected one of {sorted(variants) or '(none)'}"
-            )
+            raise ConfigError(f"{path}: unknown variant {variant!r}; expected one of {sorted(variants) or '(none)'}")
         spec = {**spec, **(variants[variant] or {})}
     spec.setdefault("name", path.parent.name)
     kind = spec.get("kind")

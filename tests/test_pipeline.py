@@ -497,3 +497,29 @@ def test_reference_by_metadynamics_resamples_the_frames_by_their_weights(tmp_pat
     ]:
         with pytest.raises(ConfigError, match=field):
             stage_reference(system, tmp_path / "bad", {"reference": bad}, progress=False)
+
+
+def test_a_run_directory_resumes_from_another_working_directory_and_refuses_another_system(tmp_path, monkeypatch):
+    """A system given as a relative path is recorded absolute, so the run is recognised when resumed by an
+    absolute path (or from elsewhere); a different system file is refused with both paths named."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import _check_run_dir
+    from boltzdiff.systems import load_system
+
+    for name, w in (("a", 0.7), ("b", 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "system.yaml").write_text(
+            f"kind: gaussian_mixture\nweights: [{w}, {1 - w:.1f}]\nmeans: [[1.0], [-1.0]]\nstd: 0.3\n"
+        )
+    monkeypatch.chdir(tmp_path)
+    rel = load_system("a")  # a folder relative to the working directory
+    assert rel.path.is_absolute() and rel.path == (tmp_path / "a" / "system.yaml").resolve()
+    out = tmp_path / "run"
+    out.mkdir()
+    meta = {"system": rel.name, "system_path": str(rel.path), "variant": None, "preset": "quick"}
+    (out / "pipeline.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path / "b")
+    _check_run_dir(out, load_system(tmp_path / "a"), "quick")  # the same file by an absolute path: accepted
+    _check_run_dir(out, load_system("../a/system.yaml"), "quick")  # and by another relative one
+    with pytest.raises(ConfigError, match=r"holds a run of system 'a' \(.*a/system.yaml.*not of .*b/system.yaml"):
+        _check_run_dir(out, load_system(tmp_path / "b"), "quick")
