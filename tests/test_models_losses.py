@@ -162,14 +162,14 @@ def test_diffclf_loss_matches_explicit_logits_and_binary_form():
         eps = torch.randn((8, 3, 3), generator=torch.Generator().manual_seed(3))
         x = grid.alpha[levels][..., None] * x0[:, None] + grid.sigma[levels][..., None] * eps
         ref = clf_from_logits(clf_logits(m, x, levels))
-        assert float(out.total.detach() - out.dsm) == pytest.approx(float(ref), rel=1e-10)
+        assert float(out.total.detach() - out.dsm) == pytest.approx(float(ref.detach()), rel=1e-10)
         assert out.n_energy_evals == 8 * 9
         # binary DiffCLF equals the multi-level loss at k = 2
         lv2 = levels[:, :2]
         x2 = x[:, :2]
         binary = diffclf_binary_loss(m, x2[:, 0], x2[:, 1], lv2[:, 0], lv2[:, 1])
         multi = clf_from_logits(clf_logits(m, x2, lv2))
-        assert float(binary) == pytest.approx(float(multi), rel=1e-10)
+        assert float(binary.detach()) == pytest.approx(float(multi.detach()), rel=1e-10)
     finally:
         torch.set_default_dtype(torch.float32)
 
