@@ -75,7 +75,7 @@ def test_monitor_values_land_in_the_metrics_records(tmp_path):
     def monitor(step, model, ema_model):
         seen.append(step)
         assert ema_model is not model
-        return {"f_last": float(model.f[-1]), "step_seen": step}
+        return {"f_last": float(model.f[-1].detach()), "step_seen": step}
 
     train(small_cfg(steps=100), tmp_path / "r", progress=False, monitor=monitor)
     recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
