@@ -32,11 +32,12 @@ from _common import WORK, machine, median, print_table  # noqa: E402
 DIMS = (2, 4, 8, 16)
 
 
-def draw_mixture(seed: int, min_weight: float, min_sep: float) -> dict:
-    """A random mixture spec (the YAML's fields) from ``seed``."""
+def draw_mixture(seed: int, min_weight: float, min_sep: float, k_max: int = 5, dims=DIMS) -> dict:
+    """A random mixture spec (the YAML's fields) from ``seed``: 2..``k_max`` components, dimension drawn from
+    ``dims`` (the defaults reproduce the mixtures of earlier tables seed for seed)."""
     rng = np.random.default_rng(seed)
-    k = int(rng.integers(2, 6))
-    dim = int(rng.choice(DIMS))
+    k = int(rng.integers(2, k_max + 1))
+    dim = int(rng.choice(dims))
     w = rng.dirichlet(np.ones(k))
     w = np.maximum(w, min_weight)
     w = w / w.sum()
@@ -61,9 +62,12 @@ def draw_mixture(seed: int, min_weight: float, min_sep: float) -> dict:
 
 
 def run_one(i: int, seed: int, args) -> dict:
-    spec = draw_mixture(seed, args.min_weight, args.min_sep)
+    dims = tuple(int(d) for d in args.dims.split(","))
+    spec = draw_mixture(seed, args.min_weight, args.min_sep, args.k_max, dims)
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     tag = "".join(f"_{k}{v}" for k, v in over.items())
+    if (args.k_max, dims) != (5, DIMS):  # another family of mixtures: its own work directories
+        tag = f"_k{args.k_max}_d{'-'.join(map(str, dims))}" + tag
     root = WORK / "gmm_heldout" / f"mix{seed}_{args.preset}{'_' + args.loss if args.loss else ''}{tag}"
     sysdir = root / "system"
     sysdir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +136,8 @@ def main():
     ap.add_argument(
         "--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="e.g. train.steps=3000 (YAML value)"
     )
+    ap.add_argument("--k-max", type=int, default=5, help="components per mixture: 2 .. K_MAX")
+    ap.add_argument("--dims", default=",".join(map(str, DIMS)), help="dimensions to draw from (comma-separated)")
     ap.add_argument("--min-weight", type=float, default=0.05)
     ap.add_argument("--min-sep", type=float, default=3.0, help="minimum mode distance / (std_i + std_j)")
     args = ap.parse_args()
