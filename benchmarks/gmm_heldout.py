@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,10 +66,10 @@ def run_one(i: int, seed: int, args) -> dict:
     dims = tuple(int(d) for d in args.dims.split(","))
     spec = draw_mixture(seed, args.min_weight, args.min_sep, args.k_max, dims)
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    tag = "".join(f"_{k}{v}" for k, v in over.items())
-    if (args.k_max, dims) != (5, DIMS):  # another family of mixtures: its own work directories
-        tag = f"_k{args.k_max}_d{'-'.join(map(str, dims))}" + tag
-    root = WORK / "gmm_heldout" / f"mix{seed}_{args.preset}{'_' + args.loss if args.loss else ''}{tag}"
+    family = f"_k{args.k_max}_d{'-'.join(map(str, dims))}" if (args.k_max, dims) != (5, DIMS) else ""
+    base = WORK / "gmm_heldout" / f"mix{seed}_{args.preset}{'_' + args.loss if args.loss else ''}{family}"
+    base = Path(str(base) + "".join(f"_{k}{v}" for k, v in over.items() if not k.startswith("sample.")))
+    root = Path(str(base) + "".join(f"_{k}{v}" for k, v in over.items() if k.startswith("sample.")))
     sysdir = root / "system"
     sysdir.mkdir(parents=True, exist_ok=True)
     if over:  # the system's run.yaml: these settings over the preset's
@@ -86,6 +87,20 @@ def run_one(i: int, seed: int, args) -> dict:
     out = root / "run"
     cmd = ["boltzdiff", "run", str(sysdir), "--preset", args.preset, "--out", str(out), "--no-progress"]
     cmd += ["--workers", "1"] + (["--loss", args.loss] if args.loss else [])
+    if args.reuse_train and not (out / "analysis.json").exists():
+        # only the sampler changes: start from the run without the sample.* settings (its data and model) and
+        # redo its sample stage
+        if root == base:
+            raise SystemExit("--reuse-train: expected at least one --set sample.NAME=VALUE")
+        if not (base / "run" / "train" / "model.pt").exists():
+            raise SystemExit(f"--reuse-train: {base / 'run'} has no trained model; run without --set first")
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(base / "run", out)
+        meta = json.loads((out / "pipeline.json").read_text())
+        meta["system_path"] = str((sysdir / "system.yaml").resolve())
+        (out / "pipeline.json").write_text(json.dumps(meta, indent=2))
+        (out / "analysis.json").unlink()  # until the redone sample stage writes its own
+        cmd += ["--redo", "sample"]
     wall_file = root / "run_wall_s.json"  # the first invocation's wall time (a rerun reads the cached run)
     if not (out / "analysis.json").exists():
         t0 = time.time()
@@ -135,6 +150,11 @@ def main():
     ap.add_argument("--chains", type=int, default=64, help="noising chains for the classification excess")
     ap.add_argument(
         "--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="e.g. train.steps=3000 (YAML value)"
+    )
+    ap.add_argument(
+        "--reuse-train",
+        action="store_true",
+        help="copy the run without the --set sample.NAME=V settings (data and model) and redo just its sample stage",
     )
     ap.add_argument("--k-max", type=int, default=5, help="components per mixture: 2 .. K_MAX")
     ap.add_argument("--dims", default=",".join(map(str, DIMS)), help="dimensions to draw from (comma-separated)")
