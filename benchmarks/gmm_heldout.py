@@ -10,6 +10,8 @@ excess, the SMC's mode-weight error (max abs, and max over modes of |error| / bi
 ESS, and the wall time; then the medians and the worst cases.
 
     python benchmarks/gmm_heldout.py --n 8 --jobs 2            # two mixtures at a time, one thread each
+    python benchmarks/gmm_heldout.py --start 8 --n 8 --jobs 2 --k-max 8 --dims 2,8,16,32   # a harder family
+    python benchmarks/gmm_heldout.py --n 8 --jobs 2 --reuse-train --set sample.mcmc_steps=1  # same models, new sampler
 """
 
 from __future__ import annotations
