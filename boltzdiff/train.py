@@ -91,9 +91,11 @@ def build_model(
                 f"network: 'pairmlp' is for labelled molecules; system {system.name!r} has identical particles "
                 "(use 'egnn')"
             )
-        allowed = {"n_freq", "chiral_scale", "stiffness_init"}
+        allowed = {"n_freq", "chiral_scale", "chiral_norm", "stiffness_init"}
         if not isinstance(cfg.pairmlp, dict) or set(cfg.pairmlp) - allowed:
             raise ConfigError(f"pairmlp: expected a mapping with keys among {sorted(allowed)}, got {cfg.pairmlp!r}")
+        if not isinstance(cfg.pairmlp.get("chiral_norm", False), bool):
+            raise ConfigError(f"pairmlp.chiral_norm: expected true or false, got {cfg.pairmlp['chiral_norm']!r}")
         return build_pairmlp_energy(
             grid,
             n,

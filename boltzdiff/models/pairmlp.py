@@ -9,8 +9,11 @@ the energy is ``E(x, t) = |x~|^2 / 2 + g(x~, t) + (d/2) log(2 pi a_t^2)`` where 
   mean and variance of that distance in the training data (set once by :meth:`set_pair_stats`). A bond whose
   length fluctuates by 0.003 nm and a contact that spans 1 nm both enter as O(1) numbers at every noise level,
   so stiff covalent geometry is easy to represent;
-* optional pseudo-scalars ``tanh(V / chiral_scale)`` (signed volumes at chiral centres), which make ``g`` not
-  reflection-invariant so the model can prefer L- over D-alanine;
+* optional pseudo-scalars from the signed volumes ``V`` at chiral centres, which make ``g`` not
+  reflection-invariant so the model can prefer L- over D-alanine: ``tanh(V / chiral_scale)``, or with
+  ``chiral_norm`` ``tanh(V / s_V(t))``, standardised per level like the distances (below). A signed volume
+  of bond vectors ~0.15 nm is ~0.002 nm^3, so the fixed scale left the input at ~0.02 and the trained model
+  ignored it (half its samples were D-alanine, RESULTS.md); the per-level scale makes it O(1) at every level;
 * a Fourier embedding of the noise input, added in every residual block;
 
 plus a harmonic term ``1/2 sum_ij k_ij(t) z_ij^2`` whose per-pair stiffnesses are a linear function of the
@@ -54,6 +57,13 @@ class PairDistanceNet(nn.Module):
     chiral_quads : sequence of ``(center, a, b, c)`` or None
         Chiral centres (3-D only) whose signed volumes enter as pseudo-scalar inputs.
     chiral_scale : float
+    chiral_norm : bool
+        Standardise the signed volumes per level instead of dividing by ``chiral_scale``: with ``u, v, w`` the
+        bond vectors from the centre, noised by ``x_t = alpha x + sigma eps`` (each vector's noise has variance
+        ``2 sigma^2`` per component), ``Var V_t ~ alpha^6 E[V^2] + 2 sigma^2 alpha^4 E[|v x w|^2 + |w x u|^2 +
+        |u x v|^2] + 4 sigma^4 alpha^2 E[|u|^2 + |v|^2 + |w|^2] + 48 sigma^6`` (first-, second- and third-order
+        noise terms; data moments set by :meth:`set_pair_stats`), and ``s_V(t) = sqrt(Var V_t) / a_t^3`` in the
+        preconditioned coordinates.
     stiffness_init : float
         0: the harmonic stiffnesses start at zero and may take either sign (a zero network output is then the
         exact Gaussian marginal); > 0: they are kept positive (softplus) and start at this value.
@@ -73,6 +83,7 @@ class PairDistanceNet(nn.Module):
         chiral_quads: Sequence[Sequence[int]] | None = None,
         chiral_scale: float = 0.1,
         stiffness_init: float = 0.0,
+        chiral_norm: bool = False,
     ):
         super().__init__()
         if n_particles < 2:
@@ -93,6 +104,12 @@ class PairDistanceNet(nn.Module):
         if self.quads and (self.dim != 3 or any(len(q) != 4 or max(q) >= self.n or min(q) < 0 for q in self.quads)):
             raise ValueError(f"chiral_quads: expected (center, a, b, c) atom indices < {self.n} in 3-D")
         self.chiral_scale = float(chiral_scale)
+        self.chiral_norm = bool(chiral_norm) and bool(self.quads)
+        if self.chiral_norm:  # data moments of each chiral centre (nm^6, nm^4, nm^2); set by set_pair_stats
+            q = len(self.quads)
+            self.register_buffer("chiral_v2", torch.full((q,), 1e-5))
+            self.register_buffer("chiral_g", torch.full((q,), 1e-3))
+            self.register_buffer("chiral_h", torch.full((q,), 0.1))
         self.temb = FourierEmbedding(n_freq)
         self.temb_mlp = nn.Sequential(nn.Linear(2 * n_freq, width), nn.SiLU(), nn.Linear(width, width))
         # per-pair, per-level stiffness of the harmonic term: zero at initialisation (stiffness_init = 0, any
@@ -118,6 +135,23 @@ class PairDistanceNet(nn.Module):
         r = self.distances(x.to(self.pair_mean))
         self.pair_mean.copy_(r.mean(0))
         self.pair_var.copy_(r.var(0).clamp_min(1e-12))
+        if self.chiral_norm:
+            x3 = x.to(self.pair_mean).reshape(x.shape[0], self.n, self.dim)
+            for k, (o, a, b, c) in enumerate(self.quads):
+                u, v, w = x3[:, a] - x3[:, o], x3[:, b] - x3[:, o], x3[:, c] - x3[:, o]
+                vol = (u * torch.linalg.cross(v, w)).sum(-1)
+                cr = sum((torch.linalg.cross(p, q) ** 2).sum(-1) for p, q in ((v, w), (w, u), (u, v)))
+                self.chiral_v2[k] = (vol**2).mean()
+                self.chiral_g[k] = cr.mean()
+                self.chiral_h[k] = ((u**2).sum(-1) + (v**2).sum(-1) + (w**2).sum(-1)).mean()
+
+    def chiral_sd(self, level: torch.Tensor) -> torch.Tensor:
+        """``s_V(t)`` (class docstring) of every chiral centre at integer levels ``(B,)``, ``(B, Q)``."""
+        al, sg, a2 = self.alpha[level][:, None], self.sigma[level][:, None], self.a2[level][:, None]
+        var = (
+            al**6 * self.chiral_v2 + 2 * sg**2 * al**4 * self.chiral_g + 4 * sg**4 * al**2 * self.chiral_h + 48 * sg**6
+        )
+        return torch.sqrt(var) / a2**1.5
 
     def distances(self, x_flat: torch.Tensor) -> torch.Tensor:
         x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
@@ -137,7 +171,8 @@ class PairDistanceNet(nn.Module):
         if self.quads:
             x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
             vol = torch.stack([signed_volume(x, *q) for q in self.quads], dim=-1)
-            feats = torch.cat([feats, torch.tanh(vol / self.chiral_scale)], dim=-1)
+            scale = self.chiral_sd(level) if self.chiral_norm else self.chiral_scale
+            feats = torch.cat([feats, torch.tanh(vol / scale)], dim=-1)
         levels, inv = torch.unique(c_noise, return_inverse=True)
         temb = self.temb_mlp(self.temb(levels))
         z = feats[:, : self.ii.numel()]
