@@ -386,23 +386,29 @@ def cv_strata(system: System, spec):
     molecules are mapped back first, as in the analysis). With ``wrap: true`` the interval below the first edge
     and the one above the last are one stratum (the arc across ±pi), so ``{cv: phi, edges: [0, 2], wrap:
     true}`` gives two strata, the phi > 0 basin and the rest. A list of such specs labels the cells of their
-    product (e.g. phi intervals x psi intervals). ``None`` -> None."""
+    product (e.g. phi intervals x psi intervals). ``mirror: false`` (in any of them) labels the configurations
+    as they are, without mapping mirror images back: right for a model that prefers one hand (``pairmlp:
+    {chiral_norm: true}``), whose noisy configurations' apparent handedness is noise that the reverse process
+    removes, while their phi already says where they end. ``None`` -> None."""
     if spec is None:
         return None
     cvs = system.spec.get("cvs") or {}
     specs = spec if isinstance(spec, list) and spec else [spec]
     names, edge_sets, wraps = [], [], []
+    mirror = True
     for one in specs:
         if (
             not isinstance(one, dict)
-            or not {"cv", "edges"} <= set(one) <= {"cv", "edges", "wrap"}
+            or not {"cv", "edges"} <= set(one) <= {"cv", "edges", "wrap", "mirror"}
             or not isinstance(one["edges"], list)
             or not isinstance(one.get("wrap", False), bool)
+            or not isinstance(one.get("mirror", True), bool)
         ):
             raise ConfigError(
-                f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...], wrap: true|false (optional)}}, "
-                f"a list of them, or null, got {spec!r}"
+                f"sample.bridge_strata: expected {{cv: NAME, edges: [radians, ...], wrap: true|false (optional), "
+                f"mirror: true|false (optional)}}, a list of them, or null, got {spec!r}"
             )
+        mirror = mirror and bool(one.get("mirror", True))
         wraps.append(bool(one.get("wrap", False)) and len(one["edges"]) >= 2)
         if one["cv"] not in cvs:
             raise ConfigError(
@@ -416,7 +422,7 @@ def cv_strata(system: System, spec):
     from boltzdiff.cv import dihedrals
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
-    quads = chiral_quads_of(system)
+    quads = chiral_quads_of(system) if mirror else None
     ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads) if quads else None
     idx = [cvs[name] for name in names]
     n_atoms = system.target.event_shape[0]

@@ -425,6 +425,9 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     x1 = torch.as_tensor(read_start_structure(system, "alanine-dipeptide-phi-pos.pdb")).reshape(1, -1)  # +0.95
     mirrored = x1.reshape(-1, 3) * torch.tensor([1.0, 1.0, -1.0])  # D-Ala has phi -0.95; mapped back first
     assert labels(torch.cat([x0, x1, mirrored.reshape(1, -1)])).tolist() == [0, 1, 1]
+    # mirror: false labels the configurations as they are (a chiral model's noisy hand is noise)
+    raw = cv_strata(system, {"cv": "phi", "edges": [0.0, 2.0], "mirror": False})
+    assert raw(torch.cat([x0, x1, mirrored.reshape(1, -1)])).tolist() == [0, 1, 0]
     assert cv_strata(system, None) is None
     # a list of specs labels the cells of their product: phi in 3 intervals x psi in 2 -> phi_bin * 2 + psi_bin
     both = cv_strata(system, [{"cv": "phi", "edges": [0.0, 2.0]}, {"cv": "psi", "edges": [0.0]}])
@@ -442,6 +445,7 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
         ({"cv": "phi"}, "expected {cv: NAME, edges"),
         ({"cv": "phi", "edges": ["a"]}, "edges must be numbers"),
         ({"cv": "phi", "edges": [0.0, 2.0], "wrap": "yes"}, "wrap: true"),
+        ({"cv": "phi", "edges": [0.0, 2.0], "mirror": "no"}, "mirror: true"),
     ):
         with pytest.raises(ConfigError, match=msg):
             cv_strata(system, bad)
