@@ -442,14 +442,28 @@ def cv_strata(system: System, spec):
     return labels
 
 
-def sampling_target(system: System, model):
-    """The exact target for SMC; particle targets get the model's centre-of-mass Gaussian as a gauge."""
-    from boltzdiff.targets.base import ComRestrained
+def sampling_target(system: System, model, restrict_chirality: bool = False):
+    """The exact target for SMC; particle targets get the model's centre-of-mass Gaussian as a gauge.
+    ``restrict_chirality`` (``sample.restrict_chirality``): the target restricted to the hand of the system's
+    structure at its declared ``chiral_quads`` (:class:`~boltzdiff.targets.base.HandRestricted`)."""
+    from boltzdiff.targets.base import ComRestrained, HandRestricted
 
     t = system.target
     if kind_of(system) != "analytic" and len(t.event_shape) == 2:
         a2_0 = float(model.a2[0])
-        return ComRestrained(t, a2_0)
+        t = ComRestrained(t, a2_0)
+    if restrict_chirality:
+        from boltzdiff.models.egnn import chiral_quads_of, reference_chirality
+
+        quads = chiral_quads_of(system)
+        if not quads:
+            raise ConfigError(
+                f"sample.restrict_chirality: system {system.name!r} declares no chiral_quads in its system.yaml"
+            )
+        n = t.event_shape[0]
+        t = HandRestricted(
+            t, quads, reference_chirality(torch.as_tensor(np.asarray(system.positions)).reshape(1, n, 3), quads)
+        )
     return t
 
 
@@ -507,6 +521,9 @@ def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
         )
     if not isinstance(s.get("strata_denoised", False), bool):
         raise ConfigError(f"sample.strata_denoised: expected true or false, got {s.get('strata_denoised')!r}")
+    hand = s.get("restrict_chirality", False)
+    if not isinstance(hand, bool):
+        raise ConfigError(f"sample.restrict_chirality: expected true or false, got {hand!r}")
     kv = s.get("kernel_variance") or "fisher"
     if kv not in ("fisher", "matrix", "model"):
         raise ConfigError(f"sample.kernel_variance: expected 'fisher', 'matrix' or 'model', got {kv!r}")
@@ -522,7 +539,7 @@ def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
 
         run.model = refine_levels(run.model, refine)
     mcmc = MCMCConfig("mala", n_steps=int(s["mcmc_steps"])) if int(s.get("mcmc_steps", 0)) > 0 else None
-    target = sampling_target(system, run.model) if s.get("to_target", True) else None
+    target = sampling_target(system, run.model, restrict_chirality=hand) if s.get("to_target", True) else None
     kwargs = dict(
         levels=s.get("levels"),
         kernel_variance=kv,

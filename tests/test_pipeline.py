@@ -464,6 +464,45 @@ def test_sample_stage_rejects_bad_strata_min_share_before_loading_anything(tmp_p
     assert not (tmp_path / "samples.npz").exists()
 
 
+def test_hand_restricted_target_keeps_one_enantiomer_with_its_exact_energy_and_force():
+    """The restricted target equals the force field (energy and force) for the reference hand, is +inf for the
+    mirror image (which the unrestricted force field scores the same), and needs declared chiral centres."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.md import read_start_structure
+    from boltzdiff.pipeline import sampling_target
+    from boltzdiff.systems import load_system
+    from boltzdiff.targets.base import HandRestricted
+
+    system = load_system("alanine_dipeptide", variant="vacuum")
+
+    class _Model:  # sampling_target reads only the model's level-0 preconditioning variance
+        a2 = torch.tensor([0.25])
+
+    t = sampling_target(system, _Model(), restrict_chirality=True)
+    assert isinstance(t, HandRestricted)
+    x0 = torch.as_tensor(np.asarray(system.positions)).reshape(1, -1)
+    x1 = torch.as_tensor(read_start_structure(system, "alanine-dipeptide-phi-pos.pdb")).reshape(1, -1)
+    x = torch.cat([x0, x1]).double()
+    x = (x.reshape(2, -1, 3) - x.reshape(2, -1, 3).mean(1, keepdim=True)).reshape(2, -1)
+    free = sampling_target(system, _Model())
+    torch.testing.assert_close(t.energy(x), free.energy(x))
+    torch.testing.assert_close(t.force(x), free.force(x))
+    torch.testing.assert_close(free.energy(-x), free.energy(x))  # the force field cannot tell the hands apart
+    assert torch.isinf(t.energy(-x)).all()
+    with pytest.raises(ConfigError, match="declares no chiral_quads"):
+        sampling_target(load_system("dw4"), _Model(), restrict_chirality=True)
+
+
+def test_sample_stage_rejects_a_non_boolean_restrict_chirality_before_loading_anything(tmp_path):
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, "restrict_chirality": "yes"}}
+    with pytest.raises(ConfigError, match="sample.restrict_chirality: expected true or false"):
+        stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+
+
 def test_reference_by_metadynamics_resamples_the_frames_by_their_weights(tmp_path):
     from boltzdiff.cv import dihedrals
     from boltzdiff.errors import ConfigError

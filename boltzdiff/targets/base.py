@@ -151,3 +151,40 @@ class ComRestrained(Target):
         n, s = self.event_shape
         com = x.reshape(x.shape[0], n, s).mean(1)
         return self.inner.energy(x) + n * (com**2).sum(-1) / (2 * self.var)
+
+
+class HandRestricted(Target):
+    """A target restricted to one mirror image: ``u(x)`` where every declared chiral centre has the reference
+    hand, ``+inf`` (weight zero) where any has the other.
+
+    A force field gives a molecule and its mirror image the same energy, so an unrestricted target has both
+    enantiomers in equal measure; a sampler whose model prefers one hand (``pairmlp: {chiral_norm: true}``)
+    would give its rare mirror-image particles weights ~``exp(E(mirror) - E)`` that dominate every estimate.
+    Restricted, the target is the declared enantiomer alone (normalising constant halved, every observable of
+    that enantiomer unchanged).
+
+    Parameters
+    ----------
+    target : particle target of event shape ``(n, 3)``
+    chiral_quads : ``[(center, a, b, c), ...]`` atom indices
+    reference_sign : one sign (+1/-1) per quadruple (:func:`boltzdiff.models.egnn.reference_chirality`)
+    """
+
+    normalized = False
+
+    def __init__(self, target: Target, chiral_quads, reference_sign):
+        super().__init__(target.dim, target.event_shape)
+        if tuple(target.event_shape)[-1:] != (3,):
+            raise ConfigError("HandRestricted: needs a 3-D particle target with event_shape (n, 3)")
+        self.inner = target
+        self.quads = [tuple(int(i) for i in q) for q in chiral_quads]
+        self.ref = torch.as_tensor([float(v) for v in reference_sign])
+        if not self.quads or self.ref.numel() != len(self.quads):
+            raise ConfigError(f"HandRestricted: expected one reference sign per chiral centre, got {reference_sign!r}")
+
+    def _energy(self, x):
+        from boltzdiff.models.egnn import chirality_signs
+
+        u = self.inner.energy(x)
+        wrong = (chirality_signs(x.detach(), self.quads) != self.ref.to(x)).any(-1)
+        return torch.where(wrong, torch.full_like(u, float("inf")), u)
