@@ -585,10 +585,27 @@ def _save_part(part: Path, tag: dict, done: _FinishedRun) -> None:
     atomic_save(part, lambda p: torch.save(dict(tag=tag, result=vars(done)), p))
 
 
+def _exit_with_parent(parent_pid: int, every_s: float = 2.0) -> None:
+    """A daemon thread that ends this worker process once its parent is gone (killed with SIGTERM or SIGKILL,
+    a parent runs no cleanup): an orphaned SMC run would go on using a core and write its part file into a run
+    directory that a new command may be using."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _smc_worker(job: dict) -> int:
     """One SMC run in a worker process (``sample`` with ``workers > 1``): rebuilds the system and the model
     from the run directory, runs SMC run ``job['r']`` and writes it to its part file; returns ``r``."""
     torch.set_num_threads(int(job["threads"]))
+    if job.get("parent_pid"):
+        _exit_with_parent(int(job["parent_pid"]))
     system = load_system(job["system_path"], job["variant"])
     out = Path(job["out"])
     inputs = _sample_inputs(system, out, job["settings"])
@@ -627,6 +644,7 @@ def _run_parallel(
             part=str(parts[r]),
             tag=tag,
             threads=threads,
+            parent_pid=os.getpid(),
         )
         for r in todo
     ]
@@ -642,6 +660,10 @@ def _run_parallel(
         except BaseException:
             for fut in futures:
                 fut.cancel()
+            # running workers would finish their runs before the pool's shutdown returns (minutes after a
+            # Ctrl-C); stop them now (the finished runs' part files stay for a resume)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
             raise
         finally:
             bar.close()

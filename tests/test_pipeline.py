@@ -566,3 +566,28 @@ def test_a_run_directory_resumes_from_another_working_directory_and_refuses_anot
     _check_run_dir(out, load_system("../a/system.yaml"), "quick")  # and by another relative one
     with pytest.raises(ConfigError, match=r"holds a run of system 'a' \(.*a/system.yaml.*not of .*b/system.yaml"):
         _check_run_dir(out, load_system(tmp_path / "b"), "quick")
+
+
+def _orphan_probe(fake_parent: int) -> None:  # runs in a spawned process
+    import time
+
+    from boltzdiff.pipeline import _exit_with_parent
+
+    _exit_with_parent(fake_parent, every_s=0.05)
+    time.sleep(60)
+
+
+def test_smc_worker_exits_once_its_parent_is_gone():
+    """The watchdog of an SMC worker process: when the parent pid it was given is no longer its parent (the
+    parent was killed and the worker re-parented), the worker ends itself instead of running on."""
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_orphan_probe, args=(os.getpid() + 999_999,))  # never this child's parent
+    proc.start()
+    proc.join(timeout=30)
+    alive = proc.is_alive()
+    if alive:
+        proc.terminate()
+    assert not alive and proc.exitcode == 1
