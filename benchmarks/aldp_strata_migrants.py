@@ -25,6 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table  # noqa: E402
+from aldp_basin_parts import _angles  # noqa: E402
 
 
 def _wq(v, w, qs):
@@ -115,12 +116,6 @@ def main(argv=None) -> int:
     # the module, not the function of the same name that boltzdiff.samplers exports
     sys.modules["boltzdiff.samplers.smc"].stratified_resample = traced
 
-    def phi_of(x):
-        xs = x.detach().double().reshape(-1, n_atoms, 3)
-        if quads:
-            xs = fix_chirality(xs, quads, sign).x
-        return phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
-
     # the basin's label: the cell of phi = 1 under the preset's single-CV strata spec
     spec = settings["sample"]["bridge_strata"]
     edges = np.sort(np.asarray(spec["edges"], dtype=float))
@@ -133,7 +128,7 @@ def main(argv=None) -> int:
         state.update(trace=[], flag=None)
         done = _smc_run(inputs, r, seed, progress=False)
         w = normalized_weights(clean_log_weights(done.log_w.numpy()).log_w_n)
-        fin_b = in_phi_basin(phi_of(done.x))
+        fin_b = in_phi_basin(_angles(system, done.x.numpy(), None)[0])
         flag = state["flag"].numpy() if state["flag"] is not None else np.zeros(len(w), dtype=bool)
         pb = float(w[fin_b].sum())
         cross = float(w[fin_b & flag].sum() / max(pb, 1e-300))
