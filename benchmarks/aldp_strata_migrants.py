@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     from boltzdiff.analysis.free_energy import in_phi_basin
     from boltzdiff.analysis.weights import clean_log_weights, normalized_weights
     from boltzdiff.cv import phi_psi
+    from boltzdiff.geometry import signed_volume
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
     from boltzdiff.pipeline import _sample_inputs, _smc_run
     from boltzdiff.samplers.resampling import stratified_resample
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     cvs = system.spec["cvs"]
     quads = chiral_quads_of(system)
     sign = reference_chirality(probe.reshape(1, n_atoms, 3), quads) if quads else None
+    v_ref = abs(float(signed_volume(probe.reshape(1, n_atoms, 3), *quads[0])[0])) if quads else None
 
     state: dict = {}
 
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
         idx, lw = stratified_resample(log_w, labels, resample_fn, generator, min_share=min_share)
         state["flag"] = flag[idx.cpu()]
         if "first" not in state:  # what the labels of the first stratified resampling saw
-            state["first"] = dict(state["seen"], label=lab.numpy().copy())
+            state["first"] = dict(state["seen"], label=lab.numpy().copy(), w=w)
             state["anc"] = torch.arange(lab.numel())
         state["anc"] = state["anc"][idx.cpu()]
         return idx, lw
@@ -109,7 +111,11 @@ def main(argv=None) -> int:
         fx = fix_chirality(xs, quads, sign) if quads else None
         phi_fixed = phi_psi((fx.x if fx else xs).numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
         flipped = fx.flipped_b.numpy() if fx is not None else np.zeros(len(xs), bool)
-        state["seen"] = dict(phi=np.asarray(phi_fixed).reshape(-1), flipped=np.asarray(flipped).reshape(-1))
+        # how decided the hand is: |signed volume| at the first chiral centre over the structure's
+        vol = np.abs(signed_volume(xs, *quads[0]).numpy()) / v_ref if quads else np.full(len(xs), np.nan)
+        state["seen"] = dict(
+            phi=np.asarray(phi_fixed).reshape(-1), flipped=np.asarray(flipped).reshape(-1), vol=vol.reshape(-1)
+        )
         return strata_fn(x)
 
     inputs["kwargs"]["bridge_strata"] = seen_strata
@@ -156,6 +162,18 @@ def main(argv=None) -> int:
                 + " ".join(f"{q:.2f}" for q in _wq(phi_a[~lab_b], wb[~lab_b], [0.1, 0.5, 0.9]))
                 + f"; distinct such ancestors {np.unique(anc[~lab_b & fin_b]).size}"
             )
+            # does an undecided hand (small |signed volume| of the denoised configuration) mark the crossers?
+            vol, lab0 = f["vol"], f["label"] == state["basin_label"]
+            w0 = f["w"]
+            for lo, hi in ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, np.inf)):
+                sel0 = (vol >= lo) & (vol < hi)
+                sel = sel0[anc]
+                print(
+                    f"  |V|/|V_ref| in [{lo}, {hi}): at the first resampling {sel0.mean():.2f} of the particles "
+                    f"({sel0[lab0].sum()} basin-labelled, {sel0[~lab0].sum()} rest), {w0[sel0 & lab0].sum():.4f} / "
+                    f"{w0[sel0 & ~lab0].sum():.4f} of the weight; final basin weight from them: basin-labelled "
+                    f"{wb[sel & lab_b].sum() / pb:.2f}, rest-labelled {wb[sel & ~lab_b].sum() / pb:.2f}"
+                )
         dump.append(dict(run=r, delta_f_kT=float(df), basin=pb, crosser_share=cross, trace=tr))
         print_table(
             [
