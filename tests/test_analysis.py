@@ -358,6 +358,49 @@ def test_jackknife_over_runs_of_a_mean_is_the_standard_error_of_the_run_means():
     assert np.isnan(jackknife_over_runs(lambda m: np.inf if not m[0] else 0.0, run)[1])
 
 
+def test_leave_one_run_out_gives_the_estimate_without_each_run():
+    """Runs in sorted label order, whatever order their particles come in; the jackknife SE from them."""
+    from boltzdiff.analysis.weights import jackknife_se, leave_one_run_out
+
+    y = np.array([1.0, 1.0, 4.0, 7.0, 7.0, 7.0])
+    run = np.array([2, 2, 0, 5, 5, 5])  # runs 0, 2, 5 hold means 4, 1, 7
+    loo = leave_one_run_out(lambda m: y[m].mean(), run)
+    assert loo.tolist() == pytest.approx([(2 + 21) / 5, 25 / 4, 6 / 3])
+    assert jackknife_se(loo) == pytest.approx(np.sqrt(2 / 3 * np.sum((loo - loo.mean()) ** 2)))
+    assert np.isnan(jackknife_se(loo[:1])) and np.isnan(jackknife_se([1.0, np.nan]))
+
+
+def test_top_lineage_share_sums_a_lineages_copies():
+    from boltzdiff.analysis.weights import top_lineage_share
+
+    lw = np.log(np.array([1.0, 1.0, 2.0, 4.0]))
+    assert top_lineage_share(lw, [3, 3, 1, 0]) == pytest.approx(0.5)  # lineage 0 alone: 4 / 8
+    assert top_lineage_share(lw, [3, 3, 3, 0]) == pytest.approx(0.5)  # lineage 3: (1 + 1 + 2) / 8
+    assert top_lineage_share(lw, [3, 3, 0, 0]) == pytest.approx(0.75)
+    # a zero-weight (non-finite) particle counts for nothing
+    assert top_lineage_share(np.array([0.0, np.nan, 0.0]), [1, 2, 2]) == pytest.approx(0.5)
+
+
+def test_runs_table_lists_every_run_and_only_with_several():
+    from boltzdiff.analysis.pipeline_analysis import runs_table_md
+
+    res = dict(
+        delta_f_kT=3.06,
+        delta_f_se_kT=1.13,
+        delta_f_runs_kT=[4.21, 0.63, 4.8],
+        basin_lineages_runs=[47, 13, 29],
+        top_lineage_share_runs=[0.05, 0.26, 0.04],
+        delta_f_loo_kT=[2.9, 4.3, None],
+    )
+    md = runs_table_md(res)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
+    assert len(rows) == 3 and rows[1] == "| 1 | 0.63 | 13 | 0.26 | 4.3 |" and rows[2].endswith("| - |")
+    assert "3.06 ± 1.13 kT" in md
+    assert runs_table_md(dict(delta_f_runs_kT=[4.2])) is None and runs_table_md({}) is None
+    # a column that does not match the runs is left out, not misaligned
+    assert "basin lineages" not in runs_table_md(dict(res, basin_lineages_runs=[1]))
+
+
 def test_lineage_bootstrap_counts_copies_of_one_draw_once():
     """n independent two-state draws, each copied m times (as SMC resampling copies a particle): the particle
     bootstrap's SE shrinks like 1/sqrt(m); the cluster bootstrap over the draws keeps the exact SE of the

@@ -29,7 +29,15 @@ from boltzdiff.analysis.report import (
     write_json_atomic,
     write_report_md,
 )
-from boltzdiff.analysis.weights import clean_log_weights, jackknife_over_runs, kish_ess, pool_runs, weighted_mean
+from boltzdiff.analysis.weights import (
+    clean_log_weights,
+    jackknife_se,
+    kish_ess,
+    leave_one_run_out,
+    pool_runs,
+    top_lineage_share,
+    weighted_mean,
+)
 from boltzdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -216,15 +224,47 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
             figs.append(("interatomic distances", plot_distance_histograms(hists, out / "distances.png")))
     write_json_atomic(out / "analysis.json", res)
     numbers = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
+    notes = (
+        "Weighted quantities use the SMC importance weights of particles annealed to the exact "
+        "target energy; `ess` is the normalised Kish ESS."
+    )
     write_report_md(
         out / "report.md",
         f"boltzdiff run: {system.name} ({meta.get('preset')})",
         numbers,
         figs,
-        notes="Weighted quantities use the SMC importance weights of particles annealed to the exact "
-        "target energy; `ess` is the normalised Kish ESS.",
+        notes="\n\n".join(t for t in (notes, runs_table_md(res)) if t),
     )
     return res
+
+
+def runs_table_md(res: dict) -> str | None:
+    """A Markdown table of the independent SMC runs behind a pooled ΔF (None with fewer than two): each run's
+    own ΔF, its basin lineages, the largest share of its weight on one lineage, and the pooled ΔF without it.
+    A run that moves the pooled value far more than the others do is one whose few heavy paths decide it."""
+    dfs = res.get("delta_f_runs_kT")
+    if not dfs or len(dfs) < 2:
+        return None
+    cols = {
+        "ΔF of the run (kT)": dfs,
+        "basin lineages": res.get("basin_lineages_runs"),
+        "largest lineage's share of the run's weight": res.get("top_lineage_share_runs"),
+        "pooled ΔF without the run (kT)": res.get("delta_f_loo_kT"),
+    }
+    cols = {k: v for k, v in cols.items() if v is not None and len(v) == len(dfs)}
+
+    def cell(v):
+        return "-" if v is None or not np.isfinite(v) else (f"{v}" if isinstance(v, int) else f"{v:.3g}")
+
+    lines = [
+        f"Independent SMC runs (pooled ΔF {cell(res.get('delta_f_kT'))} ± {cell(res.get('delta_f_se_kT'))} kT, "
+        "each run weighted by its normalising-constant estimate; the error bar is the jackknife over runs):",
+        "",
+        "| run | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    lines += [f"| {i} | " + " | ".join(cell(v[i]) for v in cols.values()) + " |" for i in range(len(dfs))]
+    return "\n".join(lines)
 
 
 def _lineage(out: Path) -> np.ndarray | None:
@@ -286,14 +326,18 @@ def _molecule(
         basin = in_phi_basin(phi)
         runs = np.zeros(len(phi), dtype=int) if run_of is None else np.asarray(run_of)
         counts = [int(np.unique(lineage[(runs == k) & basin]).size) for k in np.unique(runs)]
-        r.update(basin_lineages=min(counts), basin_lineages_runs=counts)
+        # how much of each run's weight one ancestor's copies carry: a run's populations are only as good as
+        # its few heaviest paths (RESULTS.md "Session 16": 13-73 % per run on the full preset)
+        top = [top_lineage_share(log_w[runs == k], lineage[runs == k]) for k in np.unique(runs)]
+        r.update(basin_lineages=min(counts), basin_lineages_runs=counts, top_lineage_share_runs=top)
     if run_of is not None and np.unique(run_of).size > 1:
         # resampled SMC particles are not independent and their weights are heavy-tailed: the particle
         # bootstrap understated the spread between independent SMC runs ~5x (benchmarks/RESULTS.md), so the
         # standard error comes from the runs (delete-one-run jackknife of the pooled estimate)
-        _, se = jackknife_over_runs(lambda m: delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f, run_of)
+        loo = leave_one_run_out(lambda m: delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f, run_of)
         r.update(
-            delta_f_se_kT=se,
+            delta_f_se_kT=jackknife_se(loo),
+            delta_f_loo_kT=loo.tolist(),
             delta_f_se_bootstrap_kT=float(df.se),
             delta_f_se_method=f"jackknife over {np.unique(run_of).size} independent SMC runs",
             delta_f_runs_kT=[

@@ -162,17 +162,37 @@ def pool_runs(log_w_n, run_n, log_z_r) -> np.ndarray:
     return lw
 
 
+def leave_one_run_out(estimate, run_n) -> np.ndarray:
+    """``estimate(mask) -> float`` on all particles but those of each run in turn (runs in sorted label order):
+    how much each independent run moves a pooled estimate, ``(R,)``."""
+    run = np.asarray(run_n).reshape(-1)
+    return np.array([float(estimate(run != r)) for r in np.unique(run)])
+
+
+def jackknife_se(loo) -> float:
+    """Delete-one jackknife standard error from the leave-one-out estimates ``loo`` (NaN with fewer than 2 of
+    them or any non-finite one)."""
+    loo = np.asarray(loo, dtype=np.float64).reshape(-1)
+    R = loo.size
+    if R < 2 or not np.isfinite(loo).all():
+        return float("nan")
+    return float(np.sqrt((R - 1) / R * np.sum((loo - loo.mean()) ** 2)))
+
+
 def jackknife_over_runs(estimate, run_n) -> tuple[float, float]:
     """Delete-one-run jackknife: ``estimate(mask) -> float`` evaluated on all particles and on all but each
     run; returns ``(estimate on all, jackknife standard error)``. The SE is NaN with fewer than 2 runs or if a
     leave-one-out estimate is not finite (e.g. no particle left in a state)."""
-    run = np.asarray(run_n).reshape(-1)
-    labels = np.unique(run)
-    full = float(estimate(np.ones(run.size, dtype=bool)))
-    if labels.size < 2:
-        return full, float("nan")
-    loo = np.array([float(estimate(run != r)) for r in labels])
-    if not np.isfinite(loo).all():
-        return full, float("nan")
-    R = labels.size
-    return full, float(np.sqrt((R - 1) / R * np.sum((loo - loo.mean()) ** 2)))
+    full = float(estimate(np.ones(np.asarray(run_n).size, dtype=bool)))
+    return full, jackknife_se(leave_one_run_out(estimate, run_n))
+
+
+def top_lineage_share(log_w, lineage) -> float:
+    """The largest share of the normalised weight ``exp(log_w)`` that the particles of one lineage (SMC
+    ancestor) carry together: near 1 when one ancestor's copies make up the sample."""
+    lw = clean_log_weights(log_w).log_w_n
+    lin = np.asarray(lineage).reshape(-1)
+    if lin.size == 0:
+        return float("nan")
+    _, inv = np.unique(lin, return_inverse=True)
+    return float(np.bincount(inv, weights=normalized_weights(lw)).max())
