@@ -368,6 +368,8 @@ def test_leave_one_run_out_gives_the_estimate_without_each_run():
     assert loo.tolist() == pytest.approx([(2 + 21) / 5, 25 / 4, 6 / 3])
     assert jackknife_se(loo) == pytest.approx(np.sqrt(2 / 3 * np.sum((loo - loo.mean()) ** 2)))
     assert np.isnan(jackknife_se(loo[:1])) and np.isnan(jackknife_se([1.0, np.nan]))
+    # one run: nothing is left without it, and the estimate is never asked for an empty selection
+    assert leave_one_run_out(lambda m: y[m].mean() if m.any() else 1 / 0, np.zeros(6)).size == 0
 
 
 def test_top_lineage_share_sums_a_lineages_copies():
@@ -379,6 +381,7 @@ def test_top_lineage_share_sums_a_lineages_copies():
     assert top_lineage_share(lw, [3, 3, 0, 0]) == pytest.approx(0.75)
     # a zero-weight (non-finite) particle counts for nothing
     assert top_lineage_share(np.array([0.0, np.nan, 0.0]), [1, 2, 2]) == pytest.approx(0.5)
+    assert np.isnan(top_lineage_share(np.array([np.nan, -np.inf]), [1, 2]))  # no weight anywhere
 
 
 def test_runs_table_lists_every_run_and_only_with_several():

@@ -164,9 +164,13 @@ def pool_runs(log_w_n, run_n, log_z_r) -> np.ndarray:
 
 def leave_one_run_out(estimate, run_n) -> np.ndarray:
     """``estimate(mask) -> float`` on all particles but those of each run in turn (runs in sorted label order):
-    how much each independent run moves a pooled estimate, ``(R,)``."""
+    how much each independent run moves a pooled estimate, ``(R,)``; empty with fewer than two runs (leaving
+    out the only run leaves nothing to estimate from)."""
     run = np.asarray(run_n).reshape(-1)
-    return np.array([float(estimate(run != r)) for r in np.unique(run)])
+    labels = np.unique(run)
+    if labels.size < 2:
+        return np.zeros(0)
+    return np.array([float(estimate(run != r)) for r in labels])
 
 
 def jackknife_se(loo) -> float:
@@ -192,7 +196,7 @@ def top_lineage_share(log_w, lineage) -> float:
     ancestor) carry together: near 1 when one ancestor's copies make up the sample."""
     lw = clean_log_weights(log_w).log_w_n
     lin = np.asarray(lineage).reshape(-1)
-    if lin.size == 0:
+    if lin.size == 0 or not np.isfinite(lw).any():  # no particle, or none with weight
         return float("nan")
     _, inv = np.unique(lin, return_inverse=True)
     return float(np.bincount(inv, weights=normalized_weights(lw)).max())
