@@ -8,6 +8,8 @@ Run directory layout::
     run_info.json          seed, git commit, package versions
     reference/             MD (molecules) or MCMC (particles) reference: positions.npy, energies.npy
     train/                 the training run (see boltzdiff.train)
+    train_models/M/        with ``train.n_models`` > 1: the M-th further model (M = 1 .. n_models - 1), trained
+                           on the same data with seed ``seed + 1000 M``
     samples.npz/.json      SMC particles ``x`` (n, d), float64 ``log_w`` and the sampler summary
     analysis.json, *.png, report.md
 """
@@ -125,7 +127,7 @@ _FREE_SETTINGS = {("train", "device"), ("train", "num_threads")}
 #: what each stage leaves in the run directory (removed by ``redo``)
 STAGE_OUTPUTS = {
     "reference": ("reference",),
-    "train": ("train",),
+    "train": ("train", "train_models"),
     "sample": ("samples.npz", "samples.json", "sample_runs"),
     "analyze": ("analysis.json", "report.md"),
 }
@@ -360,24 +362,44 @@ def reference_temperature(run_dir: Path) -> float | None:
     return None if t is None else float(t)
 
 
+def n_models(settings: dict) -> int:
+    """``train.n_models``: how many models the train stage fits (independently, on the same data, with seeds
+    ``seed + 1000 m``); the sample stage splits its SMC runs evenly between them, so the spread of the pooled
+    estimates includes the training's, not only the sampler's."""
+    m = (settings.get("train") or {}).get("n_models", 1)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"train.n_models: expected a positive number of models to train, got {m!r}")
+    return m
+
+
+def model_dir(out: Path, m: int) -> Path:
+    """Where model ``m`` of a run directory lives: ``train/`` for the first, ``train_models/<m>/`` after."""
+    return Path(out) / "train" if m == 0 else Path(out) / "train_models" / str(m)
+
+
 def stage_train(system: System, out: Path, settings: dict, data: Path | None, progress: bool):
     from boltzdiff.train import train
 
-    tdir = out / "train"
-    if (tdir / "model.pt").exists():
-        log.info("train: %s exists, skipped", tdir / "model.pt")
-        return
-    over = dict(settings["train"])
-    cfg = merge_config(TrainConfig(), over, "preset train settings")
-    cfg.system = str(system.path)
-    cfg.variant = system.variant
-    if data is not None:
-        cfg.data = str(data)
-        t_ref = reference_temperature(out)
-        if cfg.data_temperature is None and t_ref is not None:
-            cfg.data_temperature = t_ref
-    cfg.validate()
-    train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
+    n_m = n_models(settings)
+    for m in range(n_m):
+        tdir = model_dir(out, m)
+        if (tdir / "model.pt").exists():
+            log.info("train: %s exists, skipped", tdir / "model.pt")
+            continue
+        over = {k: v for k, v in settings["train"].items() if k != "n_models"}
+        over["seed"] = int(over.get("seed", 0)) + 1000 * m
+        cfg = merge_config(TrainConfig(), over, "preset train settings")
+        cfg.system = str(system.path)
+        cfg.variant = system.variant
+        if data is not None:
+            cfg.data = str(data)
+            t_ref = reference_temperature(out)
+            if cfg.data_temperature is None and t_ref is not None:
+                cfg.data_temperature = t_ref
+        cfg.validate()
+        if n_m > 1:
+            log.info("train: model %d of %d (seed %d) -> %s", m + 1, n_m, cfg.seed, tdir)
+        train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
 
 
 def cv_strata(system: System, spec):
@@ -486,9 +508,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
-    """Validate ``settings['sample']`` and build what every SMC run of the stage shares: the (refined) model,
-    the target and the keyword arguments of :func:`boltzdiff.samplers.smc` (all but the generator)."""
+def model_of_run(r: int, n_runs: int, n_m: int) -> int:
+    """The model SMC run ``r`` of ``n_runs`` samples (runs split into ``n_m`` equal consecutive blocks)."""
+    return r * n_m // n_runs
+
+
+def _sample_inputs(system: System, out: Path, settings: dict, model: int = 0) -> dict:
+    """Validate ``settings['sample']`` and build what every SMC run of model ``model`` shares: the (refined)
+    model, the target and the keyword arguments of :func:`boltzdiff.samplers.smc` (all but the generator)."""
     from boltzdiff.samplers import MCMCConfig
     from boltzdiff.train import load_run
 
@@ -499,6 +526,12 @@ def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
     n_runs = s.get("n_runs", 1)
     if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1 or n % n_runs:
         raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {n_runs!r}")
+    n_m = n_models(settings)
+    if n_runs % n_m:
+        raise ConfigError(
+            f"sample.n_runs: expected a multiple of train.n_models={n_m} (each model gets as many SMC runs), "
+            f"got {n_runs}"
+        )
     strata = cv_strata(system, s.get("bridge_strata"))
     max_sigma = s.get("strata_max_sigma")
     if max_sigma is not None and (
@@ -533,7 +566,7 @@ def _sample_inputs(system: System, out: Path, settings: dict) -> dict:
     refine = s.get("refine") or 1
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ConfigError(f"sample.refine: expected an integer >= 1 (levels per trained level step), got {refine!r}")
-    run = load_run(out / "train", device=settings["train"].get("device", "cpu"))
+    run = load_run(model_dir(out, model), device=settings["train"].get("device", "cpu"))
     if refine > 1:  # SMC through refine - 1 untrained levels between every two trained ones
         from boltzdiff.models.energy import refine_levels
 
@@ -608,7 +641,7 @@ def _smc_worker(job: dict) -> int:
         _exit_with_parent(int(job["parent_pid"]))
     system = load_system(job["system_path"], job["variant"])
     out = Path(job["out"])
-    inputs = _sample_inputs(system, out, job["settings"])
+    inputs = _sample_inputs(system, out, job["settings"], model=int(job.get("model", 0)))
     done = _smc_run(inputs, job["r"], job["seed"], progress=False)
     _save_part(Path(job["part"]), job["tag"], done)
     return int(job["r"])
@@ -641,6 +674,7 @@ def _run_parallel(
             settings=settings,
             seed=seed,
             r=r,
+            model=model_of_run(r, len(parts), n_models(settings)),
             part=str(parts[r]),
             tag=tag,
             threads=threads,
@@ -678,8 +712,10 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
         log.info("sample: %s exists, skipped", f)
         return
     s = settings["sample"]
+    n_m = n_models(settings)
     inputs = _sample_inputs(system, out, settings)
     n, n_runs, target = inputs["n"], inputs["n_runs"], inputs["target"]
+    models_of = [model_of_run(r, n_runs, n_m) for r in range(n_runs)]
     device = str(settings["train"].get("device", "cpu"))
     if workers is None:
         workers = min(n_runs, usable_cores()) if device == "cpu" else 1
@@ -690,6 +726,8 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     # resumes at the next run instead of starting over; the folder goes once samples.npz is written
     part_dir = out / "sample_runs"
     tag = dict(sample=dict(s), seed=seed, n_runs=n_runs)
+    if n_m > 1:  # parts of a run directory with another number of models are redone
+        tag["n_models"] = n_m
     parts = {r: part_dir / f"run{r}.pt" for r in range(n_runs)}
 
     def restore(r: int) -> _FinishedRun | None:
@@ -722,10 +760,20 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
                 raise RuntimeError(f"sample: SMC run {r + 1} finished in a worker but {parts[r]} cannot be read")
             results[r] = got
     else:
+        by_model = {0: inputs}
         for r in todo:  # independent SMC runs (their spread is the honest error bar), pooled by Z_r
+            m = models_of[r]
+            if m not in by_model:
+                by_model = {m: _sample_inputs(system, out, settings, model=m)}  # one model in memory at a time
             if n_runs > 1:
-                log.info("sample: SMC run %d of %d (%d particles)", r + 1, n_runs, n // n_runs)
-            done = _smc_run(inputs, r, seed, progress)
+                log.info(
+                    "sample: SMC run %d of %d (%d particles%s)",
+                    r + 1,
+                    n_runs,
+                    n // n_runs,
+                    f", model {m + 1} of {n_m}" if n_m > 1 else "",
+                )
+            done = _smc_run(by_model[m], r, seed, progress)
             if n_runs > 1:
                 _save_part(parts[r], tag, done)
             results[r] = done
@@ -757,12 +805,19 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
             n_nonfinite=sum(d["n_nonfinite"] for d in summaries),
             n_bridge=max(d["n_bridge"] for d in summaries),
             n_lineages=min(int(d.get("n_lineages", d["n"])) for d in summaries),
-            runs=[dict(d, ess_final_step=float(res.ess_trace[-1])) for d, res in zip(summaries, results)],
+            runs=[
+                dict(d, ess_final_step=float(res.ess_trace[-1]), **({"model": m} if n_m > 1 else {}))
+                for d, res, m in zip(summaries, results, models_of)
+            ],
         )
+        if n_m > 1:
+            summary["n_models"] = n_m
 
     def save(p):
         with open(p, "wb") as fh:
             extra = dict(run=run_of) if n_runs > 1 else {}
+            if n_m > 1:
+                extra["model"] = np.asarray(models_of)[run_of]
             if all(res.lineage is not None for res in results):  # distinct labels across runs
                 m = n // n_runs
                 extra["lineage"] = np.concatenate([res.lineage.numpy() + k * m for k, res in enumerate(results)])

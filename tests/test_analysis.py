@@ -404,6 +404,35 @@ def test_runs_table_lists_every_run_and_only_with_several():
     assert "basin lineages" not in runs_table_md(dict(res, basin_lineages_runs=[1]))
 
 
+def test_delta_f_over_models_is_the_jackknife_over_whole_models():
+    """Three models, two runs each, equal weights: each model's ΔF is the log-odds of its own particles, the
+    pooled ΔF without a model that of the other two's, and the SE the delete-one jackknife of those; the runs
+    table then names each run's model and lists the models."""
+    from boltzdiff.analysis.pipeline_analysis import delta_f_over_models, runs_table_md
+    from boltzdiff.analysis.weights import jackknife_se
+
+    basin, rest = 1.0, -2.0  # phi inside and outside the 0 < phi < 2 basin
+    counts = [(10, 90), (20, 80), (5, 95)]  # (basin, rest) particles of models 0, 1, 2
+    phi = np.concatenate([np.r_[np.full(b, basin), np.full(o, rest)] for b, o in counts])
+    model = np.repeat([0, 1, 2], 100)
+    run = np.tile(np.repeat([0, 1], 50), 3) + 2 * model  # runs 0-5, two per model
+    out = delta_f_over_models(phi, np.zeros(300), model, run, se_runs=0.1)
+
+    def log_odds(b, o):
+        return -np.log(b / o)
+
+    assert out["delta_f_models_kT"] == pytest.approx([log_odds(*c) for c in counts], rel=1e-12)
+    loo = [log_odds(25, 175), log_odds(15, 185), log_odds(30, 170)]
+    assert out["delta_f_loo_models_kT"] == pytest.approx(loo, rel=1e-12)
+    assert out["delta_f_se_kT"] == pytest.approx(jackknife_se(loo), rel=1e-12)
+    assert out["delta_f_se_method"] == "jackknife over 3 independently trained models (6 SMC runs in all)"
+    assert out["model_of_run"] == [0, 0, 1, 1, 2, 2] and out["delta_f_se_runs_kT"] == 0.1
+    res = dict(out, delta_f_kT=log_odds(35, 265), delta_f_runs_kT=[2.0] * 6)
+    md = runs_table_md(res)
+    assert "jackknife over trained models" in md and "| 5 | 2 | 2 |" in md
+    assert f"| 2 | {loo[2]:.3g} |" not in md and f"| 2 | {log_odds(5, 95):.3g} | {loo[2]:.3g} |" in md
+
+
 def test_lineage_bootstrap_counts_copies_of_one_draw_once():
     """n independent two-state draws, each copied m times (as SMC resampling copies a particle): the particle
     bootstrap's SE shrinks like 1/sqrt(m); the cluster bootstrap over the draws keeps the exact SE of the

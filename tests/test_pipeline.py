@@ -385,6 +385,58 @@ def test_smc_runs_in_worker_processes_equal_the_runs_in_one_process(tmp_path):
     assert [r["log_Z"] for r in ja["runs"]] == [r["log_Z"] for r in jb["runs"]]
 
 
+def test_several_trained_models_each_sample_their_block_of_smc_runs(tmp_path):
+    """train.n_models 2: two models on the same data with seeds 0 and 1000 (train/ and train_models/1/); with
+    4 SMC runs, runs 0-1 sample the first and runs 2-3 the second, bit for bit as a one-model stage on the
+    second model gives its runs 2-3; worker processes give the same; labels and bad counts are checked."""
+    import yaml
+
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample, stage_train
+    from boltzdiff.systems import load_system
+
+    system = load_system("gmm2_unbalanced")
+    tiny = dict(steps=3, n_levels=8, width=8, depth=1, k=2, n_data=200, checkpoint_every=3, lr_warmup=1)
+    a = tmp_path / "a"
+    stage_train(system, a, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False)
+    seeds = [yaml.safe_load((d / "config.yaml").read_text())["seed"] for d in (a / "train", a / "train_models" / "1")]
+    assert seeds == [0, 1000] and not (a / "train_models" / "2").exists()
+    sample = {"n": 32, "n_bridge": 2, "mcmc_steps": 1, "n_runs": 4}
+    settings = {"train": dict(tiny, n_models=2), "sample": sample}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count, so that the arithmetic is the same
+    try:
+        stage_sample(system, a, settings, progress=False, seed=0, workers=1)
+        b = tmp_path / "b"  # the second model alone
+        shutil.copytree(a / "train_models" / "1", b / "train")
+        stage_sample(system, b, {"train": {}, "sample": sample}, progress=False, seed=0, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    c = tmp_path / "c"
+    shutil.copytree(a / "train", c / "train")
+    shutil.copytree(a / "train_models", c / "train_models")
+    stage_sample(system, c, settings, progress=False, seed=0, workers=2)
+    with np.load(a / "samples.npz") as za, np.load(b / "samples.npz") as zb, np.load(c / "samples.npz") as zc:
+        assert za["model"].tolist() == [0] * 16 + [1] * 16 and za["run"].tolist() == np.repeat(range(4), 8).tolist()
+        assert "model" not in zb.files
+        for key in ("x", "log_w"):
+            assert np.array_equal(za[key][16:], zb[key][16:]), key
+            assert not np.array_equal(za[key][:16], zb[key][:16]), key  # the first model's runs differ
+            assert np.array_equal(za[key], zc[key]), key
+    smc = json.loads((a / "samples.json").read_text())
+    assert smc["n_models"] == 2 and [r["model"] for r in smc["runs"]] == [0, 0, 1, 1]
+    for bad, msg in (
+        ({"train": dict(n_models=3), "sample": sample}, "sample.n_runs: expected a multiple of train.n_models=3"),
+        ({"train": dict(n_models=0), "sample": sample}, "train.n_models: expected a positive number of models"),
+        ({"train": dict(n_models="2"), "sample": sample}, "train.n_models: expected a positive number of models"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            stage_sample(system, tmp_path / "d", bad, progress=False, seed=0)
+    with pytest.raises(ConfigError, match="train.n_models: expected a positive number of models"):
+        stage_train(system, tmp_path / "d", {"train": dict(tiny, n_models=True)}, None, progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 def test_reference_md_replicas_from_several_start_structures(tmp_path):
     """reference.starts: one MD replica per structure; the phi > 0 structure's replica starts in that basin (which
     300 K MD from the default structure does not reach), and the frames are concatenated for training."""

@@ -116,9 +116,14 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
             else summ.get("n_lineages")
         ),
     )
-    train_summary = out / "train" / "train_summary.json"
-    if train_summary.exists():
-        res["train_wall_s"] = json.loads(train_summary.read_text())["wall_s"]
+    train_summaries = [out / "train" / "train_summary.json"]
+    if (out / "train_models").is_dir():  # train.n_models > 1: the further models' training
+        train_summaries += sorted((out / "train_models").glob("*/train_summary.json"))
+    walls = [json.loads(f.read_text())["wall_s"] for f in train_summaries if f.exists()]
+    if walls:
+        res["train_wall_s"] = float(sum(walls))
+    if summ.get("n_models"):
+        res["n_models"] = int(summ["n_models"])
     figs = []
     if summ.get("ess_trace"):
         figs.append(("ESS over the SMC steps", plot_ess_trace(np.array(summ["ess_trace"]), out / "ess_trace.png")))
@@ -213,6 +218,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                     same_ensemble=not (hot or seeded),
                     run_of=run_of,
                     lineage=_lineage(out),
+                    model_of=_model_labels(out),
                 )
             )
         else:
@@ -245,7 +251,9 @@ def runs_table_md(res: dict) -> str | None:
     dfs = res.get("delta_f_runs_kT")
     if not dfs or len(dfs) < 2:
         return None
+    models = res.get("model_of_run")
     cols = {
+        **({"model": models} if models else {}),
         "ΔF of the run (kT)": dfs,
         "basin lineages": res.get("basin_lineages_runs"),
         "largest lineage's share of the run's weight": res.get("top_lineage_share_runs"),
@@ -256,15 +264,63 @@ def runs_table_md(res: dict) -> str | None:
     def cell(v):
         return "-" if v is None or not np.isfinite(v) else (f"{v}" if isinstance(v, int) else f"{v:.3g}")
 
+    over = "trained models" if models else "runs"
     lines = [
         f"Independent SMC runs (pooled ΔF {cell(res.get('delta_f_kT'))} ± {cell(res.get('delta_f_se_kT'))} kT, "
-        "each run weighted by its normalising-constant estimate; the error bar is the jackknife over runs):",
+        f"each run weighted by its normalising-constant estimate; the error bar is the jackknife over {over}):",
         "",
         "| run | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
     lines += [f"| {i} | " + " | ".join(cell(v[i]) for v in cols.values()) + " |" for i in range(len(dfs))]
+    dfm = res.get("delta_f_models_kT")
+    if dfm:
+        loo = res.get("delta_f_loo_models_kT") or [None] * len(dfm)
+        lines += [
+            "",
+            f"The same pooled over each trained model's runs (jackknife over runs alone: "
+            f"± {cell(res.get('delta_f_se_runs_kT'))} kT):",
+            "",
+            "| model | ΔF of the model's runs (kT) | pooled ΔF without the model (kT) |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {i} | {cell(dfm[i])} | {cell(loo[i])} |" for i in range(len(dfm))]
     return "\n".join(lines)
+
+
+def delta_f_over_models(phi, log_w, model_of, run_of=None, se_runs=None) -> dict:
+    """ΔF's error bar when the runs come from several models trained on the same data (``train.n_models``):
+    the delete-one-model jackknife of the pooled ΔF. Two trainings of one recipe differ by more than one
+    model's SMC runs do (benchmarks/RESULTS.md "Session 16": four models' pooled ΔF spread 0.43 kT, each with
+    a 0.2 kT jackknife over its own runs), so a jackknife over runs alone understates the error. Returns the
+    keys analysis.json gets: the SE and its method, each model's own pooled ΔF, the pooled ΔF without each
+    model, ``se_runs`` (the jackknife over runs, kept for comparison) and, given ``run_of``, each run's model.
+    """
+    phi, model_of = np.asarray(phi), np.asarray(model_of)
+
+    def est(m):
+        return delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f
+
+    labels = np.unique(model_of)
+    loo = leave_one_run_out(est, model_of)
+    n_runs = np.unique(run_of).size if run_of is not None else labels.size
+    out = dict(
+        delta_f_se_kT=jackknife_se(loo),
+        delta_f_se_method=f"jackknife over {labels.size} independently trained models ({n_runs} SMC runs in all)",
+        delta_f_models_kT=[float(est(model_of == k)) for k in labels],
+        delta_f_loo_models_kT=loo.tolist(),
+        delta_f_se_runs_kT=se_runs,
+    )
+    if run_of is not None:
+        run_of = np.asarray(run_of)
+        out["model_of_run"] = [int(model_of[run_of == k][0]) for k in np.unique(run_of)]
+    return out
+
+
+def _model_labels(out: Path) -> np.ndarray | None:
+    """Which trained model each particle was sampled from (``samples.npz`` ``model``; None with one model)."""
+    with np.load(out / "samples.npz") as z:
+        return np.asarray(z["model"]) if "model" in z.files else None
 
 
 def _lineage(out: Path) -> np.ndarray | None:
@@ -284,6 +340,7 @@ def _molecule(
     same_ensemble: bool = True,
     run_of: np.ndarray | None = None,
     lineage: np.ndarray | None = None,
+    model_of: np.ndarray | None = None,
 ) -> dict:
     """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
     still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it."""
@@ -345,6 +402,8 @@ def _molecule(
                 for k in np.unique(run_of)
             ],
         )
+    if model_of is not None and len(model_of) == len(phi) and np.unique(model_of).size > 1:
+        r.update(delta_f_over_models(phi, log_w, model_of, run_of, se_runs=r.get("delta_f_se_kT")))
     prof = free_energy_profile(phi, log_w, bins=36, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng)
     profiles = {"reweighted model": prof}
     if ref_x is not None:

@@ -30,7 +30,9 @@ def resolve_train_config(system_name: str | None, config_file: str | None, overr
     name = system_name or file_cfg.get("system") or cfg.system
     variant = overrides.get("variant") or file_cfg.get("variant")
     system = load_system(name, variant)
-    cfg = merge_config(cfg, system.run_defaults.get("train", {}), f"{system.path.parent / 'run.yaml'}: train")
+    # n_models is the pipeline's (how many models `boltzdiff run` trains), not one training's
+    defaults = {k: v for k, v in (system.run_defaults.get("train") or {}).items() if k != "n_models"}
+    cfg = merge_config(cfg, defaults, f"{system.path.parent / 'run.yaml'}: train")
     cfg = merge_config(cfg, file_cfg.get("train", file_cfg), config_file or "--config")
     cfg = merge_config(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
     cfg.system = str(name)
