@@ -398,12 +398,16 @@ def test_several_trained_models_each_sample_their_block_of_smc_runs(tmp_path):
     system = load_system("gmm2_unbalanced")
     tiny = dict(steps=3, n_levels=8, width=8, depth=1, k=2, n_data=200, checkpoint_every=3, lr_warmup=1)
     a = tmp_path / "a"
-    stage_train(system, a, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count, so that the arithmetic is the same
+    try:
+        stage_train(system, a, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False, workers=1)
+    finally:
+        torch.set_num_threads(threads)
     seeds = [yaml.safe_load((d / "config.yaml").read_text())["seed"] for d in (a / "train", a / "train_models" / "1")]
     assert seeds == [0, 1000] and not (a / "train_models" / "2").exists()
     sample = {"n": 32, "n_bridge": 2, "mcmc_steps": 1, "n_runs": 4}
     settings = {"train": dict(tiny, n_models=2), "sample": sample}
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' thread count, so that the arithmetic is the same
     try:
         stage_sample(system, a, settings, progress=False, seed=0, workers=1)
@@ -425,6 +429,17 @@ def test_several_trained_models_each_sample_their_block_of_smc_runs(tmp_path):
             assert np.array_equal(za[key], zc[key]), key
     smc = json.loads((a / "samples.json").read_text())
     assert smc["n_models"] == 2 and [r["model"] for r in smc["runs"]] == [0, 0, 1, 1]
+    # the same two trainings in worker processes (one thread each, as the first were): the same models
+    e = tmp_path / "e"
+    stage_train(system, e, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False, workers=2)
+    from boltzdiff.train import load_run
+
+    for d in ("train", "train_models/1"):
+        wa, we = (load_run(p / d).model.state_dict() for p in (a, e))
+        assert wa.keys() == we.keys() and len(wa) > 2
+        assert all(torch.equal(wa[k], we[k]) for k in wa), d
+    wa, wb = (load_run(a / d).model.state_dict() for d in ("train", "train_models/1"))
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)  # two seeds, two models
     for bad, msg in (
         ({"train": dict(n_models=3), "sample": sample}, "sample.n_runs: expected a multiple of train.n_models=3"),
         ({"train": dict(n_models=0), "sample": sample}, "train.n_models: expected a positive number of models"),

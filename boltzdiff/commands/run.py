@@ -33,8 +33,9 @@ def register(sub) -> None:
         "--workers",
         type=int,
         default=None,
-        help="processes for the sample stage's independent SMC runs (sample.n_runs), side by side; default: one "
-        "per CPU core (1 on a GPU). The runs' results do not depend on it",
+        help="processes for the sample stage's independent SMC runs (sample.n_runs) and for the trainings of "
+        "train.n_models > 1 models, side by side; default: one per CPU core (1 on a GPU). The SMC runs' results "
+        "do not depend on it",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
