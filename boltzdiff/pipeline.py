@@ -200,7 +200,7 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
     prog = ref / "progress.json"
     if done.exists() and prog.exists() and json.loads(prog.read_text()).get("completed"):
         log.info("reference: %s exists, skipped", done)
-        return done
+        return training_data(ref)
     from boltzdiff import md
 
     if kind == "molecule":
@@ -208,7 +208,9 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
         method = rs.pop("method", "md")
         if method == "metad":
             run_metad_reference(system, ref, rs, progress)
-            return done
+            return training_data(ref)
+        if "weight_power" in rs:
+            raise ConfigError("reference.weight_power: only with method: metad (plain MD frames carry no weights)")
         if method != "md":
             raise ConfigError(f"reference.method: expected 'md' or 'metad', got {method!r}")
         starts = rs.pop("starts", None)
@@ -265,7 +267,7 @@ def run_md_replicas(system: System, ref: Path, settings: dict, starts, progress:
 
 
 #: reference settings of ``method: metad`` (the rest of MetadConfig's fields are taken as they are)
-_METAD_KEYS = {"ns", "build_ns", "save_every_ps", "temperature", "cvs", "seed"}
+_METAD_KEYS = {"ns", "build_ns", "save_every_ps", "temperature", "cvs", "seed", "weight_power"}
 
 
 def run_metad_reference(system: System, ref: Path, settings: dict, progress: bool) -> None:
@@ -279,6 +281,12 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
     weights' noise) the Boltzmann populations rather than those of the start structures. The raw frames and
     their log-weights stay in ``reference/metad/`` (``frames.npy``, ``log_weights.npy``), the weights' Kish ESS
     and the number of distinct frames kept in ``progress.json``.
+
+    ``weight_power: g`` (0 <= g <= 1, default 1): the training set is resampled by exp(g V/kT) instead
+    (``reference/train_positions.npy``; ``positions.npy`` keeps the Boltzmann resampling, which the analysis
+    scores against). Its distribution is the Boltzmann one times exp(-(1 - g) V/kT): the minor basins the bias
+    filled least keep more of their frames (on alanine dipeptide g = 0.5 keeps 3x the distinct phi > 0 frames
+    of g = 1), and the SMC's importance weights to the exact target undo the difference.
     """
     from boltzdiff import md
     from boltzdiff.metad import MetadConfig, reweight_log_weights, run_metad_2d
@@ -296,6 +304,9 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
             f"reference.temperature: metadynamics runs at the system's temperature ({system.temperature} K), "
             f"got {t}; leave it out"
         )
+    power = settings.get("weight_power", 1.0)
+    if isinstance(power, bool) or not isinstance(power, int | float) or not 0.0 <= power <= 1.0:
+        raise ConfigError(f"reference.weight_power: expected a number in [0, 1], got {power!r}")
     names = settings.get("cvs", ["phi", "psi"])
     cv_spec = (system.spec or {}).get("cvs") or {}
     if not (isinstance(names, list) and len(names) == 2 and all(n in cv_spec for n in names)):
@@ -328,6 +339,7 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
     md._save_npy(ref / "metad" / "frames.npy", frames)
     md._save_npy(ref / "metad" / "log_weights.npy", log_w.numpy())
     md._write_frames(ref, pos, np.asarray(en, dtype=np.float64), system.topology)
+    extra = write_tempered_training_set(ref, frames, log_w.numpy(), float(power), int(cfg.seed))
     atomic_write_json(
         ref / "progress.json",
         {
@@ -340,9 +352,34 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
             "frames": int(len(pos)),
             "frames_distinct": int(len(np.unique(pick))),
             "weights_ess": kish_ess(log_w),
+            "weight_power": float(power),
+            **extra,
             "completed": True,
         },
     )
+
+
+def write_tempered_training_set(ref: Path, frames: np.ndarray, log_w: np.ndarray, power: float, seed: int) -> dict:
+    """``reference.weight_power`` < 1: resample the metadynamics ``frames`` by ``exp(power log_w)`` into
+    ``ref/train_positions.npy`` (as many as there are frames; systematic, its own stream from ``seed``) and
+    return what progress.json records about it; with ``power`` 1 write nothing (the training set is
+    ``positions.npy``) and return {}."""
+    from boltzdiff import md
+    from boltzdiff.samplers.resampling import kish_ess, systematic_resample
+
+    if power == 1.0:
+        return {}
+    lw = torch.as_tensor(power * np.asarray(log_w, dtype=np.float64))
+    pick = systematic_resample(lw, len(frames), torch.Generator().manual_seed(seed + 1)).numpy()
+    md._save_npy(ref / "train_positions.npy", np.asarray(frames, dtype=np.float32)[pick])
+    return {"train_frames_distinct": int(len(np.unique(pick))), "train_weights_ess": kish_ess(lw)}
+
+
+def training_data(ref: Path) -> Path:
+    """The reference stage's training set: ``train_positions.npy`` where ``reference.weight_power`` made one,
+    else ``positions.npy``."""
+    t = Path(ref) / "train_positions.npy"
+    return t if t.exists() else Path(ref) / "positions.npy"
 
 
 def reference_starts(run_dir: Path) -> list:
@@ -950,7 +987,7 @@ def run_pipeline(
     data = stage_reference(system, out, settings, progress) if "reference" in stages else None
     if "train" in stages:
         if kind_of(system) != "analytic" and data is None:
-            data = out / "reference" / "positions.npy"
+            data = training_data(out / "reference")
         stage_train(system, out, settings, data, progress, workers=workers)
     if "sample" in stages:
         stage_sample(system, out, settings, progress, seed, workers=workers)

@@ -604,9 +604,37 @@ def test_reference_by_metadynamics_resamples_the_frames_by_their_weights(tmp_pat
         ({"method": "metad", "nss": 1.0}, "unknown setting"),
         ({"method": "metad", "temperature": 500.0}, "reference.temperature"),
         ({"method": "metad", "cvs": ["phi", "omega"]}, "reference.cvs"),
+        ({"method": "metad", "weight_power": 1.5}, r"reference.weight_power: expected a number in \[0, 1\]"),
+        ({"method": "metad", "weight_power": "half"}, "reference.weight_power: expected a number"),
+        ({"method": "md", "weight_power": 0.5}, "reference.weight_power: only with method: metad"),
     ]:
         with pytest.raises(ConfigError, match=field):
             stage_reference(system, tmp_path / "bad", {"reference": bad}, progress=False)
+    assert not (ref / "train_positions.npy").exists() and "train_frames_distinct" not in prog
+    assert prog["weight_power"] == 1.0
+
+
+def test_a_tempered_metad_training_set_resamples_by_a_power_of_the_weights(tmp_path):
+    """reference.weight_power g: the training frames are copied floor or ceil of n w_i^g / sum w^g times (the
+    systematic resampling bound), g = 0 keeps every frame once, g = 1 writes no separate set; the reference stage
+    then hands the tempered set to training while positions.npy stays the Boltzmann one."""
+    from boltzdiff.pipeline import training_data, write_tempered_training_set
+
+    rng = np.random.default_rng(5)
+    frames = np.arange(40, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
+    log_w = rng.normal(scale=2.0, size=40)
+    assert write_tempered_training_set(tmp_path, frames, log_w, 1.0, 0) == {}
+    assert training_data(tmp_path) == tmp_path / "positions.npy"
+    for g in (0.0, 0.5):
+        info = write_tempered_training_set(tmp_path, frames, log_w, g, 0)
+        assert training_data(tmp_path) == tmp_path / "train_positions.npy"
+        t = np.load(tmp_path / "train_positions.npy")
+        counts = np.bincount(t[:, 0, 0].astype(int), minlength=40)
+        nw = 40 * np.exp(g * log_w) / np.exp(g * log_w).sum()
+        assert len(t) == 40 and np.all(counts >= np.floor(nw) - 1e-9) and np.all(counts <= np.ceil(nw) + 1e-9)
+        assert info["train_frames_distinct"] == int((counts > 0).sum())
+        if g == 0.0:
+            assert counts.tolist() == [1] * 40 and info["train_weights_ess"] == pytest.approx(1.0)
 
 
 def test_a_run_directory_resumes_from_another_working_directory_and_refuses_another_system(tmp_path, monkeypatch):
