@@ -465,8 +465,8 @@ def stage_train(
             _train_config(system, out, settings, data, m)  # bad settings fail here, before any process starts
             todo.append(m)
     device = str(settings["train"].get("device", "cpu"))
-    if workers is None:
-        workers = min(len(todo), usable_cores()) if device == "cpu" else 1
+    if workers is None:  # at least 1, also when every model is already trained
+        workers = max(1, min(len(todo), usable_cores())) if device == "cpu" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers: expected a positive number of processes, got {workers!r}")
     if min(workers, len(todo)) > 1:

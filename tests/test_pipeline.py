@@ -434,6 +434,7 @@ def test_several_trained_models_each_sample_their_block_of_smc_runs(tmp_path):
     stage_train(system, e, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False, workers=2)
     from boltzdiff.train import load_run
 
+    stage_train(system, e, {"train": dict(tiny, n_models=2, seed=0)}, None, progress=False)  # all there: a no-op
     for d in ("train", "train_models/1"):
         wa, we = (load_run(p / d).model.state_dict() for p in (a, e))
         assert wa.keys() == we.keys() and len(wa) > 2
