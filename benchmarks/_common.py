@@ -114,3 +114,19 @@ def mean_phi_profile(profiles) -> dict:
         se_kT=[float(v) if np.isfinite(v) else None for v in se],
         p=p_mean.tolist(),
     )
+
+
+def phi_of_samples(system, x) -> np.ndarray:
+    """phi (radians) of a molecule's samples ``x`` (n, 3 N), mirror images mapped back to the hand of the
+    system's structure first (as the analysis does)."""
+    from boltzdiff.cv import phi_psi
+    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+
+    n = system.target.event_shape[0]
+    xs = torch.as_tensor(np.asarray(x).reshape(-1, n, 3))
+    quads = chiral_quads_of(system)
+    if quads:
+        sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
+        xs = fix_chirality(xs, quads, sign).x
+    cvs = system.spec["cvs"]
+    return phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]

@@ -67,24 +67,16 @@ def compare_with_reference_profile(run_dir: Path, system, ref: dict) -> dict:
     """ΔF error and F(phi) RMSE of a run's reweighted samples against the umbrella-sampling reference
     (``benchmarks/aldp_reference.py``), over the bins the reference populates, weighted by its probabilities."""
     import numpy as np
+    from _common import phi_of_samples
 
     from boltzdiff.analysis.free_energy import free_energy_profile, pmf_rmse
     from boltzdiff.analysis.pipeline_analysis import load_samples
-    from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
     prof_ref = ref.get("reference_f_phi")
     if not prof_ref:
         return {}
     x, log_w = load_samples(run_dir)[:2]  # pooled over independent SMC runs where there are several
-    n = system.target.event_shape[0]
-    xs = torch.as_tensor(x.reshape(-1, n, 3))
-    quads = chiral_quads_of(system)
-    if quads:
-        sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
-        xs = fix_chirality(xs, quads, sign).x
-    cvs = system.spec["cvs"]
-    phi, _ = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
+    phi = phi_of_samples(system, x)
     edges = np.asarray(prof_ref["edges"])
     prof = free_energy_profile(phi, log_w, bins=len(edges) - 1, range=(edges[0], edges[-1]), n_bootstrap=0)
     f_ref = np.array([np.inf if v is None else v for v in prof_ref["f_kT"]])

@@ -15,14 +15,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def pooled_delta_f(dirs: list[Path]) -> dict:
+    from _common import phi_of_samples
+
     from boltzdiff.analysis.free_energy import delta_f_phi
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
-    from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
     from boltzdiff.systems import load_system
 
     phis, lws, runs, models, log_z = [], [], [], [], []
@@ -38,15 +37,7 @@ def pooled_delta_f(dirs: list[Path]) -> dict:
             model = z["model"] if "model" in z.files else np.zeros(len(x), dtype=int)
         summ = json.loads((d / "samples.json").read_text())
         log_z += [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
-        n = system.target.event_shape[0]
-        xs = torch.as_tensor(x.reshape(-1, n, 3))
-        quads = chiral_quads_of(system)
-        if quads:
-            sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
-            xs = fix_chirality(xs, quads, sign).x
-        cvs = system.spec["cvs"]
-        phi, _ = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
-        phis.append(phi)
+        phis.append(phi_of_samples(system, x))
         lws.append(clean_log_weights(lw).log_w_n)
         runs.append(run + n_run)
         models.append(model + n_model)
