@@ -453,6 +453,19 @@ def test_several_trained_models_each_sample_their_block_of_smc_runs(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_boltzdiff_train_ignores_the_pipelines_n_models_in_run_yaml(tmp_path):
+    """``train.n_models`` in a system's run.yaml is for `boltzdiff run`; `boltzdiff train` (one model) reads the
+    rest of the section and does not call it an unknown field."""
+    from boltzdiff.commands._common import resolve_train_config
+    from boltzdiff.errors import ConfigError
+
+    sysdir = make_system(tmp_path, "gmm2_unbalanced", {"train": {"steps": 7, "n_models": 3}})
+    assert resolve_train_config(str(sysdir), None, {}).steps == 7
+    bad = make_system(tmp_path / "b", "gmm2_unbalanced", {"train": {"steps": 7, "n_model": 3}})
+    with pytest.raises(ConfigError, match="unknown field 'n_model'"):
+        resolve_train_config(str(bad), None, {})
+
+
 def test_reference_md_replicas_from_several_start_structures(tmp_path):
     """reference.starts: one MD replica per structure; the phi > 0 structure's replica starts in that basin (which
     300 K MD from the default structure does not reach), and the frames are concatenated for training."""

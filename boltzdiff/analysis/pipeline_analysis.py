@@ -119,6 +119,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
     train_summaries = [out / "train" / "train_summary.json"]
     if (out / "train_models").is_dir():  # train.n_models > 1: the further models' training
         train_summaries += sorted((out / "train_models").glob("*/train_summary.json"))
+    # summed over the models (with train.n_models > 1 they may have trained side by side, so the stage took less)
     walls = [json.loads(f.read_text())["wall_s"] for f in train_summaries if f.exists()]
     if walls:
         res["train_wall_s"] = float(sum(walls))
