@@ -470,19 +470,8 @@ def stage_train(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers: expected a positive number of processes, got {workers!r}")
     if min(workers, len(todo)) > 1:
-        jobs = [
-            dict(
-                system_path=str(system.path or system.name),
-                variant=system.variant,
-                out=str(out),
-                settings=settings,
-                data=None if data is None else str(data),
-                m=m,
-                threads=max(1, usable_cores() // min(workers, len(todo))),
-                parent_pid=os.getpid(),
-            )
-            for m in todo
-        ]
+        threads = max(1, usable_cores() // min(workers, len(todo)))
+        jobs = [_job(system, out, settings, threads, data=None if data is None else str(data), m=m) for m in todo]
         log.info("train: %d models in %d worker processes", len(todo), min(workers, len(todo)))
         _in_processes(
             _train_worker, jobs, min(workers, len(todo)), "trained models", "train: model %d finished", progress
@@ -741,6 +730,19 @@ def _smc_worker(job: dict) -> int:
     return int(job["r"])
 
 
+def _job(system: System, out: Path, settings: dict, threads: int, **extra) -> dict:
+    """What a worker process needs to rebuild the system and the run directory's settings, plus ``extra``."""
+    return dict(
+        system_path=str(system.path or system.name),
+        variant=system.variant,
+        out=str(out),
+        settings=settings,
+        threads=threads,
+        parent_pid=os.getpid(),
+        **extra,
+    )
+
+
 def _in_processes(fn, jobs: list, workers: int, desc: str, done_msg: str, progress: bool) -> None:
     """``fn(job) -> int`` for every job in ``workers`` spawned processes (no state shared with this one); a
     worker's exception is raised here, and on any error or interrupt the running workers are stopped (what
@@ -785,18 +787,16 @@ def _run_parallel(
     single-threaded unless the cores allow more); each writes its part file, which the caller then reads."""
     threads = max(1, usable_cores() // workers)
     jobs = [
-        dict(
-            system_path=str(system.path or system.name),
-            variant=system.variant,
-            out=str(out),
-            settings=settings,
+        _job(
+            system,
+            out,
+            settings,
+            threads,
             seed=seed,
             r=r,
             model=model_of_run(r, len(parts), n_models(settings)),
             part=str(parts[r]),
             tag=tag,
-            threads=threads,
-            parent_pid=os.getpid(),
         )
         for r in todo
     ]
