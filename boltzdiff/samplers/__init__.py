@@ -18,6 +18,7 @@ from boltzdiff.samplers.resampling import kish_ess, multinomial_resample, system
 from boltzdiff.samplers.results import SamplerResult, SMCResult
 from boltzdiff.samplers.sde import noisiest_gaussian, probability_flow_ode, resolve_levels, reverse_sde
 from boltzdiff.samplers.smc import smc
+from boltzdiff.samplers.torsion import TorsionMoves, torsion_moves, torsion_step
 
 __all__ = [
     "BridgeDensity",
@@ -31,6 +32,7 @@ __all__ = [
     "SamplerResult",
     "TargetDensity",
     "TemperedEnergy",
+    "TorsionMoves",
     "check_compatible",
     "compose",
     "hmc",
@@ -45,6 +47,8 @@ __all__ = [
     "run_mcmc",
     "smc",
     "systematic_resample",
+    "torsion_moves",
+    "torsion_step",
     "total_variation",
     "weighted_mode_weights",
 ]

@@ -93,6 +93,11 @@ class SMCResult:
     inc_sd_trace : list of float
         Standard deviation of each step's log-weight increments over the live particles (steps as in
         ``ess_trace``): which levels (or bridge steps) spread the weights, and so coalesce the lineages.
+    torsion_acceptance, final_torsion_acceptance : float or None
+        Mean acceptance of the torsion moves on the bridge and in the sweeps at the target after it (None
+        without them).
+    n_final_mcmc : int
+        Sweeps at the exact target after the bridge (``smc(final_mcmc_steps=...)``).
     lineage : (n,) long tensor or None
         Each final particle's ancestor just before the first resampling
         (:func:`~boltzdiff.samplers.smc.lineage_labels`).
@@ -118,6 +123,9 @@ class SMCResult:
     ancestors: list[list[int]] = field(default_factory=list)
     lineage: torch.Tensor | None = None
     inc_sd_trace: list[float] = field(default_factory=list)
+    torsion_acceptance: float | None = None
+    final_torsion_acceptance: float | None = None
+    n_final_mcmc: int = 0
 
     @property
     def weights(self) -> torch.Tensor:
@@ -145,4 +153,7 @@ class SMCResult:
             ancestors=[[int(a), int(b)] for a, b in self.ancestors],
             inc_sd_trace=[round(float(v), 4) for v in self.inc_sd_trace],
             n_lineages=int(self.ancestors[0][1]) if self.ancestors else int(self.x.shape[0]),
+            torsion_acceptance=self.torsion_acceptance,
+            final_torsion_acceptance=self.final_torsion_acceptance,
+            n_final_mcmc=int(self.n_final_mcmc),
         )

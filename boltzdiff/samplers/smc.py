@@ -36,6 +36,7 @@ from boltzdiff.samplers.mcmc import (
     EvalCounter,
     LevelDensity,
     MCMCConfig,
+    TargetDensity,
     model_energy_and_score,
     run_mcmc,
     target_energy_and_grad,
@@ -55,8 +56,13 @@ from boltzdiff.samplers.sde import (
     resolve_levels,
     reverse_kernel,
 )
+from boltzdiff.samplers.torsion import torsion_step
 
 log = logging.getLogger(__name__)
+
+
+def _mean_or_none(v: list[float]) -> float | None:
+    return float(sum(v) / len(v)) if v else None
 
 
 def level_variance(model, level: int) -> float:
@@ -89,6 +95,8 @@ class _Run:
         self.killed_trace: list[int] = []  # particle events killed so far, after each reweighting
         self.inc_sd_trace: list[float] = []  # SD of the log-weight increments over the live particles, per step
         self.acc_trace: list[float] = []
+        self.torsion_acc: list[float] = []  # acceptance of each round of torsion moves on the bridge
+        self.final_torsion_acc: list[float] = []  # ... and at the target after it
         self.progress = progress
         #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
         self.strata = None
@@ -130,6 +138,13 @@ class _Run:
 
     def log_Z(self, p: _Particles) -> float:
         return self.log_Z_acc + float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
+
+    def torsion_move(self, p: _Particles, density, moves, final: bool = False):
+        x, state, acc = torsion_step(density, p.x, p.state, moves, self.generator)
+        p.x, p.state = x, state
+        alive = torch.isfinite(p.log_w)
+        rate = float(acc[alive].double().mean()) if alive.any() else 0.0
+        (self.final_torsion_acc if final else self.torsion_acc).append(rate)
 
     def rejuvenate(self, p: _Particles, density, cfg: MCMCConfig | None, scale: float):
         if cfg is None or cfg.n_steps <= 0:
@@ -223,6 +238,9 @@ def smc(
     strata_max_sigma: float | None = None,
     strata_min_share: float = 0.0,
     strata_denoised: bool = False,
+    torsion=None,
+    bridge_torsion_steps: int = 0,
+    final_mcmc_steps: int = 0,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -299,6 +317,18 @@ def smc(
         blurred by 0.1-0.3 nm is mostly noise, while its denoised estimate already says which basin the particle
         is heading for, so ``strata_max_sigma`` can start where copies still diverge. Any labelling keeps the
         estimates consistent.
+    torsion : TorsionMoves, optional
+        Metropolis-Hastings rotations about a molecule's rotatable bonds
+        (:mod:`boltzdiff.samplers.torsion`), the one kind of move that carries a particle over a torsional
+        barrier in one step. Used ``bridge_torsion_steps`` times at every bridge step and once per sweep of
+        ``final_mcmc_steps``.
+    bridge_torsion_steps : int
+        Torsion moves at every bridge step (after its MALA steps), targeting that step's bridge density.
+    final_mcmc_steps : int
+        Sweeps at the exact target after the bridge, each one torsion move (with ``torsion``) and one step of
+        ``bridge_mcmc``'s kernel. The weights are left as the bridge made them: every move leaves the target
+        invariant, so estimates stay consistent, and where the moves mix the basins a particle's basin no
+        longer depends on where the model put it, only its weight does. Needs ``target``.
     progress : bool
         Show a tqdm progress bar.
 
@@ -333,6 +363,17 @@ def smc(
         raise ConfigError("strata_denoised: labels on the levels need strata_max_sigma (and bridge_strata)")
     if not 0.0 <= float(strata_min_share) <= 1.0 or (strata_min_share and bridge_strata is None):
         raise ConfigError(f"strata_min_share: expected a number in [0, 1] with bridge_strata, got {strata_min_share}")
+    if int(bridge_torsion_steps) < 0 or int(final_mcmc_steps) < 0:
+        raise ConfigError(
+            f"bridge_torsion_steps, final_mcmc_steps: expected integers >= 0, got {bridge_torsion_steps}, "
+            f"{final_mcmc_steps}"
+        )
+    if int(bridge_torsion_steps) and torsion is None:
+        raise ConfigError("bridge_torsion_steps: torsion moves need the molecule's rotatable bonds (torsion=...)")
+    if int(final_mcmc_steps) and target is None:
+        raise ConfigError("final_mcmc_steps: sweeps at the exact target need a target")
+    if torsion is not None and torsion.n_atoms * 3 != model.dim:
+        raise ConfigError(f"torsion: moves for {torsion.n_atoms} atoms, but the model has dimension {model.dim}")
     n = int(n)
     grid = model.grid
     lv = resolve_levels(grid.n, levels)
@@ -422,11 +463,23 @@ def smc(
             dens = BridgeDensity(model, target, lam, lv[0], counter)
             p.state = dens.rebase(p.state)  # same points under the new lambda, no new evaluations
             run.rejuvenate(p, dens, bridge_mcmc, scale)
+            for _ in range(int(bridge_torsion_steps)):
+                run.torsion_move(p, dens, torsion)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         lambdas = torch.tensor(lam_list, dtype=torch.float64)
+        if int(final_mcmc_steps):
+            dens = TargetDensity(target, counter)
+            p.state = dens.evaluate(p.x)
+            one = copy.deepcopy(bridge_mcmc)
+            one.n_steps = min(1, int(one.n_steps))
+            for _ in _progress(range(int(final_mcmc_steps)), progress, "MCMC at the target"):
+                if torsion is not None:
+                    run.torsion_move(p, dens, torsion, final=True)
+                run.rejuvenate(p, dens, one, scale)
+            bridge_mcmc.step_size = one.step_size
         mcmc = bridge_mcmc if mcmc is None else mcmc
 
     log_w = p.log_w
@@ -448,6 +501,9 @@ def smc(
         killed_trace=run.killed_trace,
         ancestors=distinct_ancestors(run.parents, p.x.shape[0]),
         inc_sd_trace=run.inc_sd_trace,
+        torsion_acceptance=_mean_or_none(run.torsion_acc),
+        final_torsion_acceptance=_mean_or_none(run.final_torsion_acc),
+        n_final_mcmc=int(final_mcmc_steps) if target is not None else 0,
         lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
