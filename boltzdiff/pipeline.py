@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -485,6 +486,49 @@ def stage_train(
         train(cfg, tdir, resume=(tdir / "ckpt.pt").exists(), progress=progress)
 
 
+def torsion_spec(system: System, spec, final_steps):
+    """``sample.torsion: {bonds: cvs | auto | [[j, k], ...], width: radians, bridge_steps: N}`` -> the
+    :class:`~boltzdiff.samplers.torsion.TorsionMoves` and ``bridge_steps``, or ``(None, 0)`` for null. ``cvs``:
+    the central bonds of the system's dihedral cvs (alanine dipeptide: phi and psi); ``auto``: every rotatable
+    bond of the topology (methyl rotations and peptide bonds too). ``sample.final_mcmc_steps`` sweeps at the
+    target use them (one move per sweep)."""
+    if isinstance(final_steps, bool) or not isinstance(final_steps, int) or final_steps < 0:
+        raise ConfigError(f"sample.final_mcmc_steps: expected an integer >= 0, got {final_steps!r}")
+    if spec is None:
+        return None, 0
+    keys = {"bonds", "width", "bridge_steps"}
+    if not isinstance(spec, dict) or not set(spec) <= keys:
+        raise ConfigError(
+            f"sample.torsion: expected {{bonds: cvs | auto | [[j, k], ...], width: radians (optional), "
+            f"bridge_steps: integer (optional)}} or null, got {spec!r}"
+        )
+    from boltzdiff.samplers.torsion import torsion_moves
+
+    if system.topology is None or len(system.target.event_shape) != 2 or system.target.event_shape[1] != 3:
+        raise ConfigError(f"sample.torsion: system {system.name!r} is not a molecule with a topology (bonds)")
+    bonds = [(b[0].index, b[1].index) for b in system.topology.bonds]
+    n_atoms = system.target.event_shape[0]
+    which = spec.get("bonds", "cvs")
+    if which == "cvs":
+        cvs = {k: v for k, v in (system.spec.get("cvs") or {}).items() if isinstance(v, list) and len(v) == 4}
+        if not cvs:
+            raise ConfigError(f"sample.torsion: bonds 'cvs', but system {system.name!r} declares no dihedral cvs")
+        about = [(int(v[1]), int(v[2])) for v in cvs.values()]
+    elif which == "auto":
+        about = None
+    elif isinstance(which, list) and all(isinstance(b, list) and len(b) == 2 for b in which):
+        about = [(int(a), int(b)) for a, b in which]
+    else:
+        raise ConfigError(f"sample.torsion.bonds: expected 'cvs', 'auto' or a list of [j, k] atom pairs, got {which!r}")
+    width = spec.get("width", math.pi)
+    if isinstance(width, bool) or not isinstance(width, int | float):
+        raise ConfigError(f"sample.torsion.width: expected an angle in (0, pi] radians, got {width!r}")
+    steps = spec.get("bridge_steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"sample.torsion.bridge_steps: expected an integer >= 0, got {steps!r}")
+    return torsion_moves(bonds, n_atoms, about, float(width)), steps
+
+
 def cv_strata(system: System, spec):
     """``sample.bridge_strata: {cv: NAME, edges: [...]}`` -> ``x (n, d) -> (n,)`` labels: which interval of the
     edges the dihedral ``cvs.NAME`` of the system's spec falls in (radians, wrapped to [-pi, pi); mirrored
@@ -646,6 +690,8 @@ def _sample_inputs(system: System, out: Path, settings: dict, model: int = 0) ->
     # particles whose energy is rotation-invariant: the matrix kernel follows each one's orientation
     shape = system.target.event_shape
     particles = tuple(int(v) for v in shape) if kv == "matrix" and len(shape) == 2 else None
+    final_steps = s.get("final_mcmc_steps", 0)
+    torsion, torsion_steps = torsion_spec(system, s.get("torsion"), final_steps)
     refine = s.get("refine") or 1
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ConfigError(f"sample.refine: expected an integer >= 1 (levels per trained level step), got {refine!r}")
@@ -669,6 +715,9 @@ def _sample_inputs(system: System, out: Path, settings: dict, model: int = 0) ->
         strata_max_sigma=None if max_sigma is None else float(max_sigma),
         strata_min_share=float(min_share),
         strata_denoised=bool(s.get("strata_denoised", False)),
+        torsion=torsion,
+        bridge_torsion_steps=torsion_steps,
+        final_mcmc_steps=final_steps if target is not None else 0,
     )
     return dict(model=run.model, target=target, kwargs=kwargs, n=n, n_runs=n_runs)
 

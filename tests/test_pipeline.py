@@ -700,3 +700,36 @@ def test_smc_worker_exits_once_its_parent_is_gone():
     if alive:
         proc.terminate()
     assert not alive and proc.exitcode == 1
+
+
+def test_torsion_moves_of_a_system_and_bad_specs_are_one_line_errors():
+    """``sample.torsion: {bonds: cvs}`` rotates about the central bonds of alanine dipeptide's phi and psi (the
+    smaller side: phi moves the acetyl cap and the N-H, psi the N-methyl cap and the carbonyl O); ``auto`` finds
+    every rotatable bond; bad specs name the field."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import torsion_spec
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide")
+    moves, steps = torsion_spec(system, {"bonds": "cvs"}, 100)
+    assert steps == 0 and moves.n_moves == 2
+    top = system.topology
+    assert sorted(map(sorted, moves.axes.tolist())) == [[6, 8], [8, 14]]
+    moved = [{top.atom(i).residue.name for i in m.nonzero().flatten().tolist()} for m in moves.masks]
+    assert moved == [{"ACE", "ALA"}, {"NME", "ALA"}]  # the acetyl cap + ALA N-H; the N-methyl cap + ALA C=O
+    assert moves.masks.sum(1).tolist() == [7, 7]
+    auto, _ = torsion_spec(system, {"bonds": "auto", "width": 1.0, "bridge_steps": 2}, 0)
+    assert auto.n_moves > moves.n_moves and auto.width == 1.0
+    assert torsion_spec(system, None, 0) == (None, 0)
+    for bad, final, msg in (
+        ({"bonds": "cvs"}, -1, "sample.final_mcmc_steps: expected an integer >= 0"),
+        ({"bonds": "rings"}, 0, "sample.torsion.bonds: expected 'cvs', 'auto'"),
+        ({"bonds": [[0, 21]]}, 0, "not bonded"),
+        ({"bonds": "cvs", "width": 7.0}, 0, r"torsion width: expected an angle in \(0, pi\]"),
+        ({"bonds": "cvs", "bridge_steps": -2}, 0, "sample.torsion.bridge_steps"),
+        ({"bonds": "cvs", "angle": 1}, 0, "sample.torsion: expected {bonds"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            torsion_spec(system, bad, final)
+    with pytest.raises(ConfigError, match="not a molecule with a topology"):
+        torsion_spec(load_system("dw4"), {"bonds": "auto"}, 0)

@@ -115,6 +115,10 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
             if summ.get("runs") and all("n_lineages" in r for r in summ["runs"])
             else summ.get("n_lineages")
         ),
+        # sweeps at the exact target after the bridge (sample.final_mcmc_steps) and their torsion moves'
+        # acceptance, mean over the SMC runs (None without them)
+        n_final_mcmc=int(_over_runs(summ, "n_final_mcmc", max) or 0),
+        final_torsion_acceptance=_over_runs(summ, "final_torsion_acceptance", np.mean),
     )
     train_summaries = [out / "train" / "train_summary.json"]
     if (out / "train_models").is_dir():  # train.n_models > 1: the further models' training
@@ -235,6 +239,16 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         "Weighted quantities use the SMC importance weights of particles annealed to the exact "
         "target energy; `ess` is the normalised Kish ESS."
     )
+    if res.get("n_final_mcmc"):
+        notes += (
+            f" After the bridge every particle made {res['n_final_mcmc']} MCMC sweeps at the exact target"
+            + (
+                f" (each a torsion move, {res['final_torsion_acceptance']:.0%} accepted, and a MALA step)"
+                if res.get("final_torsion_acceptance") is not None
+                else ""
+            )
+            + "; they leave the target invariant, so the weights stay as the bridge made them."
+        )
     write_report_md(
         out / "report.md",
         f"boltzdiff run: {system.name} ({meta.get('preset')})",
@@ -243,6 +257,13 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
         notes="\n\n".join(t for t in (notes, runs_table_md(res)) if t),
     )
     return res
+
+
+def _over_runs(summ: dict, key: str, how):
+    """``how`` of ``key`` over a sample stage's SMC runs (or its one summary); None where no run has it."""
+    vals = [r.get(key) for r in summ.get("runs") or [summ]]
+    vals = [v for v in vals if v is not None]
+    return float(how(vals)) if vals else None
 
 
 def runs_table_md(res: dict) -> str | None:
