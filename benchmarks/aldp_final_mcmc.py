@@ -1,0 +1,194 @@
+"""Torsion-move sweeps at the exact target, applied to the final particles of finished `boltzdiff run` directories.
+
+SMC's last step leaves weighted particles at the exact target. Any move that leaves the target invariant keeps
+every estimate consistent (the weights stay), and a move that crosses the torsional barriers lets each particle's
+basin relax to the target's basin populations, whatever the model's were. This script takes the saved
+``samples.npz`` of one or more run directories, runs ``--sweeps`` sweeps of Metropolis-Hastings torsion moves
+(``boltzdiff.samplers.torsion``; optionally one MALA step per sweep) on each SMC run's particles, and prints ΔF
+of the phi > 0 basin after 0, ... sweeps: every directory pooled over its runs (jackknife over its models, or
+over its runs where it has one model),
+all directories pooled, and the single runs' spread. The same sweeps run inside the sampler with
+``sample: {torsion: {bonds: cvs}, final_mcmc_steps: N}``.
+
+    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--bonds cvs|auto] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINTS = (0, 5, 10, 20, 50, 100, 200, 400)
+
+
+class _EnergyOnly:
+    """``log pi = -u`` without forces (torsion moves need no gradient): half the cost of a force call."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def evaluate(self, x):
+        from boltzdiff.samplers.mcmc import DensityEval
+
+        u = self.target.energy(x.detach()).detach().to(torch.float64)
+        return DensityEval(-u, torch.zeros(x.shape[0], 1, dtype=x.dtype))
+
+
+def sweep_dir(args: tuple) -> dict:
+    """Sweep every SMC run of one directory; φ of all particles at each checkpoint."""
+    d, sweeps, bonds, mala, seed, avg_from, resample = args
+    torch.set_num_threads(1)
+    from _common import phi_of_samples
+
+    from boltzdiff.pipeline import torsion_spec
+    from boltzdiff.samplers.mcmc import MCMCConfig, TargetDensity, run_mcmc
+    from boltzdiff.samplers.torsion import torsion_step
+    from boltzdiff.systems import load_system
+
+    meta = json.loads((d / "pipeline.json").read_text())
+    system = load_system(meta["system_path"], meta.get("variant"))
+    moves, _ = torsion_spec(system, {"bonds": bonds}, 0)
+    with np.load(d / "samples.npz") as z:
+        x = torch.as_tensor(z["x"], dtype=torch.float64)
+        run = z["run"] if "run" in z.files else np.zeros(len(x), dtype=int)
+        lw = z["log_w"]
+    g = torch.Generator().manual_seed(seed)
+    resampled = None
+    if resample:  # within each SMC run, by its weights: every particle then carries its run's mean weight
+        from boltzdiff.samplers.resampling import systematic_resample
+
+        idx = np.arange(len(x))
+        for r in np.unique(run):
+            m = np.flatnonzero(run == r)
+            pick = systematic_resample(torch.as_tensor(np.nan_to_num(lw[m], nan=-np.inf)), len(m), generator=g)
+            idx[m] = m[pick.numpy()]
+        x, resampled = x[idx], idx
+    dens = TargetDensity(system.target) if mala else _EnergyOnly(system.target)
+    state = dens.evaluate(x)
+    cfg = MCMCConfig("mala", n_steps=1, step_size=1e-6) if mala else None
+    phis, acc, avg = {0: phi_of_samples(system, x.numpy())}, [], []
+    t0 = time.perf_counter()
+    for s in range(1, sweeps + 1):
+        x, state, a = torsion_step(dens, x, state, moves, g)
+        acc.append(float(a.double().mean()))
+        if cfg is not None:
+            r = run_mcmc(dens, x, cfg, g, state=state)
+            x, state = r.x, r.state
+        if s in CHECKPOINTS or s == sweeps or (avg_from and s >= avg_from):
+            phi = phi_of_samples(system, x.numpy())
+            if s in CHECKPOINTS or s == sweeps:
+                phis[s] = phi
+            if avg_from and s >= avg_from:
+                avg.append(((phi > 0) & (phi < 2)).astype(np.float32))
+    return dict(
+        dir=str(d),
+        phis=phis,
+        run=run,
+        acc=float(np.mean(acc)),
+        wall_s=time.perf_counter() - t0,
+        basin_avg=np.mean(avg, 0) if avg else None,
+        resampled=resampled,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+", type=Path)
+    ap.add_argument("--sweeps", type=int, default=50)
+    ap.add_argument("--bonds", default="cvs")
+    ap.add_argument("--mala", action="store_true", help="one MALA step at the target after every torsion move")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--average-from", type=int, default=0, help="also average each particle's basin indicator over sweeps >= this"
+    )
+    ap.add_argument("--resample", action="store_true", help="resample each SMC run by its weights before the sweeps")
+    args = ap.parse_args()
+
+    from boltzdiff.analysis.free_energy import delta_f_phi
+    from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
+
+    todo = [
+        (d, args.sweeps, args.bonds, args.mala, args.seed + i, args.average_from, args.resample)
+        for i, d in enumerate(args.run_dirs)
+    ]
+    with mp.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
+        done = pool.map(sweep_dir, todo)
+    # weights, runs and models of every directory, pooled as benchmarks/pool_run_dirs.py does
+    lws, runs, models, n_run, n_model = [], [], [], 0, 0
+    for d, res in zip(args.run_dirs, done, strict=True):
+        with np.load(d / "samples.npz") as z:
+            lw = z["log_w"]
+            model = z["model"] if "model" in z.files else np.zeros(len(lw), dtype=int)
+        summ = json.loads((d / "samples.json").read_text())
+        log_z = [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
+        if res["resampled"] is not None:
+            lw = np.zeros(len(lw))
+        lws.append(pool_runs(clean_log_weights(lw).log_w_n, res["run"], log_z))
+        runs.append(res["run"] + n_run)
+        models.append(model + n_model)
+        n_run += int(res["run"].max()) + 1
+        n_model += int(model.max()) + 1
+        print(f"{d}: torsion acceptance {res['acc']:.3f}, {res['wall_s']:.0f} s")
+    # pooled log-weights over all directories: each directory's runs already pooled by their own Z estimates;
+    # directories pool by their runs' Z estimates too (pool_runs across all runs at once)
+    all_lw, run_all, model_all = [], np.concatenate(runs), np.concatenate(models)
+    logz_all = []
+    for d, res in zip(args.run_dirs, done, strict=True):
+        summ = json.loads((d / "samples.json").read_text())
+        logz_all += [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
+        with np.load(d / "samples.npz") as z:
+            lw = z["log_w"] if res["resampled"] is None else np.zeros(len(z["log_w"]))
+            all_lw.append(clean_log_weights(lw).log_w_n)
+    lw_all = pool_runs(np.concatenate(all_lw), run_all, logz_all)
+
+    print(f"\n| sweeps | {' | '.join(Path(d).name for d in args.run_dirs)} | all pooled | single runs: mean, SD |")
+    print("|---|" + "---|" * (len(args.run_dirs) + 2))
+    for s in sorted(done[0]["phis"]):
+        cells = []
+        for res, lw, model in zip(done, lws, models, strict=True):
+            phi = res["phis"][s]
+
+            def est(m, phi=phi, lw=lw):
+                return delta_f_phi(phi[m], lw[m], n_bootstrap=0).delta_f
+
+            # jackknife over the directory's trained models, or over its runs where it has one model
+            loo = leave_one_run_out(est, model if len(np.unique(model)) > 1 else res["run"])
+            cells.append(f"{est(np.ones(len(phi), bool)):.2f} ± {jackknife_se(loo):.2f}")
+        phi = np.concatenate([r["phis"][s] for r in done])
+
+        def est_all(m, phi=phi):
+            return delta_f_phi(phi[m], lw_all[m], n_bootstrap=0).delta_f
+
+        loo = leave_one_run_out(est_all, model_all)
+        single = [est_all(run_all == r) for r in range(n_run)]
+        single = np.asarray([v for v in single if np.isfinite(v)])
+        cells.append(f"**{est_all(np.ones(len(phi), bool)):.3f} ± {jackknife_se(loo):.3f}**")
+        cells.append(f"{single.mean():.2f}, {single.std(ddof=1):.2f}")
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    if args.average_from:
+        # each particle's basin indicator averaged over sweeps >= average_from: the weighted mean is the
+        # basin's probability (time average along every chain, same weights)
+        b = np.concatenate([r["basin_avg"] for r in done]).astype(np.float64)
+        w = np.exp(lw_all - np.max(lw_all))
+
+        def est_avg(m):
+            p = float((w[m] * b[m]).sum() / w[m].sum())
+            return -np.log(p / (1 - p))
+
+        loo = leave_one_run_out(est_avg, model_all)
+        single = np.asarray([est_avg(run_all == r) for r in range(n_run)])
+        print(
+            f"| mean over sweeps {args.average_from}-{args.sweeps} | | | | | **{est_avg(np.ones(len(b), bool)):.3f} ± "
+            f"{jackknife_se(loo):.3f}** | {single.mean():.2f}, {single.std(ddof=1):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
