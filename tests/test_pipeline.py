@@ -190,7 +190,14 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
             "presets": {
                 "quick": {
                     "reference": {"ns": 0.004, "save_every_ps": 0.05},
-                    "sample": {"n": 32, "n_bridge": 2, "mcmc_steps": 0, "n_runs": 2},
+                    "sample": {
+                        "n": 32,
+                        "n_bridge": 2,
+                        "mcmc_steps": 0,
+                        "n_runs": 2,
+                        "torsion": {"bonds": "cvs"},
+                        "final_mcmc_steps": 3,
+                    },
                 }
             },
         },
@@ -201,6 +208,9 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     # two independent SMC runs of 16 particles, pooled; ΔF's error bar from the runs
     smc = json.loads((out / "samples.json").read_text())
     assert smc["n_runs"] == 2 and len(smc["runs"]) == 2 and smc["n"] == 32
+    # three torsion + MALA sweeps at the target after the bridge, each one target evaluation per particle twice
+    assert res["n_final_mcmc"] == 3 and 0.0 <= res["final_torsion_acceptance"] <= 1.0
+    assert all(r["n_target_evals"] >= 16 * (1 + 2 * 2 + 1 + 3 * 2) for r in smc["runs"])
     assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
     with np.load(out / "samples.npz") as z:
         assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32
@@ -233,9 +243,9 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
-    """The default ALDP recipe in miniature: 500 K MD -> pair-distance model with target score matching (data
-    temperature taken from the MD) -> SMC with an adaptive bridge to the 300 K energy -> analysis that does not
-    score the samples against the 500 K data."""
+    """The hot-data ALDP recipe (the quick preset until session 18) in miniature: 500 K MD -> pair-distance
+    model with target score matching (data temperature taken from the MD) -> SMC with an adaptive bridge to the
+    300 K energy -> analysis that does not score the samples against the 500 K data."""
     import yaml
 
     sysdir = make_system(
