@@ -97,8 +97,10 @@ def main() -> None:
         label, run_dir = spec.split("=", 1)
         a = json.loads((Path(run_dir) / "analysis.json").read_text())
         pj = json.loads((Path(run_dir) / "pipeline.json").read_text())
-        ref_cfg = pj["settings"].get("reference", {})
-        n_md = round(float(ref_cfg.get("ns", 1.0)) * 1e6 / float(ref_cfg.get("timestep_fs", 1.0)))
+        # MD steps of the training data, the metadynamics bias build included (as bg_systems.py counts them)
+        from bg_systems import reference_evals
+
+        n_md = reference_evals(pj["settings"], "molecule")
         dfk = a.get("delta_f_kT")
         ok = isinstance(dfk, int | float) and math.isfinite(dfk)
         rows.append(
