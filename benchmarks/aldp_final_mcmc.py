@@ -120,33 +120,25 @@ def main() -> None:
     ]
     with mp.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
         done = pool.map(sweep_dir, todo)
-    # weights, runs and models of every directory, pooled as benchmarks/pool_run_dirs.py does
-    lws, runs, models, n_run, n_model = [], [], [], 0, 0
+    # weights, runs and models of every directory, pooled as benchmarks/pool_run_dirs.py does: every SMC run's
+    # weights normalised within the run and scaled by its normalising-constant estimate, so one directory's
+    # slice of the pooled weights is that directory's own pool
+    clean, runs, models, log_z, n_run, n_model = [], [], [], [], 0, 0
     for d, res in zip(args.run_dirs, done, strict=True):
         with np.load(d / "samples.npz") as z:
-            lw = z["log_w"]
+            lw = z["log_w"] if res["resampled"] is None else np.zeros(len(z["log_w"]))
             model = z["model"] if "model" in z.files else np.zeros(len(lw), dtype=int)
         summ = json.loads((d / "samples.json").read_text())
-        log_z = [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
-        if res["resampled"] is not None:
-            lw = np.zeros(len(lw))
-        lws.append(pool_runs(clean_log_weights(lw).log_w_n, res["run"], log_z))
+        log_z += [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
+        clean.append(clean_log_weights(lw).log_w_n)
         runs.append(res["run"] + n_run)
         models.append(model + n_model)
         n_run += int(res["run"].max()) + 1
         n_model += int(model.max()) + 1
         print(f"{d}: torsion acceptance {res['acc']:.3f}, {res['wall_s']:.0f} s")
-    # pooled log-weights over all directories: each directory's runs already pooled by their own Z estimates;
-    # directories pool by their runs' Z estimates too (pool_runs across all runs at once)
-    all_lw, run_all, model_all = [], np.concatenate(runs), np.concatenate(models)
-    logz_all = []
-    for d, res in zip(args.run_dirs, done, strict=True):
-        summ = json.loads((d / "samples.json").read_text())
-        logz_all += [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
-        with np.load(d / "samples.npz") as z:
-            lw = z["log_w"] if res["resampled"] is None else np.zeros(len(z["log_w"]))
-            all_lw.append(clean_log_weights(lw).log_w_n)
-    lw_all = pool_runs(np.concatenate(all_lw), run_all, logz_all)
+    run_all, model_all = np.concatenate(runs), np.concatenate(models)
+    lw_all = pool_runs(np.concatenate(clean), run_all, log_z)
+    lws = np.split(lw_all, np.cumsum([len(c) for c in clean])[:-1])
 
     print(f"\n| sweeps | {' | '.join(Path(d).name for d in args.run_dirs)} | all pooled | single runs: mean, SD |")
     print("|---|" + "---|" * (len(args.run_dirs) + 2))
