@@ -10,7 +10,8 @@ over its runs where it has one model),
 all directories pooled, and the single runs' spread. The same sweeps run inside the sampler with
 ``sample: {torsion: {bonds: cvs}, final_mcmc_steps: N}``.
 
-    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--bonds cvs|auto] [--jobs 2]
+    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler] \
+        [--bonds cvs|auto] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class _EnergyOnly:
 
 def sweep_dir(args: tuple) -> dict:
     """Sweep every SMC run of one directory; φ of all particles at each checkpoint."""
-    d, sweeps, bonds, mala, seed, avg_from, resample = args
+    d, sweeps, bonds, mala, seed, avg_from, resample, as_sampler = args
     torch.set_num_threads(1)
     from _common import phi_of_samples
 
@@ -69,16 +70,24 @@ def sweep_dir(args: tuple) -> dict:
             pick = systematic_resample(torch.as_tensor(np.nan_to_num(lw[m], nan=-np.inf)), len(m), generator=g)
             idx[m] = m[pick.numpy()]
         x, resampled = x[idx], idx
-    dens = TargetDensity(system.target) if mala else _EnergyOnly(system.target)
+    target, scale = system.target, 1.0
+    if as_sampler:  # the sampler's own target (centre-of-mass gauge) and MALA step scale (level 0's variance)
+        from boltzdiff.pipeline import model_dir, sampling_target
+        from boltzdiff.samplers.smc import level_variance
+        from boltzdiff.train import load_run
+
+        model = load_run(model_dir(d, 0)).model
+        target, scale = sampling_target(system, model), level_variance(model, 0)
+    dens = TargetDensity(target) if mala else _EnergyOnly(target)
     state = dens.evaluate(x)
-    cfg = MCMCConfig("mala", n_steps=1, step_size=1e-6) if mala else None
+    cfg = MCMCConfig("mala", n_steps=1, step_size=1e-6 / scale) if mala else None
     phis, acc, avg = {0: phi_of_samples(system, x.numpy())}, [], []
     t0 = time.perf_counter()
     for s in range(1, sweeps + 1):
         x, state, a = torsion_step(dens, x, state, moves, g)
         acc.append(float(a.double().mean()))
         if cfg is not None:
-            r = run_mcmc(dens, x, cfg, g, state=state)
+            r = run_mcmc(dens, x, cfg, g, state=state, scale=scale)
             x, state = r.x, r.state
         if s in CHECKPOINTS or s == sweeps or (avg_from and s >= avg_from):
             phi = phi_of_samples(system, x.numpy())
@@ -91,6 +100,7 @@ def sweep_dir(args: tuple) -> dict:
         phis=phis,
         run=run,
         acc=float(np.mean(acc)),
+        mala_step=None if cfg is None else float(cfg.step_size * scale),
         wall_s=time.perf_counter() - t0,
         basin_avg=np.mean(avg, 0) if avg else None,
         resampled=resampled,
@@ -109,13 +119,18 @@ def main() -> None:
         "--average-from", type=int, default=0, help="also average each particle's basin indicator over sweeps >= this"
     )
     ap.add_argument("--resample", action="store_true", help="resample each SMC run by its weights before the sweeps")
+    ap.add_argument(
+        "--as-sampler",
+        action="store_true",
+        help="sweep the sampler's target (with its centre-of-mass gauge) with its MALA step scale, as smc() does",
+    )
     args = ap.parse_args()
 
     from boltzdiff.analysis.free_energy import delta_f_phi
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
 
     todo = [
-        (d, args.sweeps, args.bonds, args.mala, args.seed + i, args.average_from, args.resample)
+        (d, args.sweeps, args.bonds, args.mala, args.seed + i, args.average_from, args.resample, args.as_sampler)
         for i, d in enumerate(args.run_dirs)
     ]
     with mp.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
@@ -135,7 +150,8 @@ def main() -> None:
         models.append(model + n_model)
         n_run += int(res["run"].max()) + 1
         n_model += int(model.max()) + 1
-        print(f"{d}: torsion acceptance {res['acc']:.3f}, {res['wall_s']:.0f} s")
+        step = "" if res["mala_step"] is None else f", final MALA step {res['mala_step']:.3g} nm^2"
+        print(f"{d}: torsion acceptance {res['acc']:.3f}{step}, {res['wall_s']:.0f} s")
     run_all, model_all = np.concatenate(runs), np.concatenate(models)
     lw_all = pool_runs(np.concatenate(clean), run_all, log_z)
     lws = np.split(lw_all, np.cumsum([len(c) for c in clean])[:-1])
