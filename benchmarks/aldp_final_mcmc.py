@@ -10,7 +10,7 @@ over its runs where it has one model),
 all directories pooled, and the single runs' spread. The same sweeps run inside the sampler with
 ``sample: {torsion: {bonds: cvs}, final_mcmc_steps: N}``.
 
-    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler] \
+    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler]
         [--bonds cvs|auto] [--jobs 2]
 """
 
