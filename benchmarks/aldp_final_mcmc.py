@@ -71,7 +71,8 @@ def sweep_dir(args: tuple) -> dict:
             idx[m] = m[pick.numpy()]
         x, resampled = x[idx], idx
     target, scale = system.target, 1.0
-    if as_sampler:  # the sampler's own target (centre-of-mass gauge) and MALA step scale (level 0's variance)
+    if as_sampler:  # the sampler's own target (centre-of-mass gauge) and MALA step scale (level 0's variance),
+        # taken from the directory's first model for all its runs (the models share data and level grid)
         from boltzdiff.pipeline import model_dir, sampling_target
         from boltzdiff.samplers.smc import level_variance
         from boltzdiff.train import load_run
