@@ -11,7 +11,10 @@ all directories pooled, and the single runs' spread. The same sweeps run inside 
 ``sample: {torsion: {bonds: cvs}, final_mcmc_steps: N}``.
 
     python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler]
-        [--bonds cvs|auto] [--jobs 2]
+        [--bonds cvs|auto] [--jobs 2] [--rb-angles 72]
+
+``--rb-angles N`` adds a row for the last sweep with each particle's basin probability integrated over its
+rotation about the phi bond (``boltzdiff.analysis.torsion_rb``, what ``boltzdiff analyze`` reports as ΔF).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class _EnergyOnly:
 
 def sweep_dir(args: tuple) -> dict:
     """Sweep every SMC run of one directory; φ of all particles at each checkpoint."""
-    d, sweeps, bonds, mala, seed, avg_from, resample, as_sampler = args
+    d, sweeps, bonds, mala, seed, avg_from, resample, as_sampler, rb_angles = args
     torch.set_num_threads(1)
     from _common import phi_of_samples
 
@@ -96,7 +99,24 @@ def sweep_dir(args: tuple) -> dict:
                 phis[s] = phi
             if avg_from and s >= avg_from:
                 avg.append(((phi > 0) & (phi < 2)).astype(np.float32))
+    rb = None
+    if rb_angles:
+        from boltzdiff.analysis.torsion_rb import torsion_state_probability
+
+        bonds_all = [(b[0].index, b[1].index) for b in system.topology.bonds]
+        rb = torsion_state_probability(
+            system.target.energy,
+            x,
+            bonds_all,
+            system.target.event_shape[0],
+            system.spec["cvs"]["phi"],
+            lambda y: phi_of_samples(system, y),
+            0.0,
+            2.0,
+            rb_angles,
+        ).p
     return dict(
+        rb=rb,
         dir=str(d),
         phis=phis,
         run=run,
@@ -121,6 +141,9 @@ def main() -> None:
     )
     ap.add_argument("--resample", action="store_true", help="resample each SMC run by its weights before the sweeps")
     ap.add_argument(
+        "--rb-angles", type=int, default=0, help="also ΔF after the last sweep with phi integrated over N angles"
+    )
+    ap.add_argument(
         "--as-sampler",
         action="store_true",
         help="sweep the sampler's target (with its centre-of-mass gauge) with its MALA step scale, as smc() does",
@@ -131,7 +154,17 @@ def main() -> None:
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
 
     todo = [
-        (d, args.sweeps, args.bonds, args.mala, args.seed + i, args.average_from, args.resample, args.as_sampler)
+        (
+            d,
+            args.sweeps,
+            args.bonds,
+            args.mala,
+            args.seed + i,
+            args.average_from,
+            args.resample,
+            args.as_sampler,
+            args.rb_angles,
+        )
         for i, d in enumerate(args.run_dirs)
     ]
     with mp.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
@@ -181,6 +214,27 @@ def main() -> None:
         cells.append(f"**{est_all(np.ones(len(phi), bool)):.3f} ± {jackknife_se(loo):.3f}**")
         cells.append(f"{single.mean():.2f}, {single.std(ddof=1):.2f}")
         print(f"| {s} | " + " | ".join(cells) + " |")
+    if args.rb_angles:
+        from boltzdiff.analysis.free_energy import two_state_delta_f
+
+        cells = []
+        for res, lw, model in zip(done, lws, models, strict=True):
+
+            def est_rb(m, p=res["rb"], lw=lw):
+                return two_state_delta_f(p[m], lw[m], n_bootstrap=0).delta_f
+
+            loo = leave_one_run_out(est_rb, model if len(np.unique(model)) > 1 else res["run"])
+            cells.append(f"{est_rb(np.ones(len(lw), bool)):.2f} ± {jackknife_se(loo):.2f}")
+        p_all = np.concatenate([r["rb"] for r in done])
+
+        def est_rb_all(m):
+            return two_state_delta_f(p_all[m], lw_all[m], n_bootstrap=0).delta_f
+
+        loo = leave_one_run_out(est_rb_all, model_all)
+        single = np.asarray([est_rb_all(run_all == r) for r in range(n_run)])
+        cells.append(f"**{est_rb_all(np.ones(len(p_all), bool)):.3f} ± {jackknife_se(loo):.3f}**")
+        cells.append(f"{single.mean():.2f}, {single.std(ddof=1):.2f}")
+        print(f"| {args.sweeps}, phi integrated ({args.rb_angles} angles) | " + " | ".join(cells) + " |")
     if args.average_from:
         # each particle's basin indicator averaged over sweeps >= average_from: the weighted mean is the
         # basin's probability (time average along every chain, same weights)

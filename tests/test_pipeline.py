@@ -224,6 +224,11 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert all(0 <= b <= r["n_lineages"] for b, r in zip(res["basin_lineages_runs"], smc["runs"]))
     assert res["delta_f_se_method"] == "jackknife over 2 independent SMC runs"
     assert len(res["delta_f_runs_kT"]) == 2
+    # ΔF integrates each particle's basin probability over its rotation about the phi bond (71 more angles
+    # each); those target energies count in the budget, and the plain count is kept beside it
+    assert res["rao_blackwell_angles"] == 72 and res["rao_blackwell_evals"] == 32 * 71
+    assert res["n_target_evals"] == smc["n_target_evals"] + 32 * 71
+    assert "delta_f_indicator_kT" in res and "torsion_rb" in res["delta_f_estimator"]
     for key in (
         "ess",
         "delta_f_kT",

@@ -400,8 +400,8 @@ class DeltaF:
 
 
 def _df(in_a: np.ndarray, w: np.ndarray) -> float:
-    pa = float(np.sum(w[in_a]))
-    pb = float(np.sum(w[~in_a]))
+    pa = float(np.sum(w * in_a))
+    pb = float(np.sum(w * (1.0 - in_a)))
     if pa <= 0:
         return math.inf
     if pb <= 0:
@@ -421,7 +421,10 @@ def two_state_delta_f(
 
     Parameters
     ----------
-    in_a_n : (n,) bool array-like
+    in_a_n : (n,) bool array-like, or floats in [0, 1]
+        Membership of state A: a bool per sample, or each sample's probability of A given something the
+        estimate conditions on (e.g. :func:`boltzdiff.analysis.torsion_rb.torsion_state_probability`, the
+        state integrated over a torsion), which keeps the estimate and lowers its variance.
     log_w_n : (n,) array-like or None
     n_bootstrap : int
     rng : numpy Generator, int seed or None
@@ -432,7 +435,13 @@ def two_state_delta_f(
         all its samples and weights. For SMC particles pass their lineages (``samples.npz`` ``lineage``):
         resampled copies of one ancestor are one draw, and their weights move together.
     """
-    in_a = np.asarray(in_a_n, dtype=bool).reshape(-1)
+    in_a = np.asarray(in_a_n).reshape(-1)
+    if in_a.dtype == bool:
+        in_a = in_a.astype(np.float64)
+    else:
+        in_a = np.asarray(in_a, dtype=np.float64)
+        if in_a.size and not (np.all(np.isfinite(in_a)) and in_a.min() >= 0 and in_a.max() <= 1):
+            raise ValueError("two_state_delta_f: in_a_n must be bools or probabilities in [0, 1]")
     w = _weights(in_a.size, log_w_n)
     est = _df(in_a, w)
     reps = np.array([])
@@ -441,7 +450,7 @@ def two_state_delta_f(
         if lab.size != in_a.size:
             raise ValueError(f"clusters: expected {in_a.size} labels, got {lab.size}")
         nc = int(lab.max()) + 1
-        wa_c = np.bincount(lab, weights=np.where(in_a, w, 0.0), minlength=nc)
+        wa_c = np.bincount(lab, weights=w * in_a, minlength=nc)
         wt_c = np.bincount(lab, weights=w, minlength=nc)
         counts = _rng(rng).multinomial(nc, np.full(nc, 1.0 / nc), size=n_bootstrap)
         pa, pt = counts @ wa_c, counts @ wt_c
@@ -450,14 +459,14 @@ def two_state_delta_f(
         reps = reps[np.isfinite(reps)]
     elif n_bootstrap > 0:
         boot = bootstrap_indices(in_a.size, n_bootstrap, rng, block_length)
-        wa = np.where(in_a, w, 0.0)
+        wa = w * in_a
         pa = wa[boot].sum(1)
         pt = w[boot].sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             reps = -np.log(pa / (pt - pa))
         reps = reps[np.isfinite(reps)]
     se = float(np.std(reps, ddof=1)) if reps.size >= 2 else math.nan
-    return DeltaF(est, se, float(np.sum(w[in_a])), int(n_bootstrap), int(reps.size), block_length)
+    return DeltaF(est, se, float(np.sum(w * in_a)), int(n_bootstrap), int(reps.size), block_length)
 
 
 #: alanine dipeptide's phi > 0 basin (radians), the default state of :func:`delta_f_phi`

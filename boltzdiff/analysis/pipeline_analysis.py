@@ -11,12 +11,14 @@ import numpy as np
 import torch
 
 from boltzdiff.analysis.free_energy import (
+    PHI_BASIN,
     delta_f_phi,
     distance_histogram,
     free_energy_profile,
     in_phi_basin,
     jensen_shannon,
     pmf_rmse,
+    two_state_delta_f,
     wasserstein_1,
     weighted_histogram_2d,
 )
@@ -69,8 +71,11 @@ def load_samples(out: Path):
     return x, log_w, run_of, summ, cw
 
 
-def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dict:
-    """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``."""
+def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200, rb_angles: int = 72) -> dict:
+    """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``.
+    ``rb_angles``: a molecule's ΔF integrates each particle's phi-basin probability over that many rotations
+    about the phi bond (0: count the particles in the basin); the energies it costs are added to
+    ``n_target_evals``."""
     from boltzdiff.pipeline import kind_of, reference_starts, reference_temperature
     from boltzdiff.systems import load_system
 
@@ -224,8 +229,11 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200) -> dic
                     run_of=run_of,
                     lineage=_lineage(out),
                     model_of=_model_labels(out),
+                    u=u,
+                    rb_angles=rb_angles,
                 )
             )
+            res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -310,18 +318,20 @@ def runs_table_md(res: dict) -> str | None:
     return "\n".join(lines)
 
 
-def delta_f_over_models(phi, log_w, model_of, run_of=None, se_runs=None) -> dict:
+def delta_f_over_models(phi, log_w, model_of, run_of=None, se_runs=None, member=None) -> dict:
     """ΔF's error bar when the runs come from several models trained on the same data (``train.n_models``):
     the delete-one-model jackknife of the pooled ΔF. Two trainings of one recipe differ by more than one
     model's SMC runs do (benchmarks/RESULTS.md "Session 16": four models' pooled ΔF spread 0.43 kT, each with
     a 0.2 kT jackknife over its own runs), so a jackknife over runs alone understates the error. Returns the
     keys analysis.json gets: the SE and its method, each model's own pooled ΔF, the pooled ΔF without each
     model, ``se_runs`` (the jackknife over runs, kept for comparison) and, given ``run_of``, each run's model.
+    ``member``: each particle's probability of the basin (default: ``phi`` in the basin, 0 or 1).
     """
-    phi, model_of = np.asarray(phi), np.asarray(model_of)
+    model_of = np.asarray(model_of)
+    member = in_phi_basin(np.asarray(phi)) if member is None else np.asarray(member)
 
     def est(m):
-        return delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f
+        return two_state_delta_f(member[m], log_w[m], n_bootstrap=0).delta_f
 
     labels = np.unique(model_of)
     loo = leave_one_run_out(est, model_of)
@@ -351,6 +361,40 @@ def _lineage(out: Path) -> np.ndarray | None:
         return np.asarray(z["lineage"]) if "lineage" in z.files else None
 
 
+def _phi_rao_blackwell(system, x, quads, ref_sign, n_angles: int, u, r: dict) -> np.ndarray:
+    """Each particle's probability of the phi > 0 basin given its rotation orbit about the phi bond
+    (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`); records how in ``r``."""
+    from boltzdiff.analysis.torsion_rb import torsion_state_probability
+    from boltzdiff.cv import phi_psi
+    from boltzdiff.models.egnn import fix_chirality
+
+    n = system.target.event_shape[0]
+    cvs = system.spec["cvs"]
+
+    def phi_of(y):
+        ys = torch.as_tensor(np.asarray(y).reshape(-1, n, 3))
+        if quads:
+            ys = fix_chirality(ys, quads, ref_sign).x
+        return phi_psi(ys.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
+
+    bonds = [(b[0].index, b[1].index) for b in system.topology.bonds]
+    res = torsion_state_probability(
+        system.target.energy, x, bonds, n, cvs["phi"], phi_of, *PHI_BASIN, n_angles=n_angles, u0=u, progress=True
+    )
+    r.update(
+        delta_f_estimator=(
+            f"phi-basin probability of each particle integrated over its rotation about the phi bond "
+            f"({n_angles} angles; boltzdiff.analysis.torsion_rb)"
+        ),
+        rao_blackwell_angles=n_angles,
+        rao_blackwell_evals=res.n_evals,
+        rao_blackwell_nonfinite=res.n_nonfinite,
+    )
+    if res.n_unresolved:
+        log.warning("analyze: %d particles had no finite energy on their phi orbit; their count kept", res.n_unresolved)
+    return res.p
+
+
 def _molecule(
     system,
     out: Path,
@@ -363,9 +407,14 @@ def _molecule(
     run_of: np.ndarray | None = None,
     lineage: np.ndarray | None = None,
     model_of: np.ndarray | None = None,
+    u: np.ndarray | None = None,
+    rb_angles: int = 72,
 ) -> dict:
     """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
-    still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it."""
+    still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it.
+    ``rb_angles`` > 0: ΔF from each particle's phi-basin probability integrated over its rotation about the
+    phi bond on that many angles (:mod:`boltzdiff.analysis.torsion_rb`; ``u``: the particles' energies), with
+    the plain count kept as ``delta_f_indicator_kT``; 0: the count alone."""
     from boltzdiff.cv import phi_psi
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
 
@@ -388,12 +437,22 @@ def _molecule(
         r["n_mirrored"] = int(fx.n_flipped)
     phi, psi = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
     rng = np.random.default_rng(0)
-    df = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng)
+    member = in_phi_basin(phi)
+    if rb_angles and system.topology is not None:
+        member = _phi_rao_blackwell(system, x, quads, ref_sign if quads else None, rb_angles, u, r)
+        r["delta_f_indicator_kT"] = float(delta_f_phi(phi, log_w, n_bootstrap=0).delta_f)
+    else:
+        r["delta_f_estimator"] = "weighted count of the particles in the basin"
+
+    def est(m):
+        return two_state_delta_f(member[m], log_w[m], n_bootstrap=0).delta_f
+
+    df = two_state_delta_f(member, log_w, n_bootstrap=n_bootstrap, rng=rng)
     r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se), delta_f_se_method="bootstrap over particles")
     if lineage is not None and len(lineage) == len(phi):
         # resampled copies of one ancestor are not independent: draw whole SMC lineages (the particle
         # bootstrap's SE was 7-25x below the spread of independent runs, benchmarks/RESULTS.md "Session 10")
-        dl = delta_f_phi(phi, log_w, n_bootstrap=n_bootstrap, rng=rng, clusters=lineage)
+        dl = two_state_delta_f(member, log_w, n_bootstrap=n_bootstrap, rng=rng, clusters=lineage)
         r.update(
             delta_f_se_kT=float(dl.se),
             delta_f_se_particles_kT=float(df.se),
@@ -413,19 +472,16 @@ def _molecule(
         # resampled SMC particles are not independent and their weights are heavy-tailed: the particle
         # bootstrap understated the spread between independent SMC runs ~5x (benchmarks/RESULTS.md), so the
         # standard error comes from the runs (delete-one-run jackknife of the pooled estimate)
-        loo = leave_one_run_out(lambda m: delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f, run_of)
+        loo = leave_one_run_out(est, run_of)
         r.update(
             delta_f_se_kT=jackknife_se(loo),
             delta_f_loo_kT=loo.tolist(),
             delta_f_se_bootstrap_kT=float(df.se),
             delta_f_se_method=f"jackknife over {np.unique(run_of).size} independent SMC runs",
-            delta_f_runs_kT=[
-                float(delta_f_phi(phi[run_of == k], log_w[run_of == k], n_bootstrap=0).delta_f)
-                for k in np.unique(run_of)
-            ],
+            delta_f_runs_kT=[float(est(run_of == k)) for k in np.unique(run_of)],
         )
     if model_of is not None and len(model_of) == len(phi) and np.unique(model_of).size > 1:
-        r.update(delta_f_over_models(phi, log_w, model_of, run_of, se_runs=r.get("delta_f_se_kT")))
+        r.update(delta_f_over_models(phi, log_w, model_of, run_of, se_runs=r.get("delta_f_se_kT"), member=member))
     prof = free_energy_profile(phi, log_w, bins=36, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng)
     profiles = {"reweighted model": prof}
     if ref_x is not None:

@@ -7,6 +7,13 @@ def register(sub) -> None:
     p = sub.add_parser("analyze", help="analyse a `boltzdiff run` directory (analysis.json, PNGs, report.md)")
     p.add_argument("run_dir")
     p.add_argument("--n-bootstrap", type=int, default=200)
+    p.add_argument(
+        "--rb-angles",
+        type=int,
+        default=72,
+        help="molecules: integrate each particle's phi-basin probability over this many rotations about the phi "
+        "bond for ΔF (Rao-Blackwell; 0: count the particles in the basin)",
+    )
     p.set_defaults(func=run)
 
 
@@ -18,5 +25,7 @@ def run(args) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"analyze: run dir {args.run_dir} does not exist")
-    analyze_run(args.run_dir, n_bootstrap=args.n_bootstrap)
+    if args.rb_angles != 0 and args.rb_angles < 2:
+        raise ConfigError(f"analyze --rb-angles: expected 0 or an integer >= 2, got {args.rb_angles}")
+    analyze_run(args.run_dir, n_bootstrap=args.n_bootstrap, rb_angles=args.rb_angles)
     return 0
