@@ -145,6 +145,18 @@ def data_scores(
     return data[ok], g[ok].to(data.dtype)
 
 
+def resolve_tsm_scale(tsm_scale, system: System) -> float | None:
+    """``train.tsm_scale`` as a length: ``auto`` is a Gaussian mixture's smallest component std (below the
+    width of a mode the target's score is a low-variance regression target, and the lowest levels, which set
+    the mode weights at level 0, are where DSM's is noisiest) and nothing for other targets."""
+    if tsm_scale != "auto":
+        return tsm_scale
+    from boltzdiff.targets.gmm import GaussianMixture
+
+    t = system.target
+    return float(t.std.min()) if isinstance(t, GaussianMixture) else None
+
+
 def centre(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
     """Remove the centre of mass of particle configurations ``(B, n*s)``."""
     n, s = event_shape
@@ -241,6 +253,7 @@ def train(
 
     system = system or load_system(cfg.system, cfg.variant)
     target = system.target
+    cfg.tsm_scale = resolve_tsm_scale(cfg.tsm_scale, system)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = training_data(target, cfg.data, cfg.n_data, gen)
     particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")

@@ -309,8 +309,23 @@ def test_tsm_weight_multiplies_each_term_by_its_closed_form_and_keeps_the_minimi
     for bad, msg in ((-1.0, "tsm_weight"), ("a lot", "tsm_weight")):
         with pytest.raises(ConfigError, match=msg):
             TrainConfig(tsm_scale=0.005, tsm_weight=bad).validate()
-    with pytest.raises(ConfigError, match="tsm_weight.*unless tsm_scale"):
-        TrainConfig(tsm_weight=1.0).validate()
+    with pytest.raises(ConfigError, match="tsm_scale.*'auto'"):
+        TrainConfig(tsm_scale="sometimes").validate()
+
+
+def test_tsm_scale_auto_is_a_mixture_s_narrowest_component_and_nothing_elsewhere(tmp_path):
+    from boltzdiff.systems import load_system
+    from boltzdiff.config import TrainConfig
+    from boltzdiff.train import resolve_tsm_scale
+
+    spec = "kind: gaussian_mixture\nweights: [0.5, 0.5]\nmeans: [[0, 0], [3, 3]]\nstd: [0.5, 0.2]\n"
+    (tmp_path / "mix.yaml").write_text(spec)
+    mix = load_system(str(tmp_path / "mix.yaml"))
+    assert TrainConfig().tsm_scale == "auto" and TrainConfig().validate().tsm_weight == 1.0
+    assert resolve_tsm_scale("auto", mix) == pytest.approx(0.2)
+    assert resolve_tsm_scale("auto", load_system("gmm2_unbalanced")) == pytest.approx(0.25)
+    assert resolve_tsm_scale("auto", load_system("dw4")) is None
+    assert resolve_tsm_scale(0.01, mix) == 0.01 and resolve_tsm_scale(None, mix) is None
 
 
 def test_data_scores_rescale_forces_to_the_data_temperature():
