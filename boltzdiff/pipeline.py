@@ -1042,6 +1042,6 @@ def run_pipeline(
         stage_sample(system, out, settings, progress, seed, workers=workers)
     result = {}
     if "analyze" in stages:
-        result = analyze_run(out, system=system)
+        result = analyze_run(out, system=system, progress=bool(progress))
     log.info("pipeline finished in %.0f s; see %s", time.time() - t0, out / "report.md")
     return result

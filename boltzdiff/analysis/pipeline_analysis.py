@@ -71,7 +71,9 @@ def load_samples(out: Path):
     return x, log_w, run_of, summ, cw
 
 
-def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200, rb_angles: int = 72) -> dict:
+def analyze_run(
+    run_dir: str | Path, system=None, n_bootstrap: int = 200, rb_angles: int = 72, progress: bool = True
+) -> dict:
     """Analyse a run directory (see :mod:`boltzdiff.pipeline`); returns and writes ``analysis.json``.
     ``rb_angles``: a molecule's ΔF integrates each particle's phi-basin probability over that many rotations
     about the phi bond (0: count the particles in the basin); the energies it costs are added to
@@ -231,6 +233,7 @@ def analyze_run(run_dir: str | Path, system=None, n_bootstrap: int = 200, rb_ang
                     model_of=_model_labels(out),
                     u=u,
                     rb_angles=rb_angles,
+                    progress=progress,
                 )
             )
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
@@ -361,7 +364,7 @@ def _lineage(out: Path) -> np.ndarray | None:
         return np.asarray(z["lineage"]) if "lineage" in z.files else None
 
 
-def _phi_rao_blackwell(system, x, quads, ref_sign, n_angles: int, u, r: dict) -> np.ndarray:
+def _phi_rao_blackwell(system, x, quads, ref_sign, n_angles: int, u, r: dict, progress: bool = True) -> np.ndarray:
     """Each particle's probability of the phi > 0 basin given its rotation orbit about the phi bond
     (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`); records how in ``r``."""
     from boltzdiff.analysis.torsion_rb import torsion_state_probability
@@ -379,7 +382,7 @@ def _phi_rao_blackwell(system, x, quads, ref_sign, n_angles: int, u, r: dict) ->
 
     bonds = [(b[0].index, b[1].index) for b in system.topology.bonds]
     res = torsion_state_probability(
-        system.target.energy, x, bonds, n, cvs["phi"], phi_of, *PHI_BASIN, n_angles=n_angles, u0=u, progress=True
+        system.target.energy, x, bonds, n, cvs["phi"], phi_of, *PHI_BASIN, n_angles=n_angles, u0=u, progress=progress
     )
     r.update(
         delta_f_estimator=(
@@ -409,6 +412,7 @@ def _molecule(
     model_of: np.ndarray | None = None,
     u: np.ndarray | None = None,
     rb_angles: int = 72,
+    progress: bool = True,
 ) -> dict:
     """phi/psi analysis. ``same_ensemble=False`` (reference data from another temperature): the data's ΔF is
     still reported (``md_delta_f_kT``, the raw-data estimate) but no PMF RMSE / Jensen-Shannon against it.
@@ -439,7 +443,7 @@ def _molecule(
     rng = np.random.default_rng(0)
     member = in_phi_basin(phi)
     if rb_angles and system.topology is not None:
-        member = _phi_rao_blackwell(system, x, quads, ref_sign if quads else None, rb_angles, u, r)
+        member = _phi_rao_blackwell(system, x, quads, ref_sign if quads else None, rb_angles, u, r, progress)
         r["delta_f_indicator_kT"] = float(delta_f_phi(phi, log_w, n_bootstrap=0).delta_f)
     else:
         r["delta_f_estimator"] = "weighted count of the particles in the basin"

@@ -14,6 +14,7 @@ def register(sub) -> None:
         help="molecules: integrate each particle's phi-basin probability over this many rotations about the phi "
         "bond for ΔF (Rao-Blackwell; 0: count the particles in the basin)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -27,5 +28,5 @@ def run(args) -> int:
         raise ConfigError(f"analyze: run dir {args.run_dir} does not exist")
     if args.rb_angles != 0 and args.rb_angles < 2:
         raise ConfigError(f"analyze --rb-angles: expected 0 or an integer >= 2, got {args.rb_angles}")
-    analyze_run(args.run_dir, n_bootstrap=args.n_bootstrap, rb_angles=args.rb_angles)
+    analyze_run(args.run_dir, n_bootstrap=args.n_bootstrap, rb_angles=args.rb_angles, progress=not args.no_progress)
     return 0
