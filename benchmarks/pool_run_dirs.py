@@ -3,7 +3,9 @@
 Every SMC run, from whichever model, estimates the same target's normalising constant, so runs from different
 run directories (other seeds, other trained models, other settings) pool exactly as the runs of one directory
 do: each weighted by its normalising-constant estimate. The error bar is the delete-one-model jackknife over
-all the trained models (a directory without ``train.n_models`` counts as one model).
+all the trained models (a directory without ``train.n_models`` counts as one model). Each particle counts with
+its phi-basin probability integrated over its phi rotation where ``boltzdiff analyze`` left it
+(``basin_probability.npy``, as analysis.json's ΔF), else as in or out of the basin.
 
     python benchmarks/pool_run_dirs.py RUN_DIR [RUN_DIR ...]
 """
@@ -20,11 +22,11 @@ import numpy as np
 def pooled_delta_f(dirs: list[Path]) -> dict:
     from _common import phi_of_samples
 
-    from boltzdiff.analysis.free_energy import delta_f_phi
+    from boltzdiff.analysis.free_energy import in_phi_basin, two_state_delta_f
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
     from boltzdiff.systems import load_system
 
-    phis, lws, runs, models, log_z = [], [], [], [], []
+    members, lws, runs, models, log_z, how = [], [], [], [], [], []
     n_run = n_model = 0
     system = None
     for d in dirs:
@@ -37,25 +39,33 @@ def pooled_delta_f(dirs: list[Path]) -> dict:
             model = z["model"] if "model" in z.files else np.zeros(len(x), dtype=int)
         summ = json.loads((d / "samples.json").read_text())
         log_z += [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
-        phis.append(phi_of_samples(system, x))
+        bp = d / "basin_probability.npy"
+        p = np.load(bp) if bp.exists() else None
+        if p is not None and len(p) == len(x):
+            members.append(p)
+            how.append("phi integrated")
+        else:
+            members.append(in_phi_basin(phi_of_samples(system, x)).astype(float))
+            how.append("count")
         lws.append(clean_log_weights(lw).log_w_n)
         runs.append(run + n_run)
         models.append(model + n_model)
         n_run += int(run.max()) + 1
         n_model += int(model.max()) + 1
-    phi, run, model = np.concatenate(phis), np.concatenate(runs), np.concatenate(models)
+    member, run, model = np.concatenate(members), np.concatenate(runs), np.concatenate(models)
     log_w = pool_runs(np.concatenate(lws), run, log_z)
 
     def est(m):
-        return delta_f_phi(phi[m], log_w[m], n_bootstrap=0).delta_f
+        return two_state_delta_f(member[m], log_w[m], n_bootstrap=0).delta_f
 
     loo = leave_one_run_out(est, model)
     return dict(
-        delta_f_kT=float(est(np.ones(len(phi), dtype=bool))),
+        delta_f_kT=float(est(np.ones(len(member), dtype=bool))),
         delta_f_se_kT=jackknife_se(loo),
         n_models=n_model,
         n_runs=n_run,
         delta_f_models_kT=[float(est(model == k)) for k in range(n_model)],
+        basin=how,
     )
 
 
@@ -69,6 +79,7 @@ def main() -> None:
         f"{res['delta_f_se_kT']:.3f} kT (jackknife over models)"
     )
     print("each model's runs: " + ", ".join(f"{v:.2f}" for v in res["delta_f_models_kT"]))
+    print("basin membership per directory: " + ", ".join(res["basin"]))
 
 
 if __name__ == "__main__":

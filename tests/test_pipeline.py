@@ -229,6 +229,8 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert res["rao_blackwell_angles"] == 72 and res["rao_blackwell_evals"] == 32 * 71
     assert res["n_target_evals"] == smc["n_target_evals"] + 32 * 71
     assert "delta_f_indicator_kT" in res and "torsion_rb" in res["delta_f_estimator"]
+    p_basin = np.load(out / "basin_probability.npy")  # per particle, in samples.npz's order
+    assert p_basin.shape == (32,) and np.all((p_basin >= 0) & (p_basin <= 1))
     for key in (
         "ess",
         "delta_f_kT",

@@ -444,6 +444,11 @@ def _molecule(
     member = in_phi_basin(phi)
     if rb_angles and system.topology is not None:
         member = _phi_rao_blackwell(system, x, quads, ref_sign if quads else None, rb_angles, u, r, progress)
+        # kept beside samples.npz (same order) so that pooled estimates over run directories
+        # (benchmarks/pool_run_dirs.py) reuse it instead of paying the energies again
+        tmp = out / "basin_probability.tmp.npy"
+        np.save(tmp, member)
+        tmp.replace(out / "basin_probability.npy")
         r["delta_f_indicator_kT"] = float(delta_f_phi(phi, log_w, n_bootstrap=0).delta_f)
     else:
         r["delta_f_estimator"] = "weighted count of the particles in the basin"
