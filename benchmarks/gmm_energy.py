@@ -7,7 +7,7 @@ log-ratio std and the training wall time. Then times one optimiser step of each 
 median of --repeats) at equal batch, i.e. an equal number of DSM terms (DSM-only repeats each data point k times).
 
     python benchmarks/gmm_energy.py [--systems gmm40_2d,gmm2_unbalanced] [--steps N] [--repeats 20] \\
-        [--seeds 0,1,2] [--set key=value ...] [--no-timing]
+        [--seeds 0,1,2] [--set key=value ...] [--no-timing] [--plain-dsm]
 
 With several ``--seeds`` DiffCLF is trained once per seed (DSM-only at the first) and a mean ± SD row is added:
 one run's lowest-level mode weights scatter by a few 0.01 between seeds (RESULTS.md, issue 2).
@@ -98,6 +98,11 @@ def main():
     ap.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
     ap.add_argument("--no-dsm", action="store_true", help="train and score DiffCLF only (no DSM-only baseline)")
     ap.add_argument(
+        "--plain-dsm",
+        action="store_true",
+        help="also train DSM-only without target score matching (tsm_scale: null), the plain-DSM baseline",
+    )
+    ap.add_argument(
         "--timing-only",
         action="store_true",
         help="no training: step times only, at 1 and 2 threads (or --threads), --rounds times each, interleaved",
@@ -119,19 +124,23 @@ def main():
     rows, speed = [], []
     for system in args.systems.split(","):
         res = {}
-        for loss, seed in [("diffclf", s) for s in seeds] + ([] if args.no_dsm else [("dsm", seeds[0])]):
-            cfg = system_config(system, loss=loss, seed=seed, num_threads=args.threads, **over)
+        todo = [("diffclf", "diffclf", s, {}) for s in seeds]
+        todo += [] if args.no_dsm else [("dsm", "dsm", seeds[0], {})]
+        todo += [("dsm, no TSM", "dsm", seeds[0], {"tsm_scale": None})] if args.plain_dsm else []
+        for label, loss, seed, extra in todo:
+            cfg = system_config(system, loss=loss, seed=seed, num_threads=args.threads, **{**over, **extra})
             if args.steps:
                 cfg.steps = args.steps
-            out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{seed}{tag}"
-            print(f"... {system} {loss} seed {seed} ({cfg.steps} steps)", file=sys.stderr, flush=True)
+            extra_tag = "_noTSM" if extra else ""
+            out = WORK / "gmm_energy" / f"{system}_{loss}_s{cfg.steps}_seed{seed}{tag}{extra_tag}"
+            print(f"... {system} {label} seed {seed} ({cfg.steps} steps)", file=sys.stderr, flush=True)
             ev = train_and_eval(cfg, out, n_chains=args.chains)
-            res.setdefault(loss, []).append(ev)
+            res.setdefault(label, []).append(ev)
             med = sorted(ev["log_ratio_std"])[len(ev["log_ratio_std"]) // 2]
             rows.append(
                 [
                     system,
-                    loss,
+                    label,
                     seed,
                     f"{ev['clf_excess']:.4f} ± {ev['clf_excess_se']:.4f}",
                     f"{ev['clf_excess_fitted_f']:.4f}",
@@ -158,17 +167,17 @@ def main():
                 ]
             )
         dc = res["diffclf"][0]
-        cell = None
-        if "dsm" not in res:
-            pass
-        elif dc["clf_excess_fitted_f"] <= 2 * dc["clf_excess_se"]:
-            # DiffCLF within 2 SE of the exact floor: the ratio is unbounded; quote the bound it implies
-            bound = res["dsm"][0]["clf_excess_fitted_f"] / (2 * dc["clf_excess_se"])
-            cell = f">= {bound:.0f}x (DiffCLF at the floor)"
-        else:
-            cell = f"{res['dsm'][0]['clf_excess_fitted_f'] / dc['clf_excess_fitted_f']:.1f}x"
-        if cell is not None:
-            rows.append([system, f"ratio DSM(fitted f)/DiffCLF(fitted f), seed {seeds[0]}", "", "", cell] + [""] * 4)
+        for label in ("dsm", "dsm, no TSM"):
+            if label not in res:
+                continue
+            if dc["clf_excess_fitted_f"] <= 2 * dc["clf_excess_se"]:
+                # DiffCLF within 2 SE of the exact floor: the ratio is unbounded; quote the bound it implies
+                bound = res[label][0]["clf_excess_fitted_f"] / (2 * dc["clf_excess_se"])
+                cell = f">= {bound:.0f}x (DiffCLF at the floor)"
+            else:
+                cell = f"{res[label][0]['clf_excess_fitted_f'] / dc['clf_excess_fitted_f']:.1f}x"
+            name = "DSM" if label == "dsm" else "DSM without TSM"
+            rows.append([system, f"ratio {name}(fitted f)/DiffCLF(fitted f), seed {seeds[0]}", "", "", cell] + [""] * 4)
         if not args.no_timing:
             t_dsm, t_clf = step_times(system, args.repeats, args.threads or torch.get_num_threads())
             speed.append([system, f"{t_dsm:.4f}", f"{t_clf:.4f}", f"{t_clf / t_dsm:.2f}"])
