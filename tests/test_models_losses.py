@@ -314,8 +314,8 @@ def test_tsm_weight_multiplies_each_term_by_its_closed_form_and_keeps_the_minimi
 
 
 def test_tsm_scale_auto_is_a_mixture_s_narrowest_component_and_nothing_elsewhere(tmp_path):
-    from boltzdiff.systems import load_system
     from boltzdiff.config import TrainConfig
+    from boltzdiff.systems import load_system
     from boltzdiff.train import resolve_tsm_scale
 
     spec = "kind: gaussian_mixture\nweights: [0.5, 0.5]\nmeans: [[0, 0], [3, 3]]\nstd: [0.5, 0.2]\n"
