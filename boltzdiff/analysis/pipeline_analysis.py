@@ -364,21 +364,14 @@ def _lineage(out: Path) -> np.ndarray | None:
         return np.asarray(z["lineage"]) if "lineage" in z.files else None
 
 
-def _phi_rao_blackwell(system, x, quads, ref_sign, n_angles: int, u, r: dict, progress: bool = True) -> np.ndarray:
+def _phi_rao_blackwell(system, x, phi_of, n_angles: int, u, r: dict, progress: bool = True) -> np.ndarray:
     """Each particle's probability of the phi > 0 basin given its rotation orbit about the phi bond
-    (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`); records how in ``r``."""
+    (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`); ``phi_of``: configurations -> phi as
+    the analysis reads it (mirror images mapped back). Records how in ``r``."""
     from boltzdiff.analysis.torsion_rb import torsion_state_probability
-    from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import fix_chirality
 
     n = system.target.event_shape[0]
     cvs = system.spec["cvs"]
-
-    def phi_of(y):
-        ys = torch.as_tensor(np.asarray(y).reshape(-1, n, 3))
-        if quads:
-            ys = fix_chirality(ys, quads, ref_sign).x
-        return phi_psi(ys.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
 
     bonds = [(b[0].index, b[1].index) for b in system.topology.bonds]
     res = torsion_state_probability(
@@ -443,7 +436,13 @@ def _molecule(
     rng = np.random.default_rng(0)
     member = in_phi_basin(phi)
     if rb_angles and system.topology is not None:
-        member = _phi_rao_blackwell(system, x, quads, ref_sign if quads else None, rb_angles, u, r, progress)
+
+        def phi_of(y):  # the same reading of phi for the rotated copies
+            ys = torch.as_tensor(np.asarray(y).reshape(-1, n, 3))
+            ys = fix_chirality(ys, quads, ref_sign).x if quads else ys
+            return phi_psi(ys.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
+
+        member = _phi_rao_blackwell(system, x, phi_of, rb_angles, u, r, progress)
         # kept beside samples.npz (same order) so that pooled estimates over run directories
         # (benchmarks/pool_run_dirs.py) reuse it instead of paying the energies again
         tmp = out / "basin_probability.tmp.npy"
