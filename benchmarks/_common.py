@@ -56,8 +56,12 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
     ev_file = out / "eval.json"
     if ev_file.exists() and not force:
         ev = json.loads(ev_file.read_text())
-        if ev.get("n_chains") == n_chains and ev.get("n_samples", n_samples) == n_samples:
-            return ev  # else: the same model, scored again with the requested number of chains / samples
+        if (
+            ev.get("n_chains") == n_chains
+            and ev.get("n_samples", n_samples) == n_samples
+            and ev.get("n_chains_fit") == 16 * n_chains
+        ):
+            return ev  # else: the same model, scored again (chains, samples, or f fitted on 16x the chains)
     t0 = time.time()
     if not (out / "model.pt").exists():
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)

@@ -15,9 +15,7 @@ def unbalanced():
 def test_exact_model_sits_at_the_bayes_floor():
     gmm = unbalanced()
     grid = make_grid(VPSchedule(), 24, "logsnr")
-    ev = evaluate_mixture(
-        ExactMixtureEnergy(gmm, grid), gmm, n_chains=16, n_samples=300, n_samples_lowest=3000
-    )
+    ev = evaluate_mixture(ExactMixtureEnergy(gmm, grid), gmm, n_chains=16, n_samples=300, n_samples_lowest=3000)
     assert ev.clf_excess == 0.0
     # the fitted f of an exact model is ~0 and cannot beat the floor by more than its sampling noise
     assert abs(ev.clf_excess_fitted_f) < 0.02
@@ -47,3 +45,22 @@ def test_fitted_log_normalisers_recover_a_known_offset():
     f = fit_log_norm(ne - g)
     f_exact = fit_log_norm(ne)
     assert torch.allclose(f - f_exact, -(g - g[-1]), atol=1e-4)
+
+
+def test_fitted_f_on_more_chains_scores_the_exact_model_closer_to_the_floor():
+    """The post-hoc f carries the sampling error of the chains it is fitted on into the score; fitted on 16x the
+    scored chains (the default) the exact model's fitted-f excess stays near 0, fitted on as many it scatters.
+    Eight fixed seeds; measured RMS 0.0085 (same number of chains) vs 0.0023 (default)."""
+    gmm = unbalanced()
+    grid = make_grid(VPSchedule(), 24, "logsnr")
+    exact = ExactMixtureEnergy(gmm, grid)
+
+    def fitted(n_fit):
+        kw = dict(n_chains=16, n_samples=50, n_samples_lowest=50, n_chains_fit=n_fit)
+        return np.array([evaluate_mixture(exact, gmm, seed=s, **kw).clf_excess_fitted_f for s in range(8)])
+
+    same, default = fitted(16), fitted(None)
+    rms = lambda v: float(np.sqrt(np.mean(v**2)))  # noqa: E731
+    assert rms(default) < 0.5 * rms(same)
+    assert np.abs(default).max() < 0.01
+    assert evaluate_mixture(exact, gmm, n_chains=4, n_samples=20, n_samples_lowest=20).n_chains_fit == 64

@@ -16,6 +16,12 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir")
     p.add_argument("--n-chains", type=int, default=32, help="noising chains for the classification loss")
+    p.add_argument(
+        "--fit-chains",
+        type=int,
+        default=None,
+        help="noising chains the post-hoc f (clf_excess_fitted_f) is fitted on (default: 16x --n-chains)",
+    )
     p.add_argument("--n-samples", type=int, default=2000, help="exact samples per level")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument(
@@ -36,6 +42,8 @@ def run(args) -> int:
 
     if args.n_chains < 2 or args.n_samples < 10:
         raise ConfigError("--n-chains must be >= 2 and --n-samples >= 10")
+    if args.fit_chains is not None and args.fit_chains < 2:
+        raise ConfigError(f"--fit-chains: expected at least 2 chains, got {args.fit_chains}")
     run_ = load_run(args.run_dir)
     target = run_.system.target
     if not isinstance(target, GaussianMixture):
@@ -44,7 +52,12 @@ def run(args) -> int:
             "mixtures do); use `boltzdiff analyze` for molecular systems"
         )
     ev = evaluate_mixture(
-        run_.model, target, n_chains=args.n_chains, n_samples=args.n_samples, seed=args.seed
+        run_.model,
+        target,
+        n_chains=args.n_chains,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        n_chains_fit=args.fit_chains,
     ).to_dict()
     if args.smc_particles > 0:
         import torch
