@@ -692,6 +692,12 @@ def _sample_inputs(system: System, out: Path, settings: dict, model: int = 0) ->
     particles = tuple(int(v) for v in shape) if kv == "matrix" and len(shape) == 2 else None
     final_steps = s.get("final_mcmc_steps", 0)
     torsion, torsion_steps = torsion_spec(system, s.get("torsion"), final_steps)
+    final_resample = s.get("final_resample", False)
+    if not isinstance(final_resample, bool) or (final_resample and not final_steps):
+        raise ConfigError(
+            f"sample.final_resample: expected true or false, and true only with sample.final_mcmc_steps > 0, "
+            f"got {final_resample!r}"
+        )
     refine = s.get("refine") or 1
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ConfigError(f"sample.refine: expected an integer >= 1 (levels per trained level step), got {refine!r}")
@@ -718,6 +724,7 @@ def _sample_inputs(system: System, out: Path, settings: dict, model: int = 0) ->
         torsion=torsion,
         bridge_torsion_steps=torsion_steps,
         final_mcmc_steps=final_steps if target is not None else 0,
+        final_resample=final_resample and target is not None,
     )
     return dict(model=run.model, target=target, kwargs=kwargs, n=n, n_runs=n_runs)
 

@@ -591,6 +591,17 @@ def test_hand_restricted_target_keeps_one_enantiomer_with_its_exact_energy_and_f
         sampling_target(load_system("dw4"), _Model(), restrict_chirality=True)
 
 
+def test_sample_stage_rejects_a_final_resample_without_sweeps(tmp_path):
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.systems import load_system
+
+    for sample in ({"final_resample": True}, {"final_resample": "yes", "final_mcmc_steps": 5}):
+        settings = {"train": {}, "sample": {"n": 32, "mcmc_steps": 0, **sample}}
+        with pytest.raises(ConfigError, match="sample.final_resample: expected true or false, and true only with"):
+            stage_sample(load_system("dw4"), tmp_path, settings, progress=False, seed=0)
+
+
 def test_sample_stage_rejects_a_non_boolean_restrict_chirality_before_loading_anything(tmp_path):
     from boltzdiff.errors import ConfigError
     from boltzdiff.pipeline import stage_sample

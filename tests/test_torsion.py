@@ -216,6 +216,44 @@ def test_final_sweeps_at_the_target_fix_a_basin_the_model_never_visits(sweeps, b
     assert r.n_target_evals >= n * (2 * sweeps + 1)
 
 
+def test_final_resample_before_the_sweeps_keeps_the_basin_probability():
+    """Resample-move after the bridge (``final_resample``): the same setting as above with 40 sweeps; the final
+    weights are equal, the bridge's ESS is kept, and the basin probability is still the exact one within 4
+    standard errors (counted on the bridge's effective sample size, the conservative count for the copies)."""
+    from boltzdiff.models.exact import ExactMixtureEnergy
+    from boltzdiff.noise import VPSchedule, make_grid
+    from boltzdiff.samplers import MCMCConfig, smc
+    from boltzdiff.targets.gmm import GaussianMixture
+
+    x0 = chain_at(-2.0)
+    model = ExactMixtureEnergy(GaussianMixture([1.0], [x0.reshape(-1).tolist()], [0.07]), make_grid(VPSchedule(), 32))
+    grid = np.linspace(-np.pi, np.pi, 200001)
+    p = np.exp(-(2 * np.cos(grid - 1) + np.cos(3 * grid)))
+    exact = float(np.trapezoid(p * (grid > 0), grid) / np.trapezoid(p, grid))
+    n = 3000
+    kw = dict(
+        target=TorsionChain(),
+        bridge_cess=0.9,
+        bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
+        torsion=torsion_moves([(0, 1), (1, 2), (2, 3)], 4),
+        final_mcmc_steps=40,
+    )
+    plain = smc(model, n, generator=torch.Generator().manual_seed(0), **kw)
+    r = smc(model, n, generator=torch.Generator().manual_seed(0), final_resample=True, **kw)
+    # the same bridge (same seed): the ESS it left, then one more resampling and equal weights
+    assert r.ess_before_final_resample == pytest.approx(plain.ess, rel=1e-12) and plain.ess < 0.99
+    assert plain.ess_before_final_resample is None
+    assert r.n_resample == plain.n_resample + 1 and r.ess == pytest.approx(1.0)
+    assert torch.allclose(r.log_w, r.log_w[0].expand_as(r.log_w))
+    assert r.summary()["ess_before_final_resample"] == r.ess_before_final_resample
+    phi = dihedral(r.x.reshape(n, 4, 3), 0, 1, 2, 3).numpy()
+    frac = float((phi > 0).mean())
+    z = (frac - exact) / math.sqrt(exact * (1 - exact) / (r.ess_before_final_resample * n))
+    assert abs(z) < 4, (frac, exact, z)
+    with pytest.raises(ConfigError, match="final_resample"):
+        smc(model, 10, final_resample=True, **{**kw, "final_mcmc_steps": 0})
+
+
 def test_smc_checks_its_torsion_arguments():
     from boltzdiff.models.exact import ExactMixtureEnergy
     from boltzdiff.noise import VPSchedule, make_grid

@@ -125,6 +125,9 @@ def analyze_run(
         # sweeps at the exact target after the bridge (sample.final_mcmc_steps) and their torsion moves'
         # acceptance, mean over the SMC runs (None without them)
         n_final_mcmc=int(_over_runs(summ, "n_final_mcmc", max) or 0),
+        # sample.final_resample: the particles were resampled after the bridge, so `ess` reads ~1 and the
+        # bridge's weights are judged by ess_final_step
+        final_resampled=_over_runs(summ, "ess_before_final_resample", min) is not None,
         final_torsion_acceptance=_over_runs(summ, "final_torsion_acceptance", np.mean),
     )
     train_summaries = [out / "train" / "train_summary.json"]

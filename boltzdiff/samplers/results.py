@@ -98,6 +98,9 @@ class SMCResult:
         without them).
     n_final_mcmc : int
         Sweeps at the exact target after the bridge (``smc(final_mcmc_steps=...)``).
+    ess_before_final_resample : float or None
+        With ``smc(final_resample=True)``: the normalised ESS of the bridge's weights just before the particles
+        were resampled for the sweeps (None without that resampling).
     lineage : (n,) long tensor or None
         Each final particle's ancestor just before the first resampling
         (:func:`~boltzdiff.samplers.smc.lineage_labels`).
@@ -126,6 +129,7 @@ class SMCResult:
     torsion_acceptance: float | None = None
     final_torsion_acceptance: float | None = None
     n_final_mcmc: int = 0
+    ess_before_final_resample: float | None = None
 
     @property
     def weights(self) -> torch.Tensor:
@@ -156,4 +160,5 @@ class SMCResult:
             torsion_acceptance=self.torsion_acceptance,
             final_torsion_acceptance=self.final_torsion_acceptance,
             n_final_mcmc=int(self.n_final_mcmc),
+            ess_before_final_resample=self.ess_before_final_resample,
         )

@@ -241,6 +241,7 @@ def smc(
     torsion=None,
     bridge_torsion_steps: int = 0,
     final_mcmc_steps: int = 0,
+    final_resample: bool = False,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -329,6 +330,12 @@ def smc(
         ``bridge_mcmc``'s kernel. The weights are left as the bridge made them: every move leaves the target
         invariant, so estimates stay consistent, and where the moves mix the basins a particle's basin no
         longer depends on where the model put it, only its weight does. Needs ``target``.
+    final_resample : bool
+        With ``final_mcmc_steps``: resample the particles once by their weights after the bridge, before the
+        sweeps (resample-move). A lineage that carries much of the weight then becomes many equal-weight copies
+        that the sweeps spread over the target, instead of one heavy particle at one geometry. The final
+        weights are then equal (``ess`` reads 1); the bridge's own ESS stays in ``ess_trace[-1]`` and
+        ``ess_before_final_resample``.
     progress : bool
         Show a tqdm progress bar.
 
@@ -337,6 +344,7 @@ def smc(
     SMCResult
     """
     t0 = time.perf_counter()
+    ess_bridge = None  # the bridge's final ESS, where final_resample resets the weights after it
     if int(n) < 1:
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
     if not 0.0 <= float(ess_threshold) <= 1.0:
@@ -372,6 +380,10 @@ def smc(
         raise ConfigError("bridge_torsion_steps: torsion moves need the molecule's rotatable bonds (torsion=...)")
     if int(final_mcmc_steps) and target is None:
         raise ConfigError("final_mcmc_steps: sweeps at the exact target need a target")
+    if final_resample and not int(final_mcmc_steps):
+        raise ConfigError(
+            "final_resample: expected final_mcmc_steps > 0 (a resampling with no moves after it only adds noise)"
+        )
     if torsion is not None and torsion.n_atoms * 3 != model.dim:
         raise ConfigError(f"torsion: moves for {torsion.n_atoms} atoms, but the model has dimension {model.dim}")
     n = int(n)
@@ -470,6 +482,13 @@ def smc(
         if bar is not None:
             bar.close()
         lambdas = torch.tensor(lam_list, dtype=torch.float64)
+        if int(final_mcmc_steps) and final_resample:
+            ess_bridge = kish_ess(p.log_w)
+            run.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
+            idx = run.resample_fn(p.log_w, run.n, generator=run.generator)
+            p.take(idx.to(p.x.device))
+            run.parents.append((len(run.ess_trace) - 1, idx.detach().cpu().long()))
+            run.n_resample += 1
         if int(final_mcmc_steps):
             dens = TargetDensity(target, counter)
             p.state = dens.evaluate(p.x)
@@ -504,6 +523,7 @@ def smc(
         torsion_acceptance=_mean_or_none(run.torsion_acc),
         final_torsion_acceptance=_mean_or_none(run.final_torsion_acc),
         n_final_mcmc=int(final_mcmc_steps) if target is not None else 0,
+        ess_before_final_resample=ess_bridge,
         lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
