@@ -124,17 +124,21 @@ class _Run:
         self.log_Z_trace.append(self.log_Z(p))
         self.killed_trace.append(self.n_nonfinite)
         if ess < self.ess_threshold and not final:
-            self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
-            if self.strata is None:
-                idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
-                p.take(idx.to(p.x.device))
-            else:
-                idx, lw = stratified_resample(
-                    p.log_w, self.strata(p), self.resample_fn, self.generator, min_share=self.strata_min_share
-                )
-                p.take(idx.to(p.x.device), lw)
-            self.parents.append((len(self.ess_trace) - 1, idx.detach().cpu().long()))
-            self.n_resample += 1
+            self.resample(p)
+
+    def resample(self, p: _Particles, stratified: bool = True):
+        """Resample by the weights (within ``strata`` where set and ``stratified``), banking the normaliser."""
+        self.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
+        if self.strata is None or not stratified:
+            idx = self.resample_fn(p.log_w, self.n, generator=self.generator)
+            p.take(idx.to(p.x.device))
+        else:
+            idx, lw = stratified_resample(
+                p.log_w, self.strata(p), self.resample_fn, self.generator, min_share=self.strata_min_share
+            )
+            p.take(idx.to(p.x.device), lw)
+        self.parents.append((len(self.ess_trace) - 1, idx.detach().cpu().long()))
+        self.n_resample += 1
 
     def log_Z(self, p: _Particles) -> float:
         return self.log_Z_acc + float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
@@ -484,11 +488,7 @@ def smc(
         lambdas = torch.tensor(lam_list, dtype=torch.float64)
         if int(final_mcmc_steps) and final_resample:
             ess_bridge = kish_ess(p.log_w)
-            run.log_Z_acc += float(torch.logsumexp(p.log_w, 0)) - math.log(p.log_w.numel())
-            idx = run.resample_fn(p.log_w, run.n, generator=run.generator)
-            p.take(idx.to(p.x.device))
-            run.parents.append((len(run.ess_trace) - 1, idx.detach().cpu().long()))
-            run.n_resample += 1
+            run.resample(p, stratified=False)  # the sweeps mix the strata; equal weights for all
         if int(final_mcmc_steps):
             dens = TargetDensity(target, counter)
             p.state = dens.evaluate(p.x)
