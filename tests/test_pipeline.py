@@ -231,6 +231,17 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert "delta_f_indicator_kT" in res and "torsion_rb" in res["delta_f_estimator"]
     p_basin = np.load(out / "basin_probability.npy")  # per particle, in samples.npz's order
     assert p_basin.shape == (32,) and np.all((p_basin >= 0) & (p_basin <= 1))
+    # F(phi) from the same orbits: each particle's phi distribution over the 36 bins, rows summing to 1, and
+    # the profile in analysis.json is their weighted mean (finite wherever an orbit reaches, so everywhere
+    # but clashes), the count's RMSE kept beside it
+    p_prof = np.load(out / "phi_profile_probability.npy")
+    assert p_prof.shape == (32, 36) and np.allclose(p_prof.sum(1), 1.0, atol=1e-5)
+    assert (
+        len(res["f_phi_kT"]) == 36
+        and len(res["f_phi_edges"]) == 37
+        and min(f for f in res["f_phi_kT"] if f is not None) == 0.0
+    )
+    assert "rotation" in res["f_phi_estimator"] and "pmf_rmse_count_kT" in res
     for key in (
         "ess",
         "delta_f_kT",

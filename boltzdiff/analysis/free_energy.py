@@ -346,6 +346,64 @@ def free_energy_profile(
     return FreeEnergyProfile(f, se, lo, hi, p, edges, int(n_bootstrap))
 
 
+def free_energy_profile_from_probabilities(
+    p_nb,
+    edges,
+    log_w_n=None,
+    n_bootstrap: int = 100,
+    rng: RngLike = None,
+    clusters=None,
+) -> FreeEnergyProfile:
+    """``F(x) = -ln p(x)`` (kT, min 0) from each sample's probability of each bin rather than its bin.
+
+    ``p_nb[i]`` is sample ``i``'s conditional distribution over the bins given something the estimate
+    conditions on (e.g. its orbit under rotation about a torsion bond,
+    :func:`boltzdiff.analysis.torsion_rb.torsion_state_probability` with ``profile_edges``); the weighted mean
+    of the rows has the histogram's expectation and less variance (Rao-Blackwell), and a bin no sample sits in
+    still gets the mass the samples' conditionals put there.
+
+    Parameters
+    ----------
+    p_nb : (n, n_bins) array-like
+        Non-negative rows summing to 1.
+    edges : (n_bins + 1,) array-like
+    log_w_n : (n,) array-like or None
+    n_bootstrap : int
+        Replicates over samples (0 = no error bars).
+    clusters : (n,) int array-like or None
+        Draw whole clusters (e.g. SMC lineages) instead of single samples, as :func:`two_state_delta_f`.
+    """
+    pm = np.asarray(p_nb, dtype=np.float64)
+    edges = as_float64(edges).reshape(-1)
+    if pm.ndim != 2 or pm.shape[1] != edges.size - 1:
+        raise ValueError(f"p_nb: expected shape (n, {edges.size - 1}) for {edges.size} edges, got {pm.shape}")
+    if pm.size and not (np.all(np.isfinite(pm)) and pm.min() >= 0 and np.allclose(pm.sum(1), 1.0, atol=1e-6)):
+        raise ValueError("p_nb: expected non-negative rows summing to 1")
+    w = _weights(pm.shape[0], log_w_n)
+
+    def prob(counts_w: np.ndarray) -> np.ndarray:
+        h = counts_w @ pm
+        return h / h.sum() if h.sum() > 0 else h
+
+    p = prob(w)
+    f = _f_from_p(p)
+    if n_bootstrap > 0:
+        g = _rng(rng)
+        if clusters is not None:
+            lab = np.unique(np.asarray(clusters).reshape(-1), return_inverse=True)[1].reshape(-1)
+            if lab.size != w.size:
+                raise ValueError(f"clusters: expected {w.size} labels, got {lab.size}")
+            nc = int(lab.max()) + 1
+            draws = g.multinomial(nc, np.full(nc, 1.0 / nc), size=n_bootstrap)[:, lab]
+        else:
+            draws = g.multinomial(w.size, np.full(w.size, 1.0 / w.size), size=n_bootstrap)
+        f_rb = np.stack([_f_from_p(prob(d * w)) for d in draws])
+        se, lo, hi = _band(f_rb)
+    else:
+        se = lo = hi = np.full(edges.size - 1, np.nan)
+    return FreeEnergyProfile(f, se, lo, hi, p, edges, int(n_bootstrap))
+
+
 def free_energy_surface(
     x_n,
     y_n,

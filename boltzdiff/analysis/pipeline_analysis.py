@@ -15,6 +15,7 @@ from boltzdiff.analysis.free_energy import (
     delta_f_phi,
     distance_histogram,
     free_energy_profile,
+    free_energy_profile_from_probabilities,
     in_phi_basin,
     jensen_shannon,
     pmf_rmse,
@@ -367,10 +368,15 @@ def _lineage(out: Path) -> np.ndarray | None:
         return np.asarray(z["lineage"]) if "lineage" in z.files else None
 
 
-def _phi_rao_blackwell(system, x, phi_of, n_angles: int, u, r: dict, progress: bool = True) -> np.ndarray:
+#: the F(phi) profile's bins (radians); the same grid as benchmarks' reference profiles
+PHI_PROFILE_EDGES = np.linspace(-np.pi, np.pi, 37)
+
+
+def _phi_rao_blackwell(system, x, phi_of, n_angles: int, u, r: dict, progress: bool = True):
     """Each particle's probability of the phi > 0 basin given its rotation orbit about the phi bond
-    (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`); ``phi_of``: configurations -> phi as
-    the analysis reads it (mirror images mapped back). Records how in ``r``."""
+    (:func:`~boltzdiff.analysis.torsion_rb.torsion_state_probability`), and its orbit distribution over the
+    F(phi) profile's bins (:data:`PHI_PROFILE_EDGES`); ``phi_of``: configurations -> phi as the analysis reads
+    it (mirror images mapped back). Records how in ``r``."""
     from boltzdiff.analysis.torsion_rb import torsion_state_probability
 
     n = system.target.event_shape[0]
@@ -378,7 +384,17 @@ def _phi_rao_blackwell(system, x, phi_of, n_angles: int, u, r: dict, progress: b
 
     bonds = [(b[0].index, b[1].index) for b in system.topology.bonds]
     res = torsion_state_probability(
-        system.target.energy, x, bonds, n, cvs["phi"], phi_of, *PHI_BASIN, n_angles=n_angles, u0=u, progress=progress
+        system.target.energy,
+        x,
+        bonds,
+        n,
+        cvs["phi"],
+        phi_of,
+        *PHI_BASIN,
+        n_angles=n_angles,
+        u0=u,
+        progress=progress,
+        profile_edges=PHI_PROFILE_EDGES,
     )
     r.update(
         delta_f_estimator=(
@@ -391,7 +407,7 @@ def _phi_rao_blackwell(system, x, phi_of, n_angles: int, u, r: dict, progress: b
     )
     if res.n_unresolved:
         log.warning("analyze: %d particles had no finite energy on their phi orbit; their count kept", res.n_unresolved)
-    return res.p
+    return res.p, res.profile_p
 
 
 def _molecule(
@@ -438,6 +454,7 @@ def _molecule(
     phi, psi = phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])
     rng = np.random.default_rng(0)
     member = in_phi_basin(phi)
+    phi_prob = None  # each particle's orbit distribution over the F(phi) bins, with rb_angles
     if rb_angles and system.topology is not None:
 
         def phi_of(y):  # the same reading of phi for the rotated copies
@@ -445,7 +462,7 @@ def _molecule(
             ys = fix_chirality(ys, quads, ref_sign).x if quads else ys
             return phi_psi(ys.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
 
-        member = _phi_rao_blackwell(system, x, phi_of, rb_angles, u, r, progress)
+        member, phi_prob = _phi_rao_blackwell(system, x, phi_of, rb_angles, u, r, progress)
         # kept beside samples.npz (same order) so that pooled estimates over run directories
         # (benchmarks/pool_run_dirs.py) reuse it instead of paying the energies again
         tmp = out / "basin_probability.tmp.npy"
@@ -493,8 +510,25 @@ def _molecule(
         )
     if model_of is not None and len(model_of) == len(phi) and np.unique(model_of).size > 1:
         r.update(delta_f_over_models(phi, log_w, model_of, run_of, se_runs=r.get("delta_f_se_kT"), member=member))
-    prof = free_energy_profile(phi, log_w, bins=36, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng)
-    profiles = {"reweighted model": prof}
+    prof_count = free_energy_profile(
+        phi, log_w, bins=PHI_PROFILE_EDGES, range=(-np.pi, np.pi), n_bootstrap=n_bootstrap, rng=rng
+    )
+    if phi_prob is not None:
+        # every particle spreads its weight over its phi orbit (the same energies as ΔF's): a Rao-Blackwellised
+        # profile, less noisy where few particles sit (the phi > 0 basin, the barriers)
+        prof = free_energy_profile_from_probabilities(phi_prob, PHI_PROFILE_EDGES, log_w, n_bootstrap, rng)
+        profiles = {"reweighted model (phi integrated)": prof, "reweighted model (count)": prof_count}
+        r["f_phi_estimator"] = "each particle's phi distribution over its rotation about the phi bond"
+        tmp = out / "phi_profile_probability.tmp.npy"
+        np.save(tmp, phi_prob.astype(np.float32))
+        tmp.replace(out / "phi_profile_probability.npy")
+    else:
+        prof = prof_count
+        profiles = {"reweighted model": prof}
+        r["f_phi_estimator"] = "weighted histogram of the particles' phi"
+    r["f_phi_kT"] = [None if not np.isfinite(v) else float(v) for v in prof.f_b]
+    r["f_phi_se_kT"] = [None if not np.isfinite(v) else float(v) for v in prof.se_b]
+    r["f_phi_edges"] = PHI_PROFILE_EDGES.tolist()
     if ref_x is not None:
         phi_r, psi_r = phi_psi(ref_x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
         df_r = delta_f_phi(phi_r, None, n_bootstrap=n_bootstrap, rng=rng, block_length=max(1, len(phi_r) // 50))
@@ -502,7 +536,7 @@ def _molecule(
         prof_r = free_energy_profile(
             phi_r,
             None,
-            bins=36,
+            bins=PHI_PROFILE_EDGES,
             range=(-np.pi, np.pi),
             n_bootstrap=n_bootstrap,
             rng=rng,
@@ -512,6 +546,8 @@ def _molecule(
         if same_ensemble:
             cmp = pmf_rmse(prof.f_b, prof_r.f_b, weights=prof_r.p_b)
             r["pmf_rmse_kT"] = float(cmp.rmse)
+            if prof is not prof_count:
+                r["pmf_rmse_count_kT"] = float(pmf_rmse(prof_count.f_b, prof_r.f_b, weights=prof_r.p_b).rmse)
             rng2 = ((-np.pi, np.pi), (-np.pi, np.pi))
             h_m = weighted_histogram_2d(phi, psi, log_w, bins=36, range=rng2)
             h_r = weighted_histogram_2d(phi_r, psi_r, None, bins=36, range=rng2)

@@ -55,6 +55,10 @@ class TorsionConditional:
         Particles whose every rotated copy had a non-finite energy (their indicator is kept).
     n_nonfinite : int
         Rotated copies with a non-finite energy (clashes; weight zero in the integral).
+    profile_p : (n, n_bins) float array or None
+        With ``profile_edges``: each particle's conditional probability of each bin of the dihedral given its
+        orbit (rows sum to 1), from the same energies; the weighted mean of the rows is a Rao-Blackwellised
+        histogram of the dihedral (:func:`boltzdiff.analysis.free_energy.free_energy_profile_from_probabilities`).
     """
 
     p: np.ndarray
@@ -63,6 +67,7 @@ class TorsionConditional:
     n_evals: int
     n_unresolved: int
     n_nonfinite: int = 0
+    profile_p: np.ndarray | None = None
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -92,6 +97,7 @@ def torsion_state_probability(
     u0=None,
     chunk: int = 8192,
     progress: bool = False,
+    profile_edges=None,
 ) -> TorsionConditional:
     """Each particle's probability of ``lo < angle < hi`` given its orbit under rotations about ``dihedral``'s
     central bond (see the module docstring).
@@ -115,6 +121,9 @@ def torsion_state_probability(
         Quadrature angles (>= 2), spaced ``2 pi / n_angles`` and including ``theta = 0``.
     u0 : (n,) array or None
         The particles' own energies if already known (saves one evaluation each).
+    profile_edges : (n_bins + 1,) array or None
+        Bin edges (radians, increasing, spanning ``[-pi, pi]``) of a profile of the dihedral: also return each
+        particle's orbit distribution over these bins (``profile_p``), at no extra energy evaluations.
     """
     from boltzdiff.samplers.torsion import rotate_about_bonds, torsion_moves
 
@@ -124,6 +133,18 @@ def torsion_state_probability(
         raise ConfigError(f"torsion Rao-Blackwell: expected a dihedral of 4 atom indices, got {list(dihedral)!r}")
     if not -np.pi <= lo < hi <= np.pi:
         raise ConfigError(f"torsion Rao-Blackwell: expected -pi <= lo < hi <= pi radians, got ({lo}, {hi})")
+    if profile_edges is not None:
+        profile_edges = np.asarray(profile_edges, dtype=np.float64).reshape(-1)
+        if (
+            profile_edges.size < 2
+            or np.any(np.diff(profile_edges) <= 0)
+            or not np.isclose(profile_edges[0], -np.pi)
+            or not np.isclose(profile_edges[-1], np.pi)
+        ):
+            raise ConfigError(
+                "torsion Rao-Blackwell profile_edges: expected increasing bin edges from -pi to pi, "
+                f"got {profile_edges.size} edges from {profile_edges[:1]} to {profile_edges[-1:]}"
+            )
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     if xt.ndim != 2 or xt.shape[1] != 3 * n_atoms:
         raise ConfigError(
@@ -175,6 +196,16 @@ def torsion_state_probability(
     tot = w.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(resolved, (w * inside).sum(1) / np.where(tot > 0, tot, 1.0), ((ang0 > lo) & (ang0 < hi)) * 1.0)
+    prof = None
+    if profile_edges is not None:
+        q = w / np.where(tot > 0, tot, 1.0)[:, None]  # each particle's orbit distribution over the angles
+        h = 2 * math.pi / n_angles
+        prof = np.empty((n, profile_edges.size - 1))
+        for b in range(profile_edges.size - 1):
+            prof[:, b] = (q * _cell_overlap(ang, h, profile_edges[b], profile_edges[b + 1])).sum(1)
+        own = np.clip(np.searchsorted(profile_edges, ang0, side="right") - 1, 0, profile_edges.size - 2)
+        prof[~resolved] = 0.0
+        prof[~resolved, own[~resolved]] = 1.0  # no finite copy: the particle's own bin, as for the state
     return TorsionConditional(
-        p, ang0, n_angles, n * (n_angles - 1), int((~resolved).sum()), int((~finite[:, 1:]).sum())
+        p, ang0, n_angles, n * (n_angles - 1), int((~resolved).sum()), int((~finite[:, 1:]).sum()), prof
     )
