@@ -58,6 +58,20 @@ def copy_stages(src: Path, dst: Path, stages: tuple[str, ...]) -> None:
             shutil.copytree(src / s, dst / s)
 
 
+def model_basin_offsets(run_dir: Path, t_data: float) -> dict:
+    """The trained model's own basin weights, before any sampling: the level-0 offset of ln[q(basin)/q(rest)]
+    against its training data's temperature-``t_data`` populations (``training_drift.basin_probe``; kT,
+    positive = basin underweighted; 0 for a model without mode blindness) and the same for β against αR."""
+    from training_drift import basin_probe
+
+    from boltzdiff.train import load_run
+
+    run = load_run(run_dir / "train")
+    offset, _ = basin_probe(run.system, str(run_dir / "reference" / "positions.npy"), t_data)
+    o = offset(run.model.double(), 0)
+    return dict(model_basin_offset_kT=o[""], model_beta_offset_kT=o["_beta"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=["quick", "full"], default="quick")
@@ -91,7 +105,7 @@ def main() -> None:
     shared_ref = None
     for seed in [int(s) for s in args.seeds.split(",")]:
         for loss in [s.strip() for s in args.losses.split(",") if s.strip()]:
-            first = None
+            first, offsets = None, {}
             for sw in ("sweeps", "nosweeps"):
                 out = work / f"{loss}_{sw}_seed{seed}"
                 if shared_ref is not None:
@@ -106,6 +120,7 @@ def main() -> None:
                     timing.write_text(json.dumps(dict(wall_s=wall)))
                 shared_ref = shared_ref or out
                 first = first or out
+                offsets = offsets if sw == "nosweeps" else model_basin_offsets(out, args.temperature)
                 df = res.get("delta_f_kT")
                 raw = res.get("md_delta_f_kT")
                 rows.append(
@@ -119,6 +134,7 @@ def main() -> None:
                         raw_data_delta_f_kT=raw,
                         abs_raw_data_error_kT=abs(raw - ref_df) if isinstance(raw, float) else None,
                         **compare_with_reference_profile(out, system, ref),
+                        **offsets,
                         ess=res.get("ess"),
                         ess_final_step=res.get("ess_final_step"),
                         energy_w1_reweighted=res.get("energy_w1_reweighted"),
@@ -138,13 +154,14 @@ def main() -> None:
     )
     print(
         f"{'loss':<8} {'sweeps':<7} {'seed':>4} {'ΔF':>7} {'± SE':>6} {'|err|':>6} {'raw ΔF':>7} {'|err|':>6} "
-        f"{'F(φ)RMSE':>8} {'ESS':>5} {'evals':>9} {'wall s':>7}"
+        f"{'F(φ)RMSE':>8} {'offset':>7} {'ESS':>5} {'evals':>9} {'wall s':>7}"
     )
     for r in rows:
         print(
             f"{r['loss']:<8} {'yes' if r['sweeps'] else 'no':<7} {r['seed']:>4} {f(r['delta_f_kT'])} "
             f"{f(r['delta_f_se_kT'], 6)} {f(r['abs_delta_f_error_kT'], 6)} {f(r['raw_data_delta_f_kT'])} "
-            f"{f(r['abs_raw_data_error_kT'], 6)} {f(r.get('pmf_rmse_vs_reference_kT'), 8)} {f(r['ess'], 5)} "
+            f"{f(r['abs_raw_data_error_kT'], 6)} {f(r.get('pmf_rmse_vs_reference_kT'), 8)} "
+            f"{f(r['model_basin_offset_kT'])} {f(r['ess'], 5)} "
             f"{r['n_target_evals'] or 0:>9.3g} {f(r['wall_s'], 7, 0)}"
         )
     from boltzdiff.runinfo import atomic_write_json
