@@ -674,6 +674,7 @@ def openmm_parts(
     """
     import mdtraj
     import openmm
+    import openmm.app
     import openmm.unit as unit
 
     if not isinstance(system, openmm.System):
