@@ -148,3 +148,61 @@ def _build_gaussian_mixture(spec: dict, path: Path) -> System:
 
     target = gaussian_mixture_from_spec(spec, where=str(path))
     return System(name=spec["name"], kind="gaussian_mixture", target=target, spec=spec, path=path)
+
+
+def from_openmm(
+    system: Any,
+    topology: Any,
+    positions: Any,
+    temperature: Any,
+    name: str = "openmm",
+    platform: str = "Reference",
+    n_workers: int = 0,
+    energy_cap: float | None = None,
+    cvs: dict | None = None,
+    chiral_quads: list | None = None,
+) -> System:
+    """A :class:`System` (as :func:`load_system` returns for ``kind: openmm``) from an OpenMM System in memory.
+
+    Parameters
+    ----------
+    system : openmm.System
+    topology : openmm.app.Topology or mdtraj.Topology
+    positions : openmm Quantity or array (n_atoms, 3)
+        Reference positions; a plain array is taken as nm.
+    temperature : float or openmm Quantity
+        Kelvin.
+    name, platform, n_workers, energy_cap
+        As the spec fields of the same names (docs/systems.md).
+    cvs, chiral_quads
+        Optional, as in a spec: ``{name: [i, j, k, l]}`` dihedrals and ``[[centre, a, b, c], ...]``.
+
+    The result has no ``path``: code that reloads a system from its ``system.yaml`` (pipeline jobs) needs a spec;
+    write one with ``system_xml:`` + ``pdb:`` for that.
+    """
+    from boltzdiff.targets.openmm import DEFAULT_ENERGY_CAP, check_atom_fields, openmm_parts
+
+    where = f"from_openmm({name!r})"
+    cap = DEFAULT_ENERGY_CAP if energy_cap is None else float(energy_cap)
+    parts = openmm_parts(
+        system, topology, positions, temperature, where, platform=platform, n_workers=n_workers, energy_cap=cap
+    )
+    spec: dict[str, Any] = {
+        "kind": "openmm",
+        "name": name,
+        "temperature": parts["temperature"],
+        "platform": platform,
+        "n_workers": int(n_workers),
+    }
+    if energy_cap is not None:
+        spec["energy_cap"] = cap
+    if cvs is not None:
+        spec["cvs"] = {k: [int(i) for i in v] for k, v in cvs.items()}
+    if chiral_quads is not None:
+        spec["chiral_quads"] = [list(q) for q in chiral_quads]
+    try:
+        check_atom_fields(spec, system.getNumParticles(), where)
+    except BaseException:
+        parts["target"].close()
+        raise
+    return System(name=name, kind="openmm", spec=spec, **parts)
