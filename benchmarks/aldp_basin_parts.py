@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     )
     a = ap.parse_args(argv)
 
-    from boltzdiff.analysis.pipeline_analysis import load_samples
     from boltzdiff.analysis.weights import normalized_weights
+    from boltzdiff.pipeline import load_samples
     from boltzdiff.systems import load_system
 
     first = Path(a.runs[0])

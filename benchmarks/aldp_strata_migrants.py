@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from boltzdiff.cv import phi_psi
     from boltzdiff.geometry import signed_volume
     from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
-    from boltzdiff.pipeline import _sample_inputs, _smc_run
+    from boltzdiff.pipeline import build_sampler, run_smc
     from boltzdiff.samplers.resampling import stratified_resample
     from boltzdiff.systems import load_system
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         k, v = kv.split("=", 1)
         settings["sample"][k] = yaml.safe_load(v)
     settings["sample"].update(n=a.n, n_runs=1)
-    inputs = _sample_inputs(system, out, settings)
+    inputs = build_sampler(system, out, settings)
     seed = int(meta.get("seed", 0))
 
     # the label of the phi > 0 basin: the cell index cv_strata gives a configuration in it
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         state["anc"] = state["anc"][idx.cpu()]
         return idx, lw
 
-    strata_fn = inputs["kwargs"]["bridge_strata"]
+    strata_fn = inputs.config.bridge_strata
 
     def seen_strata(x):
         """The preset's labels, recording the (denoised) configuration's phi and whether it was mirrored."""
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         )
         return strata_fn(x)
 
-    inputs["kwargs"]["bridge_strata"] = seen_strata
+    inputs.config.bridge_strata = seen_strata
     # the module, not the function of the same name that boltzdiff.samplers exports
     sys.modules["boltzdiff.samplers.smc"].stratified_resample = traced
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         for k in ("first", "anc", "seen"):
             state.pop(k, None)
         state.update(trace=[], flag=None)
-        done = _smc_run(inputs, r, seed, progress=False)
+        done = run_smc(inputs, r, seed, progress=False)
         w = normalized_weights(clean_log_weights(done.log_w.numpy()).log_w_n)
         fin_b = in_phi_basin(_angles(system, done.x.numpy(), None)[0])
         flag = state["flag"].numpy() if state["flag"] is not None else np.zeros(len(w), dtype=bool)

@@ -72,7 +72,7 @@ def compare_with_reference_profile(run_dir: Path, system, ref: dict) -> dict:
     from _common import phi_of_samples
 
     from boltzdiff.analysis.free_energy import free_energy_profile, pmf_rmse
-    from boltzdiff.analysis.pipeline_analysis import load_samples
+    from boltzdiff.pipeline import load_samples
 
     prof_ref = ref.get("reference_f_phi")
     if not prof_ref:

@@ -28,7 +28,7 @@ import torch
 
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VPSchedule, make_grid
-from boltzdiff.samplers import MCMCConfig, compose, reverse_sde, smc
+from boltzdiff.samplers import MCMCConfig, SMCConfig, compose, reverse_sde, smc
 from boltzdiff.samplers.diagnostics import mixture_of, total_variation, weighted_mode_weights
 from boltzdiff.targets.gmm import GaussianMixture
 
@@ -80,7 +80,7 @@ def bench_pair(label, ma, mb, ga, gb, n, seed, methods=("SMC", "SMC + 2 MALA/lev
                 if method == "SMC":
                     res = smc(model, n, generator=g)
                 elif method.startswith("SMC +"):
-                    res = smc(model, n, generator=g, mcmc=MCMCConfig("mala", 2))
+                    res = smc(model, n, SMCConfig(mcmc=MCMCConfig("mala", 2)), generator=g)
                 else:
                     res = reverse_sde(model, n, generator=g)
             out.append(row(label, op, method, exact, res, time.perf_counter() - t0))

@@ -38,7 +38,7 @@ from _common import machine, print_table  # noqa: E402
 
 from boltzdiff.models.exact import DiagonalGaussianEnergy  # noqa: E402
 from boltzdiff.noise import make_grid, make_schedule  # noqa: E402
-from boltzdiff.samplers import smc  # noqa: E402
+from boltzdiff.samplers import SMCConfig, smc  # noqa: E402
 
 BANDS = ((1.0, math.inf), (0.25, 1.0), (0.05, 0.25), (0.01, 0.05), (0.002, 0.01), (0.0, 0.002))
 
@@ -157,7 +157,7 @@ def main():
         per = []
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            r = smc(model, args.n, generator=torch.Generator().manual_seed(seed), kernel_variance=kv)
+            r = smc(model, args.n, SMCConfig(kernel_variance=kv), generator=torch.Generator().manual_seed(seed))
             steps = r.inc_sd_trace[1:]
             bands = [sum(sd**2 for sd, s in zip(steps, sig) if lo < s <= hi) for lo, hi in BANDS]
             per.append(

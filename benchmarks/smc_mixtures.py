@@ -28,7 +28,7 @@ import torch
 
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VPSchedule, make_grid
-from boltzdiff.samplers import MCMCConfig, probability_flow_ode, reverse_sde, smc
+from boltzdiff.samplers import MCMCConfig, SMCConfig, probability_flow_ode, reverse_sde, smc
 from boltzdiff.samplers.diagnostics import mode_weight_stderr, total_variation, weighted_mode_weights
 from boltzdiff.systems import load_system
 
@@ -72,21 +72,19 @@ def methods(model, gmm, n, seed, levels=None):
     return [
         ("reverse SDE", lambda: reverse_sde(model, n, generator=g(), levels=levels)),
         ("prob.-flow ODE", lambda: probability_flow_ode(model, n, generator=g(), levels=levels)),
-        ("SMC", lambda: smc(model, n, generator=g(), levels=levels)),
+        ("SMC", lambda: smc(model, n, SMCConfig(levels=levels), generator=g())),
         (
             "SMC + 1 MALA/level",
-            lambda: smc(model, n, generator=g(), levels=levels, mcmc=MCMCConfig("mala", 1)),
+            lambda: smc(model, n, SMCConfig(levels=levels, mcmc=MCMCConfig("mala", 1)), generator=g()),
         ),
         (
             "SMC -> target (16 br.)",
             lambda: smc(
                 model,
                 n,
+                SMCConfig(levels=levels, n_bridge=16, bridge_mcmc=MCMCConfig("mala", 2)),
                 generator=g(),
-                levels=levels,
                 target=gmm,
-                n_bridge=16,
-                bridge_mcmc=MCMCConfig("mala", 2),
             ),
         ),
     ]

@@ -80,7 +80,7 @@ def pool_dirs(dirs, src: Path, out: Path) -> Path:
 
 def pool_only(src: Path, dirs, system, reference) -> None:
     """``--pool``: no new SMC; pool the runs of finished sample directories and say how they scatter."""
-    from boltzdiff.analysis.pipeline_analysis import analyze_run
+    from boltzdiff.pipeline import analyze_run
 
     for d in dirs:
         if not (Path(d) / "samples.npz").exists() or not (Path(d) / "samples.json").exists():
@@ -165,8 +165,7 @@ def main():
     )
     args = ap.parse_args()
 
-    from boltzdiff.analysis.pipeline_analysis import analyze_run
-    from boltzdiff.pipeline import stage_sample
+    from boltzdiff.pipeline import analyze_run, stage_sample
     from boltzdiff.systems import load_system
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from boltzdiff.pipeline import _sample_inputs, _smc_run
+    from boltzdiff.pipeline import build_sampler, run_smc
     from boltzdiff.systems import load_system
 
     run = Path(args.run_dir)
@@ -49,14 +49,14 @@ def main() -> None:
         strata_min_share=0.0,
         strata_denoised=False,
     )
-    inputs = _sample_inputs(load_system(meta["system_path"], meta.get("variant")), run, dict(settings, sample=s))
+    inputs = build_sampler(load_system(meta["system_path"], meta.get("variant")), run, dict(settings, sample=s))
     counts = [int(t) for t in args.threads.split(",")]
     walls: dict[int, list[float]] = {t: [] for t in counts}
     for _ in range(args.repeats):
         for t in counts:
             torch.set_num_threads(t)
             t0 = time.perf_counter()
-            _smc_run(inputs, 0, 0, progress=False)
+            run_smc(inputs, 0, 0, progress=False)
             walls[t].append(time.perf_counter() - t0)
     print(f"{platform.machine()}, {torch.__version__}; {run}: {args.n} particles, {args.levels} levels, no bridge")
     print("| threads | median wall s | runs (s) | speed-up |")

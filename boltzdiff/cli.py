@@ -25,15 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Energy-based diffusion models (DSM + DiffCLF) as Boltzmann generators.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress bars even when stderr is no terminal (default: bars on a terminal, else a log line every ~30 s)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"boltzdiff.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"boltzdiff.commands.{name}":
-                continue  # not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"boltzdiff.commands.{name}").register(sub)
     return p
 
 
@@ -49,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from boltzdiff.progress import mode_from_flags, set_mode
+
+    set_mode(mode_from_flags(args.progress, bool(getattr(args, "no_progress", False))))
     try:
         rc = args.func(args)
     except BoltzdiffError as e:

@@ -1,8 +1,14 @@
-"""Run configuration: one dataclass, resolved from defaults < system run.yaml < --config file < flags."""
+"""Run configuration: typed dataclasses (training, reference, sampling, the whole pipeline), each resolved from
+defaults < system run.yaml < --config file < flags through one strict merge (:func:`merge_config`).
+
+Every field carries a one-line description in its ``metadata["doc"]`` (:func:`doc_field`);
+``python -m boltzdiff.config --markdown`` renders them as docs/configuration.md.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,80 +21,79 @@ from boltzdiff.errors import ConfigError
 NETWORKS = ("mlp", "egnn", "pairmlp")
 
 
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a one-line description (``metadata["doc"]``) that docs/configuration.md lists."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; the defaults are the mixture recipe (see benchmarks/RESULTS.md).
+    """Everything a training run needs; the defaults are the mixture recipe (see benchmarks/RESULTS.md)."""
 
-    Grid: ``n_levels`` levels of ``schedule`` spaced ``spacing``. Model: ``width``/``depth`` residual MLP (or
-    ``network: egnn`` with options ``egnn``, or ``network: pairmlp``, a ``width``/``depth`` MLP of
-    standardised interatomic distances for labelled molecules), noise input ``time_input``, and
-    ``input_fourier`` random Fourier features of the input
-    (frequency scale ``input_fourier_scale``; default none; they help low-dimensional targets with many narrow
-    modes such as gmm40_2d, whose run.yaml turns them on, and hurt broad modes and 32-D); ``mlp_head``: the
-    MLP's energy term, ``inner`` (the paper's ``<NN(x~), x~>``, which vanishes at the data mean), ``scalar`` (a
-    scalar output ``g(x~)``) or ``inner+scalar`` (both; see boltzdiff/models/energy.py). Loss: ``loss`` in
-    {diffclf, dsm}; DiffCLF uses ``k`` distinct levels per data point drawn by ``level_sampling`` (window
-    ``level_window``) and weight ``lambda_clf``; ``warmup_steps`` of DSM only first (two-stage). Optimiser:
-    AdamW ``lr`` (``lr_f`` for the log-normalisers; cosine decay to ``lr_final`` times that), EMA ``ema``,
-    clipping ``grad_clip``. ``average_from`` (a fraction of ``steps``, or null): the saved model is then the
-    uniform average of the parameters over the steps after that point instead of the EMA (tail average).
-    ``tsm_scale`` (a length in the data's units, e.g. nm; ``auto``, the default: a Gaussian mixture's smallest
-    component std, nothing for other targets; null: off): add target score matching below that noise scale,
-    using the target's forces on the data, which were sampled at ``data_temperature`` (K; default the
-    system's); see :func:`boltzdiff.losses._dsm_terms`. ``tsm_weight`` (>= 0, default 1; unused without a
-    ``tsm_scale``): raise the weight of the score error below ``tsm_scale`` so that it no longer vanishes with
-    the noise (see ``_dsm_terms``). On gmm2_unbalanced the mixture default cut the lowest level's mode-weight
-    error from 0.044 / 0.000 (two seeds) to 0.010 / 0.008 / 0.002 (three seeds; benchmarks/RESULTS.md,
-    "Session 20").
-    ``precond_scale`` (> 0, default 1): width of the energy's Gaussian preconditioning in units of the data's
-    standard deviation (``a_t^2 = alpha_t^2 (precond_scale sigma_data)^2 + sigma_t^2``); the loss weights keep
-    the data's. For molecules in Cartesian coordinates the isotropic Gaussian charges extended conformations
-    more than compact ones (alanine dipeptide: +3.8 kT for beta against alpha_R at the lowest level), which
-    the network has to cancel and, with training, stops cancelling; a wider Gaussian makes that term smaller.
-    """
-
-    system: str = "gmm2_unbalanced"
-    variant: str | None = None
-    loss: str = "diffclf"
-    steps: int = 6000
-    batch_size: int = 256
-    k: int = 4
-    lambda_clf: float = 1.0
-    level_sampling: str = "mixed"
-    level_window: int = 4
-    warmup_steps: int = 0
-    lr: float = 1e-3
-    lr_f: float = 1e-2
-    weight_decay: float = 0.0
-    ema: float = 0.999
-    average_from: float | None = None
-    grad_clip: float = 1.0
-    lr_warmup: int = 200
-    cosine_decay: bool = True
-    lr_final: float = 0.1
-    n_levels: int = 64
-    spacing: str = "logsnr"
-    schedule: dict = field(default_factory=lambda: {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0})
-    network: str = "mlp"
-    width: int = 128
-    depth: int = 3
-    time_input: str = "logsnr"
-    fourier_scale: float = 4.0
-    input_fourier: int | str = 0
-    input_fourier_scale: float = 4.0
-    mlp_head: str = "inner"
-    egnn: dict = field(default_factory=dict)
-    pairmlp: dict = field(default_factory=dict)
-    data: str | None = None
-    n_data: int = 100_000
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 500
-    num_threads: int | None = None
-    tsm_scale: float | str | None = "auto"
-    tsm_weight: float = 1.0
-    precond_scale: float = 1.0
-    data_temperature: float | None = None
+    system: str = doc_field("gmm2_unbalanced", "system name or path to its system.yaml")
+    variant: str | None = doc_field(None, "variant of the system (its system.yaml ``variants:``), or null")
+    loss: str = doc_field("diffclf", "``diffclf`` (DSM + the classification loss over levels) or ``dsm`` (DSM only)")
+    steps: int = doc_field(6000, "optimiser steps")
+    batch_size: int = doc_field(256, "data points per step")
+    k: int = doc_field(4, "DiffCLF: distinct levels drawn per data point (at least 2)")
+    lambda_clf: float = doc_field(1.0, "DiffCLF: weight of the classification loss (>= 0)")
+    level_sampling: str = doc_field("mixed", "DiffCLF: how the k levels are drawn: ``uniform``, ``local`` or ``mixed``")
+    level_window: int = doc_field(4, "DiffCLF: window (in levels) of ``local`` level sampling")
+    warmup_steps: int = doc_field(0, "steps of DSM only before DiffCLF starts (two-stage training; <= steps)")
+    lr: float = doc_field(1e-3, "AdamW learning rate of the network")
+    lr_f: float = doc_field(1e-2, "AdamW learning rate of the per-level log-normalisers")
+    weight_decay: float = doc_field(0.0, "AdamW weight decay")
+    ema: float = doc_field(0.999, "decay of the parameters' exponential moving average (the saved model), in [0, 1)")
+    average_from: float | None = doc_field(
+        None, "fraction of ``steps`` after which the saved model is the uniform tail average instead of the EMA"
+    )
+    grad_clip: float = doc_field(1.0, "gradient norm clipping")
+    lr_warmup: int = doc_field(200, "steps of linear learning-rate warm-up")
+    cosine_decay: bool = doc_field(True, "cosine decay of the learning rate after the warm-up")
+    lr_final: float = doc_field(0.1, "learning rate at the last step, as a fraction of lr (and lr_f), in [0, 1]")
+    n_levels: int = doc_field(64, "noise levels of the grid")
+    spacing: str = doc_field("logsnr", "spacing of the levels: ``logsnr`` or ``linear``")
+    schedule: dict = doc_field(
+        doc="noise schedule, e.g. ``{kind: vp, beta_min: 0.1, beta_max: 20.0}``",
+        factory=lambda: {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0},
+    )
+    network: str = doc_field(
+        "mlp", "``mlp`` (residual MLP), ``egnn`` (particles) or ``pairmlp`` (MLP of standardised distances)"
+    )
+    width: int = doc_field(128, "hidden width of the MLP / pair MLP")
+    depth: int = doc_field(3, "hidden layers of the MLP / pair MLP")
+    time_input: str = doc_field("logsnr", "noise input of the network: ``logsnr`` or ``t``")
+    fourier_scale: float = doc_field(4.0, "frequency scale of the noise input's Fourier features")
+    input_fourier: int | str = doc_field(
+        0, "random Fourier features of the input (0 = off, ``auto``); help many narrow low-dimensional modes"
+    )
+    input_fourier_scale: float = doc_field(4.0, "frequency scale of the input Fourier features")
+    mlp_head: str = doc_field(
+        "inner", "MLP energy term: ``inner`` (<NN(x), x>), ``scalar`` (g(x)) or ``inner+scalar`` (both)"
+    )
+    egnn: dict = doc_field(doc="options of ``network: egnn`` (see boltzdiff/models/egnn.py)", factory=dict)
+    pairmlp: dict = doc_field(doc="options of ``network: pairmlp`` (see boltzdiff/models/pairmlp.py)", factory=dict)
+    data: str | None = doc_field(None, "training data (.npy of positions); null: exact samples of the target")
+    n_data: int = doc_field(100_000, "exact samples drawn as training data when ``data`` is null")
+    seed: int = doc_field(0, "random seed")
+    device: str = doc_field("cpu", "torch device")
+    checkpoint_every: int = doc_field(500, "steps between checkpoints (ckpt.pt, for resuming)")
+    num_threads: int | None = doc_field(None, "torch threads (null: torch's default)")
+    tsm_scale: float | str | None = doc_field(
+        "auto",
+        "target score matching below this noise scale (data units; ``auto``: a mixture's smallest std; null: off)",
+    )
+    tsm_weight: float = doc_field(
+        1.0, "weight (>= 0) raising the score error below tsm_scale so that it no longer vanishes with the noise"
+    )
+    precond_scale: float = doc_field(
+        1.0, "width of the energy's Gaussian preconditioning in data standard deviations (> 0; wider suits molecules)"
+    )
+    data_temperature: float | None = doc_field(
+        None, "temperature (K) the training data were sampled at, for target score matching (null: the system's)"
+    )
 
     def validate(self, where: str = "config") -> TrainConfig:
         def bad(name, expect):
@@ -181,14 +186,25 @@ def _coerce(name: str, value: Any, default: Any, where: str):
     return value
 
 
-def merge_config(base: TrainConfig, updates: dict, where: str) -> TrainConfig:
-    """Return ``base`` with ``updates`` applied; unknown keys are an error naming ``where``."""
-    known = {f.name: f for f in fields(TrainConfig)}
+def unknown_key_message(key: str, known, where: str) -> str:
+    """``"<where>: unknown field 'nn' (did you mean 'n'?; expected one of: ...)"`` (one line)."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"did you mean '{close[0]}'?; " if close else ""
+    return f"{where}: unknown field '{key}' ({hint}expected one of: {', '.join(sorted(known))})"
+
+
+def merge_config(base, updates: dict | None, where: str, coerce: bool = True):
+    """Return the config dataclass ``base`` with ``updates`` applied, their types coerced to the defaults';
+    unknown keys are an error naming ``where``, the nearest valid name and all of them. ``coerce=False`` leaves
+    the values as they are for the config's ``validate()`` to check (with messages naming the setting)."""
+    if updates is not None and not isinstance(updates, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {updates!r}")
+    known = {f.name: f for f in fields(type(base))}
     out = {}
     for key, value in (updates or {}).items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown field '{key}' (expected one of: {', '.join(sorted(known))})")
-        out[key] = _coerce(key, value, getattr(base, key), where)
+            raise ConfigError(unknown_key_message(str(key), known, where))
+        out[key] = _coerce(key, value, getattr(base, key), where) if coerce else value
     return dataclasses.replace(base, **out)
 
 
@@ -199,3 +215,247 @@ def load_config_file(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"--config: file {p} does not exist")
     return read_yaml(p, "run config")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class SampleConfig:
+    """``sample:`` settings of ``boltzdiff run`` (the SMC runs of the sample stage)."""
+
+    n: int = doc_field(2000, "particles in all (split evenly over the n_runs SMC runs)")
+    n_runs: int = doc_field(1, "independent SMC runs, pooled by their normalising constants (divides n)")
+    levels: object = doc_field(None, "sub-grid of the trained levels: null (all), a count, or a list of indices")
+    kernel_variance: str = doc_field("fisher", "variance of the reverse kernel: ``fisher``, ``matrix`` or ``model``")
+    mcmc_steps: int = doc_field(0, "MALA rejuvenation steps at every level (0: none)")
+    to_target: bool = doc_field(True, "anneal from the cleanest level to the exact target (weighted bridge)")
+    n_bridge: int = doc_field(16, "steps of the bridge to the target (unless bridge_cess is set)")
+    bridge_cess: float | None = doc_field(
+        None, "adaptive bridge: conditional ESS kept per step, in (0, 1); null: fixed"
+    )
+    bridge_mcmc_steps: int = doc_field(2, "MALA steps at every bridge step")
+    max_bridge: int = doc_field(2000, "most adaptive bridge steps")
+    bridge_strata: object = doc_field(
+        None, "``{cv: NAME, edges: [radians], wrap, mirror}`` (or a list): resample within dihedral strata"
+    )
+    strata_max_sigma: float | None = doc_field(
+        None, "also stratify on the levels whose noise scale is at most this (needs bridge_strata)"
+    )
+    strata_min_share: float | None = doc_field(0.0, "least share of the particles per stratum, in [0, 1]")
+    strata_denoised: bool = doc_field(False, "label the levels' particles by their denoised configuration")
+    restrict_chirality: bool = doc_field(False, "restrict the target to the hand of the system's structure")
+    torsion: object = doc_field(
+        None, "``{bonds: cvs | auto | [[j, k], ...], width: radians, bridge_steps: N}``: torsion moves, or null"
+    )
+    final_mcmc_steps: int = doc_field(0, "sweeps at the exact target after the bridge")
+    final_resample: bool = doc_field(False, "resample once after the bridge, before the final sweeps")
+    refine: int | None = doc_field(1, "levels per trained level step (refine - 1 untrained levels between two)")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> SampleConfig:
+        """The ``sample:`` mapping as a config (unknown keys refused); call :meth:`validate` next."""
+        return merge_config(cls(), d, "sample", coerce=False)
+
+    def validate(self, n_models: int = 1) -> SampleConfig:
+        """Check the settings (``n_models``: ``train.n_models``, which n_runs must be a multiple of)."""
+        n = self.n
+        if not _is_int(n) or n < 1:
+            raise ConfigError(f"sample.n: expected a positive number of particles, got {n!r}")
+        r = self.n_runs
+        if not _is_int(r) or r < 1 or n % r:
+            raise ConfigError(f"sample.n_runs: expected a positive divisor of sample.n={n}, got {r!r}")
+        if r % n_models:
+            raise ConfigError(
+                f"sample.n_runs: expected a multiple of train.n_models={n_models} (each model gets as many SMC "
+                f"runs), got {r}"
+            )
+        strata = self.bridge_strata is not None
+        sig = self.strata_max_sigma
+        if sig is not None and (not _is_num(sig) or not sig > 0 or not strata):
+            raise ConfigError(
+                f"sample.strata_max_sigma: expected a positive noise scale (with sample.bridge_strata) or null, "
+                f"got {sig!r}"
+            )
+        share = self.strata_min_share or 0.0
+        if not _is_num(share) or not 0 <= share <= 1 or (share and not strata):
+            raise ConfigError(
+                f"sample.strata_min_share: expected a share of the particles in [0, 1] (with sample.bridge_strata) "
+                f"or null, got {share!r}"
+            )
+        for name in ("strata_denoised", "restrict_chirality", "to_target"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"sample.{name}: expected true or false, got {getattr(self, name)!r}")
+        if (self.kernel_variance or "fisher") not in ("fisher", "matrix", "model"):
+            raise ConfigError(
+                f"sample.kernel_variance: expected 'fisher', 'matrix' or 'model', got {self.kernel_variance!r}"
+            )
+        f = self.final_mcmc_steps
+        if not _is_int(f) or f < 0:
+            raise ConfigError(f"sample.final_mcmc_steps: expected an integer >= 0, got {f!r}")
+        if not isinstance(self.final_resample, bool) or (self.final_resample and not f):
+            raise ConfigError(
+                f"sample.final_resample: expected true or false, and true only with sample.final_mcmc_steps > 0, "
+                f"got {self.final_resample!r}"
+            )
+        refine = self.refine or 1
+        if not _is_int(refine) or refine < 1:
+            raise ConfigError(
+                f"sample.refine: expected an integer >= 1 (levels per trained level step), got {refine!r}"
+            )
+        for name in ("mcmc_steps", "bridge_mcmc_steps", "n_bridge", "max_bridge"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < (0 if name.endswith("mcmc_steps") else 1):
+                raise ConfigError(
+                    f"sample.{name}: expected an integer >= {0 if name.endswith('mcmc_steps') else 1}, got {v!r}"
+                )
+        c = self.bridge_cess
+        if c is not None and (not _is_num(c) or not 0 < c < 1):
+            raise ConfigError(f"sample.bridge_cess: expected a number in (0, 1) or null, got {c!r}")
+        return self
+
+
+#: reference methods of molecules (particle targets always use MCMC)
+REFERENCE_METHODS = ("md", "metad")
+
+
+@dataclass
+class ReferenceConfig:
+    """``reference:`` settings of ``boltzdiff run``. The fields listed here are the pipeline's own; every other
+    key is handed to the method's engine and must be one of its fields: :class:`boltzdiff.md.MDConfig`
+    (``method: md``), :class:`boltzdiff.metad.MetadConfig` (``method: metad``) or
+    :class:`boltzdiff.md.MCMCConfig` (particle targets)."""
+
+    method: str = doc_field("md", "molecules: ``md`` (plain MD) or ``metad`` (metadynamics reweighted to Boltzmann)")
+    starts: list | None = doc_field(
+        None, "md: one MD replica per start structure file (null entries: the system's own), concatenated"
+    )
+    weight_power: float = doc_field(1.0, "metad: resample the training set by exp(g V/kT), g in [0, 1]")
+    cvs: list = doc_field(doc="metad: the two dihedral CVs the bias acts on", factory=lambda: ["phi", "psi"])
+    build_ns: float = doc_field(1.0, "metad: nanoseconds of well-tempered bias building")
+    engine: dict = doc_field(doc="the remaining keys, passed to the method's engine config", factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict | None, kind: str) -> ReferenceConfig:
+        """Split ``reference:`` into the pipeline's fields and the engine's (``kind``: 'molecule' or 'particles');
+        a key that neither knows is refused with the valid names."""
+        d = dict(d or {})
+        method = d.get("method", "md")
+        if kind == "molecule" and method not in REFERENCE_METHODS:
+            raise ConfigError(f"reference.method: expected 'md' or 'metad', got {method!r}")
+        if kind == "molecule" and method == "md" and "weight_power" in d:
+            raise ConfigError("reference.weight_power: only with method: metad (plain MD frames carry no weights)")
+        own = {"molecule": {"md": {"method", "starts"}, "metad": {"method", "weight_power", "cvs", "build_ns"}}}
+        mine = own.get(kind, {}).get(method, set())
+        engine = {k: v for k, v in d.items() if k not in mine}
+        allowed = set(mine) | set(engine_fields(kind, method))
+        where = "reference" + (f" (method: {method})" if kind == "molecule" else "")
+        for key in engine:
+            if key not in allowed:
+                msg = unknown_key_message(str(key), allowed, where)
+                raise ConfigError(msg.replace("unknown field", "unknown setting", 1))
+        cfg = merge_config(cls(), {k: v for k, v in d.items() if k in mine}, "reference", coerce=False)
+        cfg.engine = engine
+        return cfg.validate()
+
+    def validate(self) -> ReferenceConfig:
+        """Check the pipeline's own fields (the engines check theirs)."""
+        s = self.starts
+        if s is not None and (not isinstance(s, list) or not s or not all(x is None or isinstance(x, str) for x in s)):
+            raise ConfigError(
+                f"reference.starts: expected a non-empty list of structure files (or null for the system's own), "
+                f"got {s!r}"
+            )
+        p = self.weight_power
+        if not _is_num(p) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"reference.weight_power: expected a number in [0, 1], got {p!r}")
+        return self
+
+
+def engine_fields(kind: str, method: str) -> list[str]:
+    """The keys the reference engine of ``kind`` / ``method`` takes (its config dataclass's fields)."""
+    if kind != "molecule":
+        from boltzdiff.md import MCMCConfig
+
+        return [f.name for f in fields(MCMCConfig)]
+    if method == "metad":
+        from boltzdiff.metad import MetadConfig
+
+        hidden = {"build_ps", "prod_ps", "stride_steps", "save_positions"}
+        return [f.name for f in fields(MetadConfig) if f.name not in hidden] + ["ns", "save_every_ps", "temperature"]
+    from boltzdiff.md import MDConfig
+
+    return [f.name for f in fields(MDConfig) if f.name != "start"]
+
+
+@dataclass
+class PipelineConfig:
+    """The resolved stage settings of ``boltzdiff run`` (pipeline.json ``settings``), typed."""
+
+    reference: dict = doc_field(doc="``reference:`` settings (:class:`ReferenceConfig`)", factory=dict)
+    train: TrainConfig = doc_field(
+        doc="``train:`` settings (:class:`TrainConfig`) plus ``n_models``", factory=TrainConfig
+    )
+    n_models: int = doc_field(1, "models the train stage fits on the same data (seeds seed + 1000 m)")
+    sample: SampleConfig = doc_field(doc="``sample:`` settings (:class:`SampleConfig`)", factory=SampleConfig)
+
+    @classmethod
+    def from_settings(cls, settings: dict, kind: str = "molecule") -> PipelineConfig:
+        """Type and check a settings mapping (see :func:`boltzdiff.pipeline.settings.resolve_settings`)."""
+        unknown = sorted(set(settings) - {"reference", "train", "sample"})
+        if unknown:
+            raise ConfigError(unknown_key_message(unknown[0], ("reference", "train", "sample"), "settings"))
+        train = dict(settings.get("train") or {})
+        n_m = train.pop("n_models", 1)
+        if not _is_int(n_m) or n_m < 1:
+            raise ConfigError(f"train.n_models: expected a positive number of models to train, got {n_m!r}")
+        sample = SampleConfig.from_dict(settings.get("sample")).validate(n_m)
+        return cls(
+            reference=dict(settings.get("reference") or {}),
+            train=merge_config(TrainConfig(), train, "preset train settings"),
+            n_models=n_m,
+            sample=sample,
+        )
+
+
+#: every config dataclass documented in docs/configuration.md, in that order
+def config_classes() -> list[type]:
+    """The config dataclasses whose fields docs/configuration.md lists."""
+    from boltzdiff.samplers.config import SMCConfig
+
+    return [PipelineConfig, ReferenceConfig, TrainConfig, SampleConfig, SMCConfig]
+
+
+def markdown() -> str:
+    """docs/configuration.md: one table per config dataclass, one row per field (name, default, description)."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated by `python -m boltzdiff.config --markdown > docs/configuration.md` from the fields' "
+        "descriptions; do not edit by hand.",
+    ]
+    for cls in config_classes():
+        lines += ["", f"## {cls.__name__}", "", " ".join((cls.__doc__ or "").split()), "", "| field | default | |"]
+        lines.append("|---|---|---|")
+        for f in fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f"`{f.default!r}`"
+            else:
+                made = f.default_factory()
+                default = f"`{made!r}`" if not dataclasses.is_dataclass(made) else f"`{type(made).__name__}()`"
+            doc = f.metadata.get("doc", "").replace("|", "\\|")
+            lines.append(f"| `{f.name}` | {default.replace('|', chr(92) + '|')} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m boltzdiff.config --markdown > docs/configuration.md")
+    sys.stdout.write(markdown())

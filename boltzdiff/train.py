@@ -326,10 +326,10 @@ def train(
         if final:
             atomic_save(out / "model.pt", lambda p: torch.save(dict(state_dict=ema.model.state_dict(), meta=meta), p))
 
-    from tqdm.auto import tqdm
+    from boltzdiff.progress import progress as progress_of
 
     t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.loss}", dynamic_ncols=True)
+    bar = progress_of(total=cfg.steps, initial=step, enabled=progress, desc=f"train {cfg.loss}")
     metrics_fh = open(out / "metrics.jsonl", "a")
     n_bad = 0
     try:

@@ -9,7 +9,7 @@ import torch
 from boltzdiff.errors import ConfigError
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VESchedule, VPSchedule, make_grid
-from boltzdiff.samplers import MixtureEnergy, ProductEnergy, TemperedEnergy, compose, reverse_sde, smc
+from boltzdiff.samplers import MixtureEnergy, ProductEnergy, SMCConfig, TemperedEnergy, compose, reverse_sde, smc
 from boltzdiff.samplers.diagnostics import mixture_of, total_variation, weighted_mode_weights
 from boltzdiff.targets.gmm import GaussianMixture
 
@@ -54,13 +54,9 @@ def test_product_and_mixture_energies(pair, grid):
     assert torch.allclose(prod.energy(x, lv), ea.energy(x, lv) + eb.energy(x, lv))
     mix = MixtureEnergy([ea, eb], [1.0, 3.0])
     for k in (0, 40, 127):
-        exact = mixture_of(
-            [noised(a, grid.alpha[k], grid.sigma[k]), noised(b, grid.alpha[k], grid.sigma[k])], [1, 3]
-        )
+        exact = mixture_of([noised(a, grid.alpha[k], grid.sigma[k]), noised(b, grid.alpha[k], grid.sigma[k])], [1, 3])
         assert torch.allclose(mix.energy(x, k), exact.energy(x), atol=1e-10)
-        assert torch.allclose(
-            mix.log_q(x, k), -exact.energy(x), atol=1e-10
-        )  # f = 0: normalised at every level
+        assert torch.allclose(mix.log_q(x, k), -exact.energy(x), atol=1e-10)  # f = 0: normalised at every level
     temp = TemperedEnergy(ea, 2.0)
     assert torch.allclose(temp.energy(x, 3), 2.0 * ea.energy(x, 3))
     assert prod.n_models == 2 and mix.n_models == 2 and temp.n_models == 1
@@ -78,7 +74,7 @@ def test_product_smc_reproduces_exact_product_weights(pair, grid):
     log_z = log_overlap(noised(a, grid.alpha[0], grid.sigma[0]), noised(b, grid.alpha[0], grid.sigma[0]))
     est, ratios = [], []
     for s in range(10):
-        r = smc(prod, 1000, generator=torch.Generator().manual_seed(s), levels=64)
+        r = smc(prod, 1000, SMCConfig(levels=64), generator=torch.Generator().manual_seed(s))
         est.append(weighted_mode_weights(exact, r.x, r.log_w))
         ratios.append(math.exp(r.log_Z - log_z))
     est, ratios = np.array(est), np.array(ratios)
@@ -108,8 +104,8 @@ def test_tempered_gaussian_halves_the_variance(grid):
     r = smc(
         TemperedEnergy(ExactMixtureEnergy(g, grid), 2.0),
         4000,
+        SMCConfig(levels=64),
         generator=torch.Generator().manual_seed(0),
-        levels=64,
     )
     W = torch.softmax(r.log_w, 0)
     ess_n = r.ess * 4000

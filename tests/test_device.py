@@ -22,7 +22,7 @@ from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_TRAIN, make_sy
 from boltzdiff.cli import main
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VPSchedule, make_grid
-from boltzdiff.samplers import MCMCConfig, smc
+from boltzdiff.samplers import MCMCConfig, SMCConfig, smc
 from boltzdiff.samplers.diagnostics import weighted_mode_weights
 from boltzdiff.targets.gmm import GaussianMixture
 from boltzdiff.train import load_run
@@ -132,11 +132,9 @@ def test_exact_mixture_smc_on_device_equals_cpu():
         r = smc(
             model,
             512,
+            SMCConfig(levels=16, mcmc=MCMCConfig("mala", n_steps=2), n_bridge=4),
             generator=torch.Generator().manual_seed(3),
-            levels=16,
-            mcmc=MCMCConfig("mala", n_steps=2),
             target=gmm,
-            n_bridge=4,
         )
         assert r.x.device.type == torch.device(dev).type or r.x.device.type == "cpu"
         mw = weighted_mode_weights(gmm, r.x.cpu().double(), r.log_w.cpu().double())

@@ -15,7 +15,7 @@ from boltzdiff.geometry import random_rotations
 from boltzdiff.models.base import LevelEnergy
 from boltzdiff.models.exact import DiagonalGaussianEnergy
 from boltzdiff.noise import VPSchedule, make_grid
-from boltzdiff.samplers import smc
+from boltzdiff.samplers import SMCConfig, smc
 from boltzdiff.samplers.sde import (
     ReverseMove,
     fisher_curvature,
@@ -157,15 +157,13 @@ def test_smc_with_the_matrix_kernel_is_unbiased(aniso, particles):
         r = smc(
             aniso,
             400,
+            SMCConfig(kernel_variance="matrix", particles=particles, hessian_samples=4),
             generator=torch.Generator().manual_seed(seed),
-            kernel_variance="matrix",
-            particles=particles,
-            hessian_samples=4,
         )
         zs.append(math.exp(r.log_Z))
         var_m.append(sum(v**2 for v in r.inc_sd_trace[1:]))
         if seed < 3:
-            ri = smc(aniso, 400, generator=torch.Generator().manual_seed(seed), kernel_variance="fisher")
+            ri = smc(aniso, 400, SMCConfig(kernel_variance="fisher"), generator=torch.Generator().manual_seed(seed))
             var_i.append(sum(v**2 for v in ri.inc_sd_trace[1:]))
     zs = np.array(zs)
     assert zs.std() > 1e-4
@@ -214,4 +212,4 @@ def test_particle_frames_align_rotated_copies():
 )
 def test_bad_matrix_kernel_arguments(aniso, kw):
     with pytest.raises(ConfigError):
-        smc(aniso, 10, generator=torch.Generator().manual_seed(0), kernel_variance="matrix", **kw)
+        smc(aniso, 10, SMCConfig(kernel_variance="matrix", **kw), generator=torch.Generator().manual_seed(0))

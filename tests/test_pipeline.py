@@ -671,16 +671,16 @@ def test_a_tempered_metad_training_set_resamples_by_a_power_of_the_weights(tmp_p
     """reference.weight_power g: the training frames are copied floor or ceil of n w_i^g / sum w^g times (the
     systematic resampling bound), g = 0 keeps every frame once, g = 1 writes no separate set; the reference stage
     then hands the tempered set to training while positions.npy stays the Boltzmann one."""
-    from boltzdiff.pipeline import training_data, write_tempered_training_set
+    from boltzdiff.pipeline import training_data_path, write_tempered_training_set
 
     rng = np.random.default_rng(5)
     frames = np.arange(40, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
     log_w = rng.normal(scale=2.0, size=40)
     assert write_tempered_training_set(tmp_path, frames, log_w, 1.0, 0) == {}
-    assert training_data(tmp_path) == tmp_path / "positions.npy"
+    assert training_data_path(tmp_path) == tmp_path / "positions.npy"
     for g in (0.0, 0.5):
         info = write_tempered_training_set(tmp_path, frames, log_w, g, 0)
-        assert training_data(tmp_path) == tmp_path / "train_positions.npy"
+        assert training_data_path(tmp_path) == tmp_path / "train_positions.npy"
         t = np.load(tmp_path / "train_positions.npy")
         counts = np.bincount(t[:, 0, 0].astype(int), minlength=40)
         nw = 40 * np.exp(g * log_w) / np.exp(g * log_w).sum()
@@ -719,9 +719,9 @@ def test_a_run_directory_resumes_from_another_working_directory_and_refuses_anot
 def _orphan_probe(fake_parent: int) -> None:  # runs in a spawned process
     import time
 
-    from boltzdiff.pipeline import _exit_with_parent
+    from boltzdiff.pipeline import exit_with_parent
 
-    _exit_with_parent(fake_parent, every_s=0.05)
+    exit_with_parent(fake_parent, every_s=0.05)
     time.sleep(60)
 
 

@@ -19,7 +19,7 @@ from boltzdiff.models.base import LevelEnergy
 from boltzdiff.models.energy import PreconditionedEnergy
 from boltzdiff.models.exact import ExactMixtureEnergy
 from boltzdiff.noise import VPSchedule, make_grid
-from boltzdiff.samplers import MCMCConfig, kish_ess, smc, systematic_resample
+from boltzdiff.samplers import MCMCConfig, SMCConfig, kish_ess, smc, systematic_resample
 from boltzdiff.samplers.diagnostics import weighted_mode_weights
 from boltzdiff.samplers.resampling import multinomial_resample
 from boltzdiff.targets.gmm import GaussianMixture
@@ -85,8 +85,8 @@ def test_weights_are_exactly_constant_when_the_kernel_is_the_exact_posterior():
     r = smc(
         ExactMixtureEnergy(gmm, grid),
         500,
+        SMCConfig(kernel_variance="model"),
         generator=torch.Generator().manual_seed(0),
-        kernel_variance="model",
     )
     assert r.log_w.dtype == torch.float64
     assert r.log_w.abs().max() < 1e-8
@@ -102,7 +102,7 @@ def test_untrained_preconditioned_model_float32():
     grid = make_grid(VPSchedule(), 64, "logsnr")
     model = build_mlp_energy(grid, torch.tensor([0.5, -1.0]), 0.7, width=16, depth=1).eval()
     assert isinstance(model, PreconditionedEnergy)
-    r = smc(model, 300, generator=torch.Generator().manual_seed(1), kernel_variance="model")
+    r = smc(model, 300, SMCConfig(kernel_variance="model"), generator=torch.Generator().manual_seed(1))
     assert r.x.dtype == torch.float32 and r.log_w.dtype == torch.float64
     assert r.log_w.abs().max() < 1e-3 and r.ess > 0.999
     assert r.n_model_evals == 300 * 64
@@ -118,10 +118,8 @@ def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
         r = smc(
             model,
             400,
+            SMCConfig(levels=12, kernel="ancestral", ess_threshold=ess_threshold),
             generator=torch.Generator().manual_seed(seed),
-            levels=12,
-            kernel="ancestral",
-            ess_threshold=ess_threshold,
         )
         zs.append(math.exp(r.log_Z))
     zs = np.array(zs)
@@ -131,7 +129,12 @@ def test_log_Z_estimate_is_unbiased(gmm3, grid128, ess_threshold):
 
 
 def test_ess_stays_high_with_exact_energies(gmm3, grid128):
-    r = smc(ExactMixtureEnergy(gmm3, grid128), 2000, generator=torch.Generator().manual_seed(0), ess_threshold=0.0)
+    r = smc(
+        ExactMixtureEnergy(gmm3, grid128),
+        2000,
+        SMCConfig(ess_threshold=0.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert r.n_resample == 0
     assert r.ess > 0.8 and float(r.ess_trace.min()) > 0.8
     assert r.ess_trace.shape == (128,)
@@ -146,7 +149,9 @@ def test_smc_mode_weights_match_exact_within_3_se(gmm3, grid128):
     est = np.array(
         [
             weighted_mode_weights(gmm3, r.x, r.log_w)
-            for r in (smc(model, 500, generator=torch.Generator().manual_seed(s), levels=48) for s in range(12))
+            for r in (
+                smc(model, 500, SMCConfig(levels=48), generator=torch.Generator().manual_seed(s)) for s in range(12)
+            )
         ]
     )
     z = (est.mean(0) - gmm3.weights.numpy()) / (est.std(0, ddof=1) / math.sqrt(len(est)))
@@ -170,11 +175,9 @@ def test_to_target_corrects_a_wrong_model(gmm3, grid128):
         r = smc(
             model,
             500,
+            SMCConfig(levels=32, n_bridge=8, bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3)),
             generator=torch.Generator().manual_seed(s),
-            levels=32,
             target=gmm3,
-            n_bridge=8,
-            bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
         )
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
         zs.append(math.exp(r.log_Z))
@@ -192,8 +195,9 @@ def test_no_resampling_after_the_final_reweighting(gmm3, grid128, to_target):
     threshold that every step falls below) must leave the weights as they are: resampling there would reset
     them and make the final ESS read 1. The final ESS is the trace's last entry and below the threshold."""
     model = wrong_model(gmm3, grid128)
-    kw = dict(target=gmm3, n_bridge=1, ess_threshold=0.9) if to_target else dict(ess_threshold=1.0)
-    r = smc(model, 400, generator=torch.Generator().manual_seed(3), levels=16, **kw)
+    kw = dict(n_bridge=1, ess_threshold=0.9) if to_target else dict(ess_threshold=1.0)
+    target = gmm3 if to_target else None
+    r = smc(model, 400, SMCConfig(levels=16, **kw), target=target, generator=torch.Generator().manual_seed(3))
     assert r.ess == pytest.approx(float(r.ess_trace[-1]), abs=1e-12)
     assert r.ess == pytest.approx(kish_ess(r.log_w), abs=1e-12)
     if to_target:  # weights 0.6 / 0.2 / 0.2 -> 0.2 / 0.5 / 0.3 in one jump: the ESS falls below the threshold
@@ -210,9 +214,8 @@ def test_mcmc_rejuvenation_keeps_weights_consistent(gmm3, grid128):
         r = smc(
             model,
             400,
+            SMCConfig(levels=24, mcmc=MCMCConfig("hmc", n_steps=1, n_leapfrog=3)),
             generator=torch.Generator().manual_seed(s),
-            levels=24,
-            mcmc=MCMCConfig("hmc", n_steps=1, n_leapfrog=3),
         )
         est.append(weighted_mode_weights(model.gmm, r.x, r.log_w))
     est = np.array(est)
@@ -231,13 +234,9 @@ def test_log_weights_finite_for_10k_particles():
     r = smc(
         model,
         10_000,
+        SMCConfig(levels=16, kernel="ancestral", ess_threshold=0.0, n_bridge=2, bridge_mcmc=MCMCConfig("mala", 0)),
         generator=torch.Generator().manual_seed(0),
-        levels=16,
-        kernel="ancestral",
-        ess_threshold=0.0,
         target=gmm,
-        n_bridge=2,
-        bridge_mcmc=MCMCConfig("mala", 0),
     )
     assert r.log_w.dtype == torch.float64 and r.log_w.shape == (10_000,)
     assert torch.isfinite(r.log_w).all() and math.isfinite(r.log_Z)
@@ -264,7 +263,7 @@ class NaNWhere(LevelEnergy):
 
 def test_nan_energies_get_zero_weight_and_are_counted(gmm3, grid128):
     model = NaNWhere(ExactMixtureEnergy(gmm3, grid128), cut=2.0)  # kills most of mode 1 (mean x = 3)
-    r = smc(model, 1000, generator=torch.Generator().manual_seed(0), levels=32, ess_threshold=0.0)
+    r = smc(model, 1000, SMCConfig(levels=32, ess_threshold=0.0), generator=torch.Generator().manual_seed(0))
     dead = ~torch.isfinite(r.log_w)
     assert r.n_nonfinite == int(dead.sum()) > 0
     assert torch.isfinite(r.log_w[~dead]).all() and (r.x[~dead, 0] <= 2.0).all()
@@ -274,7 +273,7 @@ def test_nan_energies_get_zero_weight_and_are_counted(gmm3, grid128):
 def test_all_nan_fails_with_a_clear_error(gmm3, grid128):
     model = NaNWhere(ExactMixtureEnergy(gmm3, grid128), cut=-1e9)
     with pytest.raises(NonFiniteEnergyError, match="every particle"):
-        smc(model, 100, generator=torch.Generator().manual_seed(0), levels=8)
+        smc(model, 100, SMCConfig(levels=8), generator=torch.Generator().manual_seed(0))
 
 
 def test_nan_target_energies_are_counted(gmm3, grid128):
@@ -287,11 +286,9 @@ def test_nan_target_energies_are_counted(gmm3, grid128):
     r = smc(
         ExactMixtureEnergy(gmm3, grid128),
         500,
+        SMCConfig(levels=16, n_bridge=2, ess_threshold=0.0),
         generator=torch.Generator().manual_seed(0),
-        levels=16,
         target=tgt,
-        n_bridge=2,
-        ess_threshold=0.0,
     )
     assert r.n_nonfinite > 0 and r.n_nonfinite == int((~torch.isfinite(r.log_w)).sum())
 
@@ -311,7 +308,7 @@ def test_nan_target_energies_are_counted(gmm3, grid128):
 def test_bad_arguments(gmm3, grid128, kw):
     n = kw.pop("n")
     with pytest.raises(ConfigError):
-        smc(ExactMixtureEnergy(gmm3, grid128), n, generator=torch.Generator().manual_seed(0), **kw)
+        smc(ExactMixtureEnergy(gmm3, grid128), n, SMCConfig(**kw), generator=torch.Generator().manual_seed(0))
 
 
 def test_target_dimension_mismatch(gmm3, grid128):
@@ -362,11 +359,9 @@ def test_adaptive_bridge_corrects_a_wrong_model_and_takes_more_steps_for_a_worse
         r = smc(
             model,
             500,
+            SMCConfig(levels=32, bridge_cess=0.9, bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3)),
             generator=torch.Generator().manual_seed(s),
-            levels=32,
             target=gmm3,
-            bridge_cess=0.9,
-            bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
         )
         est.append(weighted_mode_weights(gmm3, r.x, r.log_w))
         zs.append(math.exp(r.log_Z))
@@ -378,10 +373,9 @@ def test_adaptive_bridge_corrects_a_wrong_model_and_takes_more_steps_for_a_worse
     exact = smc(
         ExactMixtureEnergy(gmm3, grid128),
         500,
+        SMCConfig(levels=32, bridge_cess=0.9),
         generator=torch.Generator().manual_seed(0),
-        levels=32,
         target=gmm3,
-        bridge_cess=0.9,
     )
     assert len(exact.lambdas) == 2  # u - E is constant: one step reaches lambda = 1
 
@@ -390,16 +384,13 @@ def test_adaptive_bridge_stops_at_max_bridge(gmm3, grid128):
     r = smc(
         wrong_model(gmm3, grid128),
         200,
+        SMCConfig(levels=16, bridge_cess=0.999, max_bridge=3, bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.3)),
         generator=torch.Generator().manual_seed(0),
-        levels=16,
         target=gmm3,
-        bridge_cess=0.999,
-        max_bridge=3,
-        bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.3),
     )
     assert len(r.lambdas) == 4 and r.lambdas[-1] == 1.0
     with pytest.raises(ConfigError, match="bridge_cess"):
-        smc(wrong_model(gmm3, grid128), 10, target=gmm3, bridge_cess=1.5)
+        smc(wrong_model(gmm3, grid128), 10, SMCConfig(bridge_cess=1.5), target=gmm3)
 
 
 # -- stratified resampling on the bridge
@@ -480,16 +471,18 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_
         r = smc(
             model,
             500,
+            SMCConfig(
+                levels=32,
+                n_bridge=4,
+                ess_threshold=1.0,
+                bridge_strata=strata,
+                strata_max_sigma=max_sigma,
+                strata_min_share=min_share,
+                strata_denoised=denoised,
+                bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
+            ),
             generator=torch.Generator().manual_seed(s),
-            levels=32,
             target=gmm3,
-            n_bridge=4,
-            ess_threshold=1.0,  # resample at every step, so that the bridge's resamplings are stratified
-            bridge_strata=strata,
-            strata_max_sigma=max_sigma,
-            strata_min_share=min_share,
-            strata_denoised=denoised,
-            bridge_mcmc=MCMCConfig("mala", n_steps=1, step_size=0.05),
         )
         if min_share:
             counts = torch.bincount(strata(r.x), minlength=3).double() / 500
@@ -504,11 +497,11 @@ def test_bridge_strata_keep_the_minor_mode_and_stay_unbiased(gmm3, grid128, max_
 
 def test_strata_max_sigma_needs_bridge_strata(gmm3, grid128):
     with pytest.raises(ConfigError, match="strata_max_sigma"):
-        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_max_sigma=0.5)
+        smc(wrong_model(gmm3, grid128), 10, SMCConfig(levels=8, strata_max_sigma=0.5))
     with pytest.raises(ConfigError, match="strata_min_share"):
-        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_min_share=0.2)
+        smc(wrong_model(gmm3, grid128), 10, SMCConfig(levels=8, strata_min_share=0.2))
     with pytest.raises(ConfigError, match="strata_denoised"):
-        smc(wrong_model(gmm3, grid128), 10, levels=8, strata_denoised=True)
+        smc(wrong_model(gmm3, grid128), 10, SMCConfig(levels=8, strata_denoised=True))
 
 
 def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):
@@ -522,7 +515,7 @@ def test_log_Z_trace_ends_at_log_Z_and_counts_killed_particles(gmm3, grid128):
             return torch.where((x[:, 0] > 4.0) & (lv == 0), torch.full_like(e, math.nan), e)
 
     model = Cut(gmm3, grid128)
-    r = smc(model, 400, generator=torch.Generator().manual_seed(5), levels=16, ess_threshold=0.9)
+    r = smc(model, 400, SMCConfig(levels=16, ess_threshold=0.9), generator=torch.Generator().manual_seed(5))
     assert len(r.log_Z_trace) == len(r.ess_trace) == len(r.killed_trace)
     assert r.log_Z_trace[-1] == pytest.approx(r.log_Z, abs=1e-12)
     assert r.n_resample > 0 and r.n_nonfinite > 0
@@ -552,8 +545,8 @@ def test_smc_reports_the_lineages_its_particles_rest_on():
     """Resampling at every step of a long SMC on an exact mixture energy: lineages only ever coalesce going
     back, and the summary's n_lineages is the oldest count."""
     gmm = GaussianMixture([0.5, 0.5], [[-2.0], [2.0]], [0.3, 0.3])
-    res = smc(ExactMixtureEnergy(gmm, make_grid(VPSchedule(), 32)), 500, generator=torch.Generator().manual_seed(0),
-              ess_threshold=1.0)  # fmt: skip
+    model = ExactMixtureEnergy(gmm, make_grid(VPSchedule(), 32))
+    res = smc(model, 500, SMCConfig(ess_threshold=1.0), generator=torch.Generator().manual_seed(0))
     assert res.n_resample == len(res.ancestors) > 10
     k = [c for _, c in res.ancestors]
     assert all(a <= b for a, b in zip(k, k[1:])) and 1 <= k[0] < 500 and k[-1] <= 500

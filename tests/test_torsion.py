@@ -176,7 +176,7 @@ def test_final_sweeps_at_the_target_fix_a_basin_the_model_never_visits(sweeps, b
     give the exact basin probability, within 4 standard errors (those of the final weights' ESS)."""
     from boltzdiff.models.exact import ExactMixtureEnergy
     from boltzdiff.noise import VPSchedule, make_grid
-    from boltzdiff.samplers import MCMCConfig, smc
+    from boltzdiff.samplers import MCMCConfig, SMCConfig, smc
     from boltzdiff.targets.gmm import GaussianMixture
 
     x0 = chain_at(-2.0)
@@ -191,13 +191,15 @@ def test_final_sweeps_at_the_target_fix_a_basin_the_model_never_visits(sweeps, b
     r = smc(
         model,
         n,
+        SMCConfig(
+            bridge_cess=0.9,
+            bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
+            torsion=mv,
+            bridge_torsion_steps=bridge_steps,
+            final_mcmc_steps=sweeps,
+        ),
         generator=torch.Generator().manual_seed(0),
         target=tgt,
-        bridge_cess=0.9,
-        bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
-        torsion=mv,
-        bridge_torsion_steps=bridge_steps,
-        final_mcmc_steps=sweeps,
     )
     w = torch.softmax(r.log_w, 0).numpy()
     phi = dihedral(r.x.reshape(n, 4, 3), 0, 1, 2, 3).numpy()
@@ -222,7 +224,7 @@ def test_final_resample_before_the_sweeps_keeps_the_basin_probability():
     standard errors (counted on the bridge's effective sample size, the conservative count for the copies)."""
     from boltzdiff.models.exact import ExactMixtureEnergy
     from boltzdiff.noise import VPSchedule, make_grid
-    from boltzdiff.samplers import MCMCConfig, smc
+    from boltzdiff.samplers import MCMCConfig, SMCConfig, smc
     from boltzdiff.targets.gmm import GaussianMixture
 
     x0 = chain_at(-2.0)
@@ -231,15 +233,15 @@ def test_final_resample_before_the_sweeps_keeps_the_basin_probability():
     p = np.exp(-(2 * np.cos(grid - 1) + np.cos(3 * grid)))
     exact = float(np.trapezoid(p * (grid > 0), grid) / np.trapezoid(p, grid))
     n = 3000
+    target = TorsionChain()
     kw = dict(
-        target=TorsionChain(),
         bridge_cess=0.9,
         bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.3),
         torsion=torsion_moves([(0, 1), (1, 2), (2, 3)], 4),
         final_mcmc_steps=40,
     )
-    plain = smc(model, n, generator=torch.Generator().manual_seed(0), **kw)
-    r = smc(model, n, generator=torch.Generator().manual_seed(0), final_resample=True, **kw)
+    plain = smc(model, n, SMCConfig(**kw), target=target, generator=torch.Generator().manual_seed(0))
+    r = smc(model, n, SMCConfig(final_resample=True, **kw), target=target, generator=torch.Generator().manual_seed(0))
     # the same bridge (same seed): the ESS it left, then one more resampling and equal weights
     assert r.ess_before_final_resample == pytest.approx(plain.ess, rel=1e-12) and plain.ess < 0.99
     assert plain.ess_before_final_resample is None
@@ -251,19 +253,19 @@ def test_final_resample_before_the_sweeps_keeps_the_basin_probability():
     z = (frac - exact) / math.sqrt(exact * (1 - exact) / (r.ess_before_final_resample * n))
     assert abs(z) < 4, (frac, exact, z)
     with pytest.raises(ConfigError, match="final_resample"):
-        smc(model, 10, final_resample=True, **{**kw, "final_mcmc_steps": 0})
+        smc(model, 10, SMCConfig(final_resample=True, **{**kw, "final_mcmc_steps": 0}), target=target)
 
 
 def test_smc_checks_its_torsion_arguments():
     from boltzdiff.models.exact import ExactMixtureEnergy
     from boltzdiff.noise import VPSchedule, make_grid
-    from boltzdiff.samplers import smc
+    from boltzdiff.samplers import SMCConfig, smc
     from boltzdiff.targets.gmm import GaussianMixture
 
     model = ExactMixtureEnergy(GaussianMixture([1.0], [[0.0] * 12], [1.0]), make_grid(VPSchedule(), 8))
     with pytest.raises(ConfigError, match="final_mcmc_steps"):
-        smc(model, 10, final_mcmc_steps=5)
+        smc(model, 10, SMCConfig(final_mcmc_steps=5))
     with pytest.raises(ConfigError, match="bridge_torsion_steps"):
-        smc(model, 10, target=TorsionChain(), bridge_torsion_steps=1)
+        smc(model, 10, SMCConfig(bridge_torsion_steps=1), target=TorsionChain())
     with pytest.raises(ConfigError, match="6 atoms"):
-        smc(model, 10, target=TorsionChain(), torsion=torsion_moves(BONDS, 6), final_mcmc_steps=1)
+        smc(model, 10, SMCConfig(torsion=torsion_moves(BONDS, 6), final_mcmc_steps=1), target=TorsionChain())

@@ -20,187 +20,34 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import rel_entr
 
-from boltzdiff.analysis.weights import as_float64, normalized_weights
-
-PERIODIC_RANGE = (-math.pi, math.pi)
-
-RngLike = np.random.Generator | int | None
-
-
-def _rng(rng: RngLike) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def wrap_angle(a) -> np.ndarray:
-    """Wrap angles (radians) to ``[-pi, pi)``."""
-    a = as_float64(a)
-    return np.mod(a + math.pi, 2 * math.pi) - math.pi
-
-
-def _weights(n: int, log_w_n) -> np.ndarray:
-    if log_w_n is None:
-        return np.full(n, 1.0 / n)
-    w = normalized_weights(log_w_n)
-    if w.size != n:
-        raise ValueError(f"samples ({n}) and log-weights ({w.size}) differ in length")
-    return w
-
-
-def _bin_index(x_n: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index per sample (``-1`` outside ``[edges[0], edges[-1]]`` or non-finite); last edge inclusive."""
-    n_bins = edges.size - 1
-    idx = np.searchsorted(edges, x_n, side="right") - 1
-    idx = np.where(x_n == edges[-1], n_bins - 1, idx)
-    bad = ~np.isfinite(x_n) | (idx < 0) | (idx >= n_bins)
-    return np.where(bad, -1, idx)
+from boltzdiff.analysis.compare import (  # noqa: F401  (re-exported)
+    PMFComparison,
+    distance_histogram,
+    jensen_shannon,
+    pairwise_distances,
+    pmf_rmse,
+    wasserstein_1,
+)
+from boltzdiff.analysis.histograms import (  # noqa: F401  (re-exported)
+    PERIODIC_RANGE,
+    Histogram1D,
+    Histogram2D,
+    RngLike,
+    _bin_index,
+    _edges,
+    _hist_from_index,
+    _prepare_1d,
+    _prepare_2d,
+    _rng,
+    _weights,
+    weighted_histogram_1d,
+    weighted_histogram_2d,
+    wrap_angle,
+)
+from boltzdiff.analysis.weights import as_float64
 
 
-def _edges(x_n: np.ndarray, w_n: np.ndarray, bins, range_, periodic: bool) -> np.ndarray:
-    if not np.isscalar(bins):
-        e = as_float64(bins)
-        if e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0):
-            raise ValueError("bin edges must be a strictly increasing 1-D array")
-        return e
-    if range_ is None:
-        if periodic:
-            range_ = PERIODIC_RANGE
-        else:
-            keep = (w_n > 0) & np.isfinite(x_n)
-            if not keep.any():
-                raise ValueError("no finite sample with non-zero weight to set the histogram range")
-            lo, hi = float(x_n[keep].min()), float(x_n[keep].max())
-            range_ = (lo, hi if hi > lo else lo + 1.0)
-    return np.linspace(float(range_[0]), float(range_[1]), int(bins) + 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# histograms
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Histogram1D:
-    """A weighted 1-D histogram.
-
-    Attributes
-    ----------
-    p_b : (n_bins,) float64
-        Probability mass per bin (sums to 1 unless no mass is in range).
-    edges : (n_bins + 1,) float64
-    mass_in_range : float
-        Fraction of the total weight that fell inside the edges (1 for periodic angles).
-    """
-
-    p_b: np.ndarray
-    edges: np.ndarray
-    mass_in_range: float
-
-    @property
-    def centers(self) -> np.ndarray:
-        """Bin centres, ``(n_bins,)``."""
-        return 0.5 * (self.edges[1:] + self.edges[:-1])
-
-    @property
-    def density(self) -> np.ndarray:
-        """Probability density per bin (``p_b / width``), ``(n_bins,)``."""
-        return self.p_b / np.diff(self.edges)
-
-
-@dataclass(frozen=True)
-class Histogram2D:
-    """A weighted 2-D histogram; ``p_xy[i, j]`` is the mass of bin ``(x_i, y_j)``.
-
-    Attributes
-    ----------
-    p_xy : (n_x, n_y) float64
-    edges_x : (n_x + 1,) float64
-    edges_y : (n_y + 1,) float64
-    mass_in_range : float
-    """
-
-    p_xy: np.ndarray
-    edges_x: np.ndarray
-    edges_y: np.ndarray
-    mass_in_range: float
-
-
-def _hist_from_index(idx_n: np.ndarray, w_n: np.ndarray, n_bins: int) -> tuple[np.ndarray, float]:
-    keep = idx_n >= 0
-    counts = np.bincount(idx_n[keep], weights=w_n[keep], minlength=n_bins)
-    total = counts.sum()
-    return (counts / total if total > 0 else counts), float(total / max(w_n.sum(), 1e-300))
-
-
-def _prepare_1d(x_n, log_w_n, bins, range, periodic):
-    x = as_float64(x_n).reshape(-1)
-    w = _weights(x.size, log_w_n)
-    if periodic:
-        x = wrap_angle(x)
-    edges = _edges(x, w, bins, range, periodic)
-    return x, w, edges, _bin_index(x, edges)
-
-
-def weighted_histogram_1d(
-    x_n,
-    log_w_n=None,
-    bins: int | np.ndarray = 60,
-    range: tuple[float, float] | None = None,
-    periodic: bool = False,
-) -> Histogram1D:
-    """Weighted 1-D histogram of ``x_n: (n,)``.
-
-    Parameters
-    ----------
-    x_n : (n,) array-like
-    log_w_n : (n,) array-like or None
-        Unnormalised log-weights; ``None`` = equal weights.
-    bins : int or (n_bins + 1,) array
-        Number of equal-width bins or explicit edges.
-    range : (lo, hi) or None
-        Histogram range; default ``[-pi, pi)`` if ``periodic`` else the weighted samples' min/max.
-    periodic : bool
-        Wrap ``x`` to ``[-pi, pi)`` first (angles in radians).
-    """
-    x, w, edges, idx = _prepare_1d(x_n, log_w_n, bins, range, periodic)
-    p, mass = _hist_from_index(idx, w, edges.size - 1)
-    return Histogram1D(p, edges, mass)
-
-
-def _prepare_2d(x_n, y_n, log_w_n, bins, range, periodic):
-    x = as_float64(x_n).reshape(-1)
-    y = as_float64(y_n).reshape(-1)
-    if x.size != y.size:
-        raise ValueError(f"x ({x.size}) and y ({y.size}) differ in length")
-    w = _weights(x.size, log_w_n)
-    if periodic:
-        x, y = wrap_angle(x), wrap_angle(y)
-    bx, by = (bins, bins) if np.isscalar(bins) else bins
-    rx, ry = (None, None) if range is None else range
-    ex, ey = _edges(x, w, bx, rx, periodic), _edges(y, w, by, ry, periodic)
-    ix, iy = _bin_index(x, ex), _bin_index(y, ey)
-    idx = np.where((ix >= 0) & (iy >= 0), ix * (ey.size - 1) + iy, -1)
-    return w, ex, ey, idx
-
-
-def weighted_histogram_2d(x_n, y_n, log_w_n=None, bins=60, range=None, periodic: bool = True) -> Histogram2D:
-    """Weighted 2-D histogram of ``(x_n, y_n)``, e.g. a Ramachandran histogram of ``(phi, psi)``.
-
-    Parameters
-    ----------
-    x_n, y_n : (n,) array-like
-    log_w_n : (n,) array-like or None
-    bins : int, (n_x, n_y), or a pair of edge arrays
-    range : ((x_lo, x_hi), (y_lo, y_hi)) or None
-    periodic : bool
-        Default True: both coordinates are angles, wrapped to ``[-pi, pi)``.
-    """
-    w, ex, ey, idx = _prepare_2d(x_n, y_n, log_w_n, bins, range, periodic)
-    p, mass = _hist_from_index(idx, w, (ex.size - 1) * (ey.size - 1))
-    return Histogram2D(p.reshape(ex.size - 1, ey.size - 1), ex, ey, mass)
-
-
-# --------------------------------------------------------------------------------------------------
-# bootstrap
 # --------------------------------------------------------------------------------------------------
 def bootstrap_indices(n: int, n_bootstrap: int, rng: RngLike = None, block_length: int | None = None) -> np.ndarray:
     """Resampling indices, ``(n_bootstrap, n)`` int.
@@ -552,131 +399,3 @@ def delta_f_phi(
     ``phi_n: (n,)`` in radians, wrapped to ``[-pi, pi)`` first; ``clusters``: see :func:`two_state_delta_f`.
     """
     return two_state_delta_f(in_phi_basin(phi_n, lo, hi), log_w_n, n_bootstrap, rng, block_length, clusters)
-
-
-# --------------------------------------------------------------------------------------------------
-# comparisons with a reference
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PMFComparison:
-    """Result of :func:`pmf_rmse`.
-
-    Attributes
-    ----------
-    rmse : float
-        Root-mean-square difference (kT) after removing the optimal constant offset; NaN if no common bin.
-    offset : float
-        The offset removed, ``mean(f - f_ref)`` over the compared bins (with the given bin weights).
-    n_bins : int
-        Number of bins compared.
-    """
-
-    rmse: float
-    offset: float
-    n_bins: int
-
-
-def pmf_rmse(f, f_ref, weights=None, f_max: float | None = None) -> PMFComparison:
-    """RMSE between two free-energy profiles/surfaces (any equal shapes) over bins populated in both.
-
-    Free energies are defined up to a constant, so the constant is fitted: the RMSE is
-    ``sqrt(sum_b v_b (d_b - c)^2 / sum_b v_b)`` with ``d = f - f_ref`` and ``c = sum_b v_b d_b / sum_b v_b``,
-    the weighted mean difference, which is the offset minimising this RMSE. Default bin weights ``v_b = 1``
-    (every commonly populated bin counts the same, the usual "PMF error"); pass e.g. the reference
-    probabilities to emphasise well-populated regions.
-
-    Parameters
-    ----------
-    f, f_ref : array-like, same shape
-        Free energies in kT; non-finite entries (empty bins) are excluded.
-    weights : array-like of the same shape, or None
-    f_max : float or None
-        Also exclude bins where either profile (each shifted to min 0) exceeds ``f_max`` kT.
-    """
-    a = as_float64(f).reshape(-1)
-    b = as_float64(f_ref).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"profiles differ in shape: {np.shape(f)} vs {np.shape(f_ref)}")
-    v = np.ones_like(a) if weights is None else as_float64(weights).reshape(-1)
-    mask = np.isfinite(a) & np.isfinite(b) & (v > 0)
-    if f_max is not None and mask.any():
-        a0 = a - a[np.isfinite(a)].min()
-        b0 = b - b[np.isfinite(b)].min()
-        mask &= (a0 <= f_max) & (b0 <= f_max)
-    if not mask.any():
-        return PMFComparison(math.nan, math.nan, 0)
-    d, vv = a[mask] - b[mask], v[mask]
-    c = float(np.sum(vv * d) / np.sum(vv))
-    return PMFComparison(float(np.sqrt(np.sum(vv * (d - c) ** 2) / np.sum(vv))), c, int(mask.sum()))
-
-
-def jensen_shannon(p, q) -> float:
-    """Jensen–Shannon divergence (natural log, in ``[0, ln 2]``) between two histograms of the same shape.
-
-    Inputs are normalised to sum 1 first; ``0 ln 0 = 0``.
-    """
-    p = as_float64(p).reshape(-1)
-    q = as_float64(q).reshape(-1)
-    if p.shape != q.shape:
-        raise ValueError(f"histograms differ in shape: {p.shape} vs {q.shape}")
-    if p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError("a histogram has no mass")
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-    return float(0.5 * rel_entr(p, m).sum() + 0.5 * rel_entr(q, m).sum())
-
-
-def wasserstein_1(a_n, b_m, log_w_a=None, log_w_b=None) -> float:
-    """Wasserstein-1 distance between two weighted 1-D samples, ``int |F_a(x) - F_b(x)| dx``.
-
-    Computed exactly from the two weighted empirical CDFs. Zero-weight samples are dropped (so overflowed
-    energies with ``-inf`` log-weight are harmless); remaining values must be finite.
-
-    Parameters
-    ----------
-    a_n : (n,) array-like, b_m : (m,) array-like
-    log_w_a : (n,) or None, log_w_b : (m,) or None
-    """
-
-    def prep(x, lw):
-        x = as_float64(x).reshape(-1)
-        w = _weights(x.size, lw)
-        keep = w > 0
-        x, w = x[keep], w[keep]
-        if not np.all(np.isfinite(x)):
-            raise ValueError("samples with non-zero weight must be finite")
-        o = np.argsort(x, kind="stable")
-        return x[o], np.concatenate([[0.0], np.cumsum(w[o])])
-
-    xa, ca = prep(a_n, log_w_a)
-    xb, cb = prep(b_m, log_w_b)
-    allx = np.sort(np.concatenate([xa, xb]))
-    dx = np.diff(allx)
-    fa = ca[np.searchsorted(xa, allx[:-1], side="right")]
-    fb = cb[np.searchsorted(xb, allx[:-1], side="right")]
-    return float(np.sum(np.abs(fa - fb) * dx))
-
-
-# --------------------------------------------------------------------------------------------------
-# particle systems
-# --------------------------------------------------------------------------------------------------
-def pairwise_distances(x) -> np.ndarray:
-    """All interparticle distances ``(B, n (n - 1) / 2)`` of ``x: (B, n, dim)`` (pairs i < j)."""
-    x = as_float64(x)
-    if x.ndim != 3:
-        raise ValueError(f"expected (B, n, dim) configurations, got shape {x.shape}")
-    i, j = np.triu_indices(x.shape[1], k=1)
-    return np.linalg.norm(x[:, i, :] - x[:, j, :], axis=-1)
-
-
-def distance_histogram(
-    x, log_w_b=None, bins: int | np.ndarray = 100, range: tuple[float, float] | None = None
-) -> Histogram1D:
-    """Weighted histogram of interparticle distances of ``x: (B, n, dim)``; each configuration's
-    ``n (n - 1) / 2`` distances share its weight equally."""
-    d = pairwise_distances(x)
-    B, n_pairs = d.shape
-    lw = np.zeros(B) if log_w_b is None else as_float64(log_w_b).reshape(-1)
-    if lw.size != B:
-        raise ValueError(f"configurations ({B}) and log-weights ({lw.size}) differ in length")
-    return weighted_histogram_1d(d.reshape(-1), np.repeat(lw, n_pairs), bins=bins, range=range, periodic=False)

@@ -165,9 +165,9 @@ def torsion_state_probability(
     rows = max(1, chunk // (n_angles - 1))
     starts = range(0, n, rows)
     if progress:
-        from tqdm.auto import tqdm
+        from boltzdiff.progress import progress as progress_of
 
-        starts = tqdm(starts, desc=f"Rao-Blackwell over {n_angles} torsion angles", unit="chunk", leave=False)
+        starts = progress_of(starts, desc=f"Rao-Blackwell over {n_angles} torsion angles", leave=False)
     th = torch.as_tensor(np.tile(thetas[1:], rows))
     # rotating a whole side of the molecule makes clashes on purpose; the targets' per-call warnings about
     # the non-finite energies that follow would flood the log, so they are counted here instead

@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
 from boltzdiff.config import TrainConfig, load_config_file, merge_config
-from boltzdiff.errors import ConfigError
-
-
-def positive_int(name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {s!r}")
-        return v
-
-    return parse
 
 
 def resolve_train_config(system_name: str | None, config_file: str | None, overrides: dict) -> TrainConfig:
@@ -38,7 +22,3 @@ def resolve_train_config(system_name: str | None, config_file: str | None, overr
     cfg.system = str(name)
     return cfg.validate(where="config")
 
-
-def require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)

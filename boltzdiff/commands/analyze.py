@@ -21,8 +21,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from boltzdiff.analysis.pipeline_analysis import analyze_run
     from boltzdiff.errors import ConfigError
+    from boltzdiff.pipeline import analyze_run
 
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"analyze: run dir {args.run_dir} does not exist")

@@ -52,7 +52,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from boltzdiff.samplers import compose, smc
+    from boltzdiff.samplers import SMCConfig, compose, smc
     from boltzdiff.samplers.diagnostics import mixture_of, mode_report
     from boltzdiff.targets.gmm import GaussianMixture
 
@@ -67,16 +67,8 @@ def run(args) -> int:
         raise ConfigError(f"--levels: the models have {model.grid.n} levels; got {args.levels}")
     mcmc, _ = smc_configs(args)
     gen = torch.Generator().manual_seed(int(args.seed))
-    res = smc(
-        model,
-        args.n,
-        generator=gen,
-        levels=args.levels,
-        kernel=args.kernel,
-        ess_threshold=args.ess_threshold,
-        mcmc=mcmc,
-        progress=not args.no_progress,
-    )
+    cfg = SMCConfig(levels=args.levels, kernel=args.kernel, ess_threshold=args.ess_threshold, mcmc=mcmc)
+    res = smc(model, args.n, cfg, generator=gen, progress=not args.no_progress)
     summary = dict(
         op=args.op,
         weights=weights,

@@ -110,10 +110,8 @@ def write_outputs(out: str, x, log_w, summary: dict) -> tuple[Path, Path]:
 def exact_target(run_):
     """The target to end at: the pipeline's choice (particle systems get the model's centre-of-mass Gaussian
     as a gauge, so the bridge's end is normalisable), else the system's target."""
-    try:
-        from boltzdiff.pipeline import sampling_target
-    except ImportError:  # pragma: no cover - the pipeline module is optional here
-        return run_.system.target
+    from boltzdiff.pipeline import sampling_target
+
     return sampling_target(run_.system, run_.model)
 
 
@@ -168,7 +166,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from boltzdiff.samplers import probability_flow_ode, reverse_sde, smc
+    from boltzdiff.samplers import SMCConfig, probability_flow_ode, reverse_sde, smc
     from boltzdiff.samplers.diagnostics import mode_report
     from boltzdiff.targets.gmm import GaussianMixture
 
@@ -197,21 +195,17 @@ def run(args) -> int:
         mcmc, bridge = smc_configs(args)
         if args.to_target:
             target = exact_target(run_)
-        res = smc(
-            model,
-            args.n,
-            generator=gen,
+        cfg = SMCConfig(
             levels=args.levels,
             kernel=args.kernel,
             kernel_variance=args.kernel_variance,
             particles=particles,
             ess_threshold=args.ess_threshold,
             mcmc=mcmc,
-            target=target if args.to_target else None,
             n_bridge=args.bridge_steps,
             bridge_mcmc=bridge,
-            progress=progress,
         )
+        res = smc(model, args.n, cfg, generator=gen, target=target if args.to_target else None, progress=progress)
     elif args.sampler == "sde":
         res = reverse_sde(model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress)
     else:

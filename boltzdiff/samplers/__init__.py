@@ -2,6 +2,7 @@
 target), MCMC kernels, resampling, composition of level energies, and diagnostics against analytic targets."""
 
 from boltzdiff.samplers.compose import MixtureEnergy, ProductEnergy, TemperedEnergy, check_compatible, compose
+from boltzdiff.samplers.config import SMCConfig
 from boltzdiff.samplers.diagnostics import mode_report, total_variation, weighted_mode_weights
 from boltzdiff.samplers.mcmc import (
     BridgeDensity,
@@ -28,6 +29,7 @@ __all__ = [
     "MCMCResult",
     "MixtureEnergy",
     "ProductEnergy",
+    "SMCConfig",
     "SMCResult",
     "SamplerResult",
     "TargetDensity",

@@ -107,9 +107,9 @@ def smc_mode_report(
     :func:`mode_report`'s dict plus ``ess``, ``log_Z``, ``n_model_evals``, ``n_target_evals`` and
     ``n_nonfinite``.
     """
-    from boltzdiff.samplers.smc import smc
+    from boltzdiff.samplers.smc import SMCConfig, smc
 
-    res = smc(model, n, generator=generator, levels=levels, target=gmm if to_target else None, **smc_kwargs)
+    res = smc(model, n, SMCConfig(levels=levels, **smc_kwargs), generator=generator, target=gmm if to_target else None)
     rep = mode_report(gmm, res.x, res.log_w)
     s = res.summary()
     rep.update({k: s[k] for k in ("ess", "log_Z", "n_model_evals", "n_target_evals", "n_nonfinite")})

@@ -376,9 +376,9 @@ def initial_particles(
 def _progress(it, enabled: bool, desc: str):
     if not enabled:
         return it
-    from tqdm import tqdm
+    from boltzdiff.progress import progress
 
-    return tqdm(it, desc=desc, leave=False)
+    return progress(it, desc=desc, leave=False)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import time
 import torch
 
 from boltzdiff.errors import ConfigError, NonFiniteEnergyError
+from boltzdiff.samplers.config import SMCConfig
 from boltzdiff.samplers.mcmc import (
     BridgeDensity,
     DensityEval,
@@ -223,29 +224,10 @@ def _fisher_variances(grid, i_to: int, i_from: int, p: _Particles) -> torch.Tens
 def smc(
     model,
     n: int,
+    cfg: SMCConfig | None = None,
     *,
-    generator: torch.Generator | None = None,
-    levels=None,
-    kernel: str = "gaussian",
-    ess_threshold: float = 0.3,
-    resampler: str = "systematic",
-    kernel_variance: str = "fisher",
-    particles: tuple[int, int] | None = None,
-    hessian_samples: int = 16,
-    mcmc: MCMCConfig | None = None,
     target=None,
-    n_bridge: int = 16,
-    bridge_mcmc: MCMCConfig | None = None,
-    bridge_cess: float | None = None,
-    max_bridge: int = 2000,
-    bridge_strata=None,
-    strata_max_sigma: float | None = None,
-    strata_min_share: float = 0.0,
-    strata_denoised: bool = False,
-    torsion=None,
-    bridge_torsion_steps: int = 0,
-    final_mcmc_steps: int = 0,
-    final_resample: bool = False,
+    generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
@@ -256,92 +238,15 @@ def smc(
         A trained energy, an exact one, or a composition; ``model.grid`` gives the levels.
     n : int
         Number of particles.
+    cfg : SMCConfig, optional
+        The sampler's settings (:class:`~boltzdiff.samplers.config.SMCConfig`, each field documented there and
+        in docs/configuration.md); default ``SMCConfig()``.
+    target : Target, optional
+        End at the exact energy ``u(x)`` through a geometric bridge from level 0.
     generator : torch.Generator, optional
         All randomness (start, kernels, resampling, MCMC) is drawn from it.
-    levels : None, int or sequence of int
-        Sub-grid of level indices (see :func:`~boltzdiff.samplers.sde.resolve_levels`).
-    kernel : {"gaussian", "ancestral", "em"}
-        Reverse-SDE proposal kernel.
-    ess_threshold : float
-        Resample when the normalised ESS falls below it (0 never, 1 always).
-    resampler : {"systematic", "multinomial"}
-    kernel_variance : {"fisher", "matrix", "model"}
-        Level variances of the ``"gaussian"`` kernel (default ``"fisher"``). ``"matrix"``: a full covariance
-        per step (:func:`~boltzdiff.samplers.sde.matrix_move`), the Gaussian posterior for the level's mean
-        curvature, so stiff and soft directions each get their own variance (for molecules, whose bonds and
-        torsions differ by orders of magnitude, the isotropic kernels lose several units of log-weight variance
-        between sigma ~ 0.25 nm and the bond scale). The curvature is the weighted particles' Fisher matrix, or
-        with ``particles`` the mean Hessian of ``hessian_samples`` particles in a common frame (each costs
-        ``d`` more evaluations per step, counted). ``"model"``, the model's Gaussian
-        approximation (``alpha^2 v_data + sigma^2`` with the model's ``sigma_data``, or a composition's own),
-        or ``"fisher"``: at each step
-        ``v_data`` is re-estimated from the weighted particles' scores, ``V_l = d / E_W[|score|^2]`` (exact
-        for a Gaussian), which follows the local curvature of multi-modal levels (the global ``sigma_data``
-        includes the spread between modes). The backward kernel stays the model's noising transition.
-    particles : (n, m), optional
-        With ``"matrix"``: ``x`` holds ``n`` particles in ``m`` dimensions whose energy is invariant to
-        rotations; the curvature is then taken in a common Kabsch-aligned frame and rotated into each
-        particle's orientation.
-    hessian_samples : int
-        With ``"matrix"`` and ``particles``: how many particles' Hessians make each step's curvature.
-    mcmc : MCMCConfig, optional
-        Rejuvenation at every level (targeting ``q_k``); ``n_steps = 0`` or None for none. Its step size is
-        relative to the level's variance and adapted (the config is copied, not modified).
-    target : Target, optional
-        End at its exact reduced energy ``u(x)`` through a geometric bridge from level 0.
-    n_bridge : int
-        Number of bridge steps (``lam`` evenly spaced from 0 to 1), unless ``bridge_cess`` is given.
-    bridge_mcmc : MCMCConfig, optional
-        MCMC at each bridge step (default: 2 adapted MALA steps).
-    bridge_cess : float in (0, 1), optional
-        Adaptive bridge: choose each next ``lam`` so that the conditional ESS of the step's incremental
-        weights is ``bridge_cess`` (e.g. 0.9), as many steps as the model-target mismatch needs. For
-        molecules, whose stiff bonds make ``u - E_theta`` vary by hundreds of kT between particles, a fixed
-        short bridge collapses onto one particle.
-    max_bridge : int
-        Most adaptive bridge steps; the last one jumps to ``lam = 1`` (a warning is logged).
-    bridge_strata : callable, optional
-        ``x (n, d) -> (n,)`` integer labels (e.g. which basin of a collective variable a particle is in). On the
-        bridge, resampling then happens within each stratum and keeps the stratum's total weight
-        (:func:`~boltzdiff.samplers.resampling.stratified_resample`): the share of particles in a minor basin is
-        the one the model's levels delivered, instead of being driven to 0 or 1 by repeated resampling of
-        heavy-tailed bridge weights. Estimates stay consistent; particles still cross between strata by MCMC.
-    strata_max_sigma : float, optional
-        Also resample within ``bridge_strata`` on the way down the levels, at every level whose noise scale
-        ``sigma`` is at most this (in data units; the labels are computed from the noised particles, so it
-        should be small enough for them to mean something). Any labelling keeps the estimates consistent.
-    strata_min_share : float in [0, 1]
-        With ``bridge_strata``: every stratum that has weight gets at least this share of the particles at
-        each stratified resampling (an equal share if there are too many strata), each carrying a
-        correspondingly smaller weight. For a minor basin this is the optimal-allocation idea of stratified
-        sampling: its mass estimate rests on more particles, and ΔF's variance drops, while the estimates
-        stay consistent. 0 (default) keeps the counts the model delivered.
-    strata_denoised : bool
-        On the levels, label each particle by its denoised configuration ``(x + sigma^2 score) / alpha`` (the
-        model's estimate of the clean one, Tweedie) instead of the noisy ``x``: a dihedral of a configuration
-        blurred by 0.1-0.3 nm is mostly noise, while its denoised estimate already says which basin the particle
-        is heading for, so ``strata_max_sigma`` can start where copies still diverge. Any labelling keeps the
-        estimates consistent.
-    torsion : TorsionMoves, optional
-        Metropolis-Hastings rotations about a molecule's rotatable bonds
-        (:mod:`boltzdiff.samplers.torsion`), the one kind of move that carries a particle over a torsional
-        barrier in one step. Used ``bridge_torsion_steps`` times at every bridge step and once per sweep of
-        ``final_mcmc_steps``.
-    bridge_torsion_steps : int
-        Torsion moves at every bridge step (after its MALA steps), targeting that step's bridge density.
-    final_mcmc_steps : int
-        Sweeps at the exact target after the bridge, each one torsion move (with ``torsion``) and one step of
-        ``bridge_mcmc``'s kernel. The weights are left as the bridge made them: every move leaves the target
-        invariant, so estimates stay consistent, and where the moves mix the basins a particle's basin no
-        longer depends on where the model put it, only its weight does. Needs ``target``.
-    final_resample : bool
-        With ``final_mcmc_steps``: resample the particles once by their weights after the bridge, before the
-        sweeps (resample-move). A lineage that carries much of the weight then becomes many equal-weight copies
-        that the sweeps spread over the target, instead of one heavy particle at one geometry. The final
-        weights are then equal (``ess`` reads 1); the bridge's own ESS stays in ``ess_trace[-1]`` and
-        ``ess_before_final_resample``.
     progress : bool
-        Show a tqdm progress bar.
+        Show progress (:func:`boltzdiff.progress.progress`).
 
     Returns
     -------
@@ -349,45 +254,28 @@ def smc(
     """
     t0 = time.perf_counter()
     ess_bridge = None  # the bridge's final ESS, where final_resample resets the weights after it
+    cfg = (SMCConfig() if cfg is None else cfg).validate()
+    levels, kernel, ess_threshold, resampler = cfg.levels, cfg.kernel, cfg.ess_threshold, cfg.resampler
+    kernel_variance, particles, hessian_samples, mcmc = (
+        cfg.kernel_variance,
+        cfg.particles,
+        cfg.hessian_samples,
+        cfg.mcmc,
+    )
+    n_bridge, bridge_mcmc, bridge_cess, max_bridge = cfg.n_bridge, cfg.bridge_mcmc, cfg.bridge_cess, cfg.max_bridge
+    bridge_strata, strata_max_sigma, strata_denoised = cfg.bridge_strata, cfg.strata_max_sigma, cfg.strata_denoised
+    strata_min_share, torsion, bridge_torsion_steps = cfg.strata_min_share, cfg.torsion, cfg.bridge_torsion_steps
+    final_mcmc_steps, final_resample = cfg.final_mcmc_steps, cfg.final_resample
     if int(n) < 1:
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ConfigError(f"ess_threshold: expected a number in [0, 1], got {ess_threshold}")
-    if kernel_variance not in ("model", "fisher", "matrix"):
-        raise ConfigError(f"kernel_variance: expected 'fisher', 'matrix' or 'model', got {kernel_variance!r}")
-    if int(hessian_samples) < 1:
-        raise ConfigError(f"hessian_samples: expected an integer >= 1, got {hessian_samples}")
     if particles is not None and (len(particles) != 2 or int(particles[0]) * int(particles[1]) != model.dim):
         raise ConfigError(f"particles: expected (n, m) with n * m = {model.dim}, got {particles}")
-    if resampler not in RESAMPLERS:
-        raise ConfigError(f"resampler: expected one of {sorted(RESAMPLERS)}, got {resampler!r}")
     if target is not None and int(getattr(target, "dim", model.dim)) != model.dim:
         raise ConfigError(f"target: dimension {target.dim} differs from the model's {model.dim}")
     if target is not None and int(n_bridge) < 1:
         raise ConfigError(f"n_bridge: expected an integer >= 1, got {n_bridge}")
-    if bridge_cess is not None and not 0.0 < float(bridge_cess) < 1.0:
-        raise ConfigError(f"bridge_cess: expected a number in (0, 1), got {bridge_cess}")
-    if int(max_bridge) < 1:
-        raise ConfigError(f"max_bridge: expected an integer >= 1, got {max_bridge}")
-    if strata_max_sigma is not None and (bridge_strata is None or not float(strata_max_sigma) > 0):
-        raise ConfigError(f"strata_max_sigma: expected a positive number with bridge_strata, got {strata_max_sigma}")
-    if strata_denoised and strata_max_sigma is None:
-        raise ConfigError("strata_denoised: labels on the levels need strata_max_sigma (and bridge_strata)")
-    if not 0.0 <= float(strata_min_share) <= 1.0 or (strata_min_share and bridge_strata is None):
-        raise ConfigError(f"strata_min_share: expected a number in [0, 1] with bridge_strata, got {strata_min_share}")
-    if int(bridge_torsion_steps) < 0 or int(final_mcmc_steps) < 0:
-        raise ConfigError(
-            f"bridge_torsion_steps, final_mcmc_steps: expected integers >= 0, got {bridge_torsion_steps}, "
-            f"{final_mcmc_steps}"
-        )
-    if int(bridge_torsion_steps) and torsion is None:
-        raise ConfigError("bridge_torsion_steps: torsion moves need the molecule's rotatable bonds (torsion=...)")
     if int(final_mcmc_steps) and target is None:
         raise ConfigError("final_mcmc_steps: sweeps at the exact target need a target")
-    if final_resample and not int(final_mcmc_steps):
-        raise ConfigError(
-            "final_resample: expected final_mcmc_steps > 0 (a resampling with no moves after it only adds noise)"
-        )
     if torsion is not None and torsion.n_atoms * 3 != model.dim:
         raise ConfigError(f"torsion: moves for {torsion.n_atoms} atoms, but the model has dimension {model.dim}")
     n = int(n)
@@ -461,9 +349,9 @@ def smc(
         fixed = torch.linspace(0.0, 1.0, int(n_bridge) + 1, dtype=torch.float64).tolist()
         bar = None
         if progress:
-            from tqdm import tqdm
+            from boltzdiff.progress import progress as progress_of
 
-            bar = tqdm(desc="bridge to target", total=None if bridge_cess else int(n_bridge), leave=False)
+            bar = progress_of(desc="bridge to target", total=None if bridge_cess else int(n_bridge), leave=False)
         while lam_list[-1] < 1.0:
             ef0, u = p.state.aux[:, 0], p.state.aux[:, 1]
             if bridge_cess is None:
