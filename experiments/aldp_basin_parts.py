@@ -7,7 +7,7 @@ gives it a large weight (ΔF low). This script splits the basin (and the rest) i
 SMC run and pooled, the weight each bin carries, the particles and distinct lineages in it, against the
 reference data's frames (the full preset's metadynamics frames are resampled to the Boltzmann weights).
 
-    python benchmarks/aldp_basin_parts.py RUN_DIR [RUN_DIR ...] [--bins 8] [--json FILE]
+    python experiments/aldp_basin_parts.py RUN_DIR [RUN_DIR ...] [--bins 8] [--json FILE]
 
 Several run directories of one model (e.g. ``smc_repeats.py`` repeats) are read as further runs.
 """
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import print_table  # noqa: E402
 
 
