@@ -89,9 +89,9 @@ def print_table(header, rows):
 
 def aldp_reference_file(variant: str = "implicit") -> Path:
     """The project's reference ΔF file for alanine dipeptide: the metadynamics + frozen-bias estimate
-    (``aldp_reference_metad.py``) where it exists, else the 2-D umbrella one (``aldp_reference.py``). Session 9
-    found the umbrella protocol's estimate 0.37 kT below two metadynamics replicates that agree with each
-    other (RESULTS.md, reference section), so the metadynamics file takes precedence."""
+    (``aldp_reference_metad.py``) where it exists, else a 2-D umbrella one (``experiments/aldp_reference.py``).
+    The umbrella protocol's estimate depended on its window layout (docs/decisions.md#metadynamics-reference),
+    so the metadynamics file takes precedence."""
     results = ROOT / "benchmarks" / "results"
     metad = results / f"aldp_reference_{variant}_metad.json"
     return metad if metad.exists() else results / f"aldp_reference_{variant}.json"

@@ -1,4 +1,4 @@
-"""Alanine dipeptide trained on data with the wrong basin populations, reweighted to 300 K (issue 5, item 5).
+"""Alanine dipeptide trained on data with the wrong basin populations, reweighted to 300 K.
 
 The shipped presets train on metadynamics frames that already carry the 300 K populations. Here the training
 data are replaced by plain MD whose φ > 0 basin population is wrong — by default a short run at 500 K (the

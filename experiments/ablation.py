@@ -77,7 +77,7 @@ VARIANTS: dict[str, dict] = {
     "recipe, N=32 levels, k=3": {**RECIPE, "n_levels": 32, "k": 3},
     "recipe, smooth time embedding (fourier_scale=1)": {**RECIPE, "fourier_scale": 1.0},
     "recipe, fourier_scale=1, k=2": {**RECIPE, "fourier_scale": 1.0, "k": 2},
-    # session 6: the MLP's scalar head (an energy term that does not vanish at the data mean)
+    # the MLP's scalar head (an energy term that does not vanish at the data mean)
     "recipe, inner head": {**RECIPE, "mlp_head": "inner"},
     "recipe, inner+scalar head": {**RECIPE, "mlp_head": "inner+scalar"},
     "recipe, scalar head": {**RECIPE, "mlp_head": "scalar"},

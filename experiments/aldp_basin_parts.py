@@ -1,11 +1,11 @@
 """Where inside the phi > 0 basin does each SMC run put (or miss) its weight? Alanine dipeptide only.
 
-Single SMC runs of the full preset read ΔF ~0.5 kT above the reference whatever their size (RESULTS.md,
-sessions 12-14), and a few runs read far below. That pattern is what a region of the target's basin that the
-sampler rarely reaches would give: most runs miss its mass (ΔF high), the odd run that lands a particle there
-gives it a large weight (ΔF low). This script splits the basin (and the rest) into psi bins and prints, per
-SMC run and pooled, the weight each bin carries, the particles and distinct lineages in it, against the
-reference data's frames (the full preset's metadynamics frames are resampled to the Boltzmann weights).
+Single SMC runs of the full preset read ΔF ~0.5 kT above the reference whatever their size (before the torsion sweeps;
+docs/decisions.md#torsion-sweeps), and a few runs read far below. That pattern is what a region of the target's basin
+that the sampler rarely reaches would give: most runs miss its mass (ΔF high), the odd run that lands a particle there
+gives it a large weight (ΔF low). This script splits the basin (and the rest) into psi bins and prints, per SMC run
+and pooled, the weight each bin carries, the particles and distinct lineages in it, against the reference data's
+frames (the full preset's metadynamics frames are resampled to the Boltzmann weights).
 
     python experiments/aldp_basin_parts.py RUN_DIR [RUN_DIR ...] [--bins 8] [--json FILE]
 

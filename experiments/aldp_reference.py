@@ -1,16 +1,15 @@
 """Reference ΔF for alanine dipeptide (implicit solvent, 300 K) by 2-D umbrella sampling over (φ, ψ) + MBAR.
 
-ΔF = −ln[P(0 < φ < 2 rad) / P(elsewhere)] (METHOD.md §6). One-dimensional umbrella sampling along φ does not
-converge in affordable time (ψ relaxes slowly inside φ windows), so both dihedrals are restrained together on an
-n×n periodic grid. Independent replicates (different seeds, each its own chain of windows) give the error bar:
-the reported SE is the standard deviation of the replicate estimates over sqrt(R), and the spread (max − min)
-is printed beside it; the within-replicate bootstrap SE (which ignores time correlation) is shown only for
-comparison.
+ΔF = −ln[P(0 < φ < 2 rad) / P(elsewhere)] (docs/method.md#free-energies). One-dimensional umbrella sampling along φ
+does not converge in affordable time (ψ relaxes slowly inside φ windows), so both dihedrals are restrained together on
+an n×n periodic grid. Independent replicates (different seeds, each its own chain of windows) give the error bar: the
+reported SE is the standard deviation of the replicate estimates over sqrt(R), and the spread (max − min) is printed
+beside it; the within-replicate bootstrap SE (which ignores time correlation) is shown only for comparison.
 
     python experiments/aldp_reference.py [--replicates 4] [--grid 24] [--k 120] [--grid-psi 12] [--k-psi 40]
                                         [--prod-ps 55] [--jobs 2]
 
-(Session 7: 55 ps of production per window instead of 25 gave replicates 3.65, 3.67, 3.46, 3.38 against
+(55 ps of production per window instead of 25 gave replicates 3.65, 3.67, 3.46, 3.38 against
 3.39, 3.70, 3.36: a replicate scatter of ~0.15 kT either way, so the error bar must come from replicates.)
 
 Run data go to benchmarks/_work/aldp_reference/rep<seed>/ (resumable per window); the summary to
