@@ -89,9 +89,9 @@ def print_table(header, rows):
 
 def aldp_reference_file(variant: str = "implicit") -> Path:
     """The project's reference ΔF file for alanine dipeptide: the metadynamics + frozen-bias estimate
-    (``aldp_reference_metad.py``) where it exists, else the 2-D umbrella one (``aldp_reference.py``). Session 9
-    found the umbrella protocol's estimate 0.37 kT below two metadynamics replicates that agree with each
-    other (RESULTS.md, reference section), so the metadynamics file takes precedence."""
+    (``aldp_reference_metad.py``) where it exists, else a 2-D umbrella one (``experiments/aldp_reference.py``).
+    The umbrella protocol's estimate depended on its window layout (docs/decisions.md#metadynamics-reference),
+    so the metadynamics file takes precedence."""
     results = ROOT / "benchmarks" / "results"
     metad = results / f"aldp_reference_{variant}_metad.json"
     return metad if metad.exists() else results / f"aldp_reference_{variant}.json"
@@ -134,3 +134,49 @@ def phi_of_samples(system, x) -> np.ndarray:
         xs = fix_chirality(xs, quads, sign).x
     cvs = system.spec["cvs"]
     return phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
+
+
+def _lme(a: np.ndarray) -> float:
+    """log of the mean of exp(a)."""
+    from scipy.special import logsumexp
+
+    return float(logsumexp(a) - np.log(len(a)))
+
+
+def basin_probe(system, data_file: str, t_data: float):
+    """The basin offset of a trained alanine-dipeptide model against its training data (kT; + = the phi > 0 basin
+    underweighted): ``-[lme_basin(r) - lme_rest(r)]`` with ``r = -E(x, t_0) + (T / T_data) u(x)`` over every 8th
+    data frame, lme = log-mean-exp; the suffix ``_beta`` gives beta against alpha_R the same way.
+    Returns ``(offset(model, level=0) -> dict, description)``."""
+    from boltzdiff.analysis.free_energy import wrap_angle
+    from boltzdiff.cv import phi_psi
+
+    n = system.target.event_shape[0]
+    x = np.load(data_file).reshape(-1, n * 3)[::8]
+    xt = torch.as_tensor(x, dtype=torch.float64).reshape(-1, n, 3)
+    xt = (xt - xt.mean(1, keepdim=True)).reshape(-1, n * 3)
+    with torch.no_grad():
+        u = system.target.energy(xt).numpy()
+    cvs = system.spec["cvs"]
+    phi, psi = phi_psi(x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
+    phi, psi = wrap_angle(phi), wrap_angle(psi)
+    basin = (phi > 0) & (phi < 2)
+    alpha = ~basin & (psi > -2) & (psi < 1)  # alpha_R; the rest of phi < 0 is beta / C7eq
+    beta = ~basin & ~alpha
+    ratio = float(system.temperature) / float(t_data)
+
+    def offset(model, level: int = 0) -> dict:
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            e = model.energy(xt.to(dtype), level).double().numpy()
+        r = -e + ratio * u
+        ok = np.isfinite(r)
+        return {
+            "": -(_lme(r[basin & ok]) - _lme(r[~basin & ok])),
+            "_beta": -(_lme(r[beta & ok]) - _lme(r[alpha & ok])) if beta.any() and alpha.any() else float("nan"),
+        }
+
+    return offset, (
+        f"basin offset (kT, {basin.mean():.3f} of {len(x)} frames in the basin) and beta offset against alpha_R "
+        f"(suffix _beta; {beta.mean():.3f} / {alpha.mean():.3f} of the frames)"
+    )

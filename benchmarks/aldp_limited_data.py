@@ -1,4 +1,4 @@
-"""Alanine dipeptide trained on data with the wrong basin populations, reweighted to 300 K (issue 5, item 5).
+"""Alanine dipeptide trained on data with the wrong basin populations, reweighted to 300 K.
 
 The shipped presets train on metadynamics frames that already carry the 300 K populations. Here the training
 data are replaced by plain MD whose φ > 0 basin population is wrong — by default a short run at 500 K (the
@@ -72,9 +72,9 @@ def copy_stages(src: Path, dst: Path, stages: tuple[str, ...]) -> None:
 
 def model_basin_offsets(run_dir: Path, t_data: float) -> dict:
     """The trained model's own basin weights, before any sampling: the level-0 offset of ln[q(basin)/q(rest)]
-    against its training data's temperature-``t_data`` populations (``training_drift.basin_probe``; kT,
+    against its training data's temperature-``t_data`` populations (``_common.basin_probe``; kT,
     positive = basin underweighted; 0 for a model without mode blindness) and the same for β against αR."""
-    from training_drift import basin_probe
+    from _common import basin_probe
 
     from boltzdiff.train import load_run
 

@@ -2,9 +2,9 @@
 
 Plain MD: one long Langevin trajectory of alanine dipeptide (implicit solvent, 300 K, 1 fs, resumable in
 benchmarks/_work/aldp_md_long) is cut into independent blocks of each budget; every block gives its own ΔF
-(METHOD.md §6), and the table reports the root-mean-square error of the block estimates against the reference
-(benchmarks/aldp_reference.py) and the fraction of blocks that never visited the φ > 0 basin (ΔF undefined; those
-count as failures, not as zero error). One MD step = one target energy+force evaluation.
+(docs/method.md#free-energies), and the table reports the root-mean-square error of the block estimates against the
+reference (benchmarks/aldp_reference_metad.py) and the fraction of blocks that never visited the φ > 0 basin (ΔF
+undefined; those count as failures, not as zero error). One MD step = one target energy+force evaluation.
 
 The whole trajectory also gives one estimate of its own (``plain MD (whole run)``): run it for about the
 generator's budget (``--md-ns 26`` for the full preset's 26 M evaluations) for the equal-budget row.
@@ -141,7 +141,7 @@ def main() -> None:
 
     ref_path = Path(args.reference) if args.reference else aldp_reference_file("implicit")
     if not ref_path.is_file():
-        sys.exit(f"aldp_vs_md: no reference {ref_path}; run benchmarks/aldp_reference.py first")
+        sys.exit(f"aldp_vs_md: no reference {ref_path}; run benchmarks/aldp_reference_metad.py first")
     ref_json = json.loads(ref_path.read_text())
     ref, ref_se = ref_json["reference_delta_f_kT"], ref_json["reference_delta_f_se_kT"]
     system = load_system("alanine_dipeptide", "implicit")

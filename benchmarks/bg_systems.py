@@ -4,7 +4,7 @@ For each loss, runs (or resumes) the whole pipeline in benchmarks/_work/bg/<syst
 ESS, the reweighted energy-histogram W1 against the run's reference chain (particles) or ΔF / PMF RMSE
 (molecules), the target-energy evaluations (reference data + sampling) and the wall time, and writes
 benchmarks/results/<system>.json: the keys of the DiffCLF run's analysis.json plus ``method``, ``preset``,
-``wall_s`` (and, for alanine dipeptide, ``reference_delta_f_kT`` from benchmarks/aldp_reference.py), with every
+``wall_s`` (and, for alanine dipeptide, ``reference_delta_f_kT`` from benchmarks/aldp_reference_metad.py), with every
 run under ``runs``.
 
     python benchmarks/bg_systems.py dw4 [--preset quick|full] [--losses diffclf,dsm] [--threads 2]

@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: composing level energies (product and mixture), checked against the analytic answer.
+"""Benchmark: composing level energies (product and mixture), checked against the analytic answer.
 
 Two 2-D mixtures, A: weights (0.7, 0.3) at (-2, 0), (2, 0), std 1; B: weights (0.4, 0.6) at (-2, 0.5),
 (2, -0.5), std 0.8. Their normalised product (``GaussianMixture.product``) has four components with unequal

@@ -9,8 +9,9 @@ median of --repeats) at equal batch, i.e. an equal number of DSM terms (DSM-only
     python benchmarks/gmm_energy.py [--systems gmm40_2d,gmm2_unbalanced] [--steps N] [--repeats 20] \\
         [--seeds 0,1,2] [--set key=value ...] [--no-timing] [--plain-dsm]
 
-With several ``--seeds`` DiffCLF is trained once per seed (DSM-only at the first) and a mean ± SD row is added:
-one run's lowest-level mode weights scatter by a few 0.01 between seeds (RESULTS.md, issue 2).
+With several ``--seeds`` DiffCLF is trained once per seed (DSM-only at the first) and a mean ± SD row is added: one
+run's lowest-level mode weights scatter by a few 0.01 between seeds (benchmarks/RESULTS.md, "DiffCLF energies on
+Gaussian mixtures").
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def main():
                     "",
                 ]
             )
-        # the issue's comparison: DiffCLF's own clf_excess (its learned f) against DSM-only's with the best f
+        # the headline comparison: DiffCLF's own clf_excess (its learned f) against DSM-only's with the best f
         # fitted afterwards (DSM-only learns no f); DiffCLF with a fitted f too. Means over the seeds trained.
         dc = res["diffclf"]
         for label in ("dsm", "dsm, no TSM"):

@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: weighted sampling of Gaussian mixtures (mode weights, TV, ESS, cost, wall time).
+"""Benchmark: weighted sampling of Gaussian mixtures (mode weights, TV, ESS, cost, wall time).
 
 Part A uses the exact noised mixture densities as the "model" (no learning): reverse SDE / ODE, diffusion SMC
 (with and without MALA rejuvenation), and a deliberately wrong but normalised model (equal mode weights for

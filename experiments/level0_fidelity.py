@@ -9,7 +9,7 @@ For each `boltzdiff run` directory (or its train/ folder) of a molecule, on fram
 for levels 0, 10, 20, 30 of the model's grid. Energies of frames at another temperature than the target's are
 compared as they are (the model then learned u * T_target / T_data), so compare runs with the same data.
 
-    python benchmarks/level0_fidelity.py RUN_DIR [RUN_DIR ...] [--frames 2000] [--levels 0 10 20 30] \
+    python experiments/level0_fidelity.py RUN_DIR [RUN_DIR ...] [--frames 2000] [--levels 0 10 20 30] \
         [--frames-from MD_DIR]      # held-out frames: another MD run's positions.npy instead of the training data
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import machine, print_table  # noqa: E402
 
 

@@ -12,8 +12,8 @@ target's populations instead, since r then only sees the within-region shapes. A
 every 8th level (mixtures only; exact samples of each level). Each value is logged every ``--every`` steps into
 the run's metrics.jsonl.
 
-    python benchmarks/training_drift.py gmm2_unbalanced --steps 3000 --seed 0 [--set lambda_clf=3 ...]
-    python benchmarks/training_drift.py alanine_dipeptide --preset full --steps 6000 \\
+    python experiments/training_drift.py gmm2_unbalanced --steps 3000 --seed 0 [--set lambda_clf=3 ...]
+    python experiments/training_drift.py alanine_dipeptide --preset full --steps 6000 \\
         --data benchmarks/_work/aldp_md500/positions.npy --data-temperature 500 --set warmup_steps=1200
 
 (``--preset`` takes the train settings of ``boltzdiff run``'s preset, i.e. the system's run.yaml presets.)
@@ -32,14 +32,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, machine, print_table  # noqa: E402
-
-
-def _lme(a: np.ndarray) -> float:
-    """log of the mean of exp(a)."""
-    from scipy.special import logsumexp
-
-    return float(logsumexp(a) - np.log(len(a)))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
+from _common import WORK, basin_probe, machine, print_table  # noqa: E402
 
 
 def mixture_probe(target):
@@ -61,41 +55,6 @@ def mixture_probe(target):
         return float(np.abs(w - true_w).max())
 
     return err, "max |mode weight error|"
-
-
-def basin_probe(system, data_file: str, t_data: float):
-    from boltzdiff.analysis.free_energy import wrap_angle
-    from boltzdiff.cv import phi_psi
-
-    n = system.target.event_shape[0]
-    x = np.load(data_file).reshape(-1, n * 3)[::8]
-    xt = torch.as_tensor(x, dtype=torch.float64).reshape(-1, n, 3)
-    xt = (xt - xt.mean(1, keepdim=True)).reshape(-1, n * 3)
-    with torch.no_grad():
-        u = system.target.energy(xt).numpy()
-    cvs = system.spec["cvs"]
-    phi, psi = phi_psi(x.reshape(-1, n, 3), system.topology, phi=cvs["phi"], psi=cvs["psi"])
-    phi, psi = wrap_angle(phi), wrap_angle(psi)
-    basin = (phi > 0) & (phi < 2)
-    alpha = ~basin & (psi > -2) & (psi < 1)  # alpha_R; the rest of phi < 0 is beta / C7eq
-    beta = ~basin & ~alpha
-    ratio = float(system.temperature) / float(t_data)
-
-    def offset(model, level: int = 0) -> dict:
-        dtype = next(model.parameters()).dtype
-        with torch.no_grad():
-            e = model.energy(xt.to(dtype), level).double().numpy()
-        r = -e + ratio * u
-        ok = np.isfinite(r)
-        return {
-            "": -(_lme(r[basin & ok]) - _lme(r[~basin & ok])),
-            "_beta": -(_lme(r[beta & ok]) - _lme(r[alpha & ok])) if beta.any() and alpha.any() else float("nan"),
-        }
-
-    return offset, (
-        f"basin offset (kT, {basin.mean():.3f} of {len(x)} frames in the basin) and beta offset against alpha_R "
-        f"(suffix _beta; {beta.mean():.3f} / {alpha.mean():.3f} of the frames)"
-    )
 
 
 def main():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The alanine-dipeptide full preset's training and SMC on a GPU (`--device cuda`), from MD data made elsewhere.
 #
-#   bash benchmarks/gpu_full_preset.sh REF_DIR OUT_DIR [N_RUNS] [MCMC_STEPS] [BUDGET_S] [TRAIN_DIR]
+#   bash experiments/gpu_full_preset.sh REF_DIR OUT_DIR [N_RUNS] [MCMC_STEPS] [BUDGET_S] [TRAIN_DIR]
 #
 # REF_DIR: a finished `reference/` folder of the full preset (positions.npy, energies.npy, progress.json,
 # topology.pdb), e.g. 2 x 5 ns of 300 K MD started in both basins; the MD is not rerun here (OpenMM's CPU

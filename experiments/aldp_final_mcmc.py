@@ -10,7 +10,7 @@ over its runs where it has one model),
 all directories pooled, and the single runs' spread. The same sweeps run inside the sampler with
 ``sample: {torsion: {bonds: cvs}, final_mcmc_steps: N}``.
 
-    python benchmarks/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler]
+    python experiments/aldp_final_mcmc.py RUN_DIR [RUN_DIR ...] [--sweeps 50] [--mala] [--as-sampler]
         [--bonds cvs|auto] [--jobs 2] [--rb-angles 72]
 
 ``--rb-angles N`` adds a row for the last sweep with each particle's basin probability integrated over its
@@ -22,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 
 CHECKPOINTS = (0, 5, 10, 20, 50, 100, 200, 400)
 
@@ -169,7 +172,7 @@ def main() -> None:
     ]
     with mp.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
         done = pool.map(sweep_dir, todo)
-    # weights, runs and models of every directory, pooled as benchmarks/pool_run_dirs.py does: every SMC run's
+    # weights, runs and models of every directory, pooled as `boltzdiff pool` does: every SMC run's
     # weights normalised within the run and scaled by its normalising-constant estimate, so one directory's
     # slice of the pooled weights is that directory's own pool
     clean, runs, models, log_z, n_run, n_model = [], [], [], [], 0, 0

@@ -8,7 +8,7 @@ basin's final weight. This script reruns the run directory's SMC with the resamp
 per run, the basin-labelled share of the weight at every stratified resampling, and which share of the final
 basin weight descends from particles that were labelled "rest" at some resampling ("crossers").
 
-    python benchmarks/aldp_strata_migrants.py RUN_DIR [--n 4000] [--runs 2] [--start 0] [--threads 1] \\
+    python experiments/aldp_strata_migrants.py RUN_DIR [--n 4000] [--runs 2] [--start 0] [--threads 1] \\
         [--sample KEY=VALUE ...]
 """
 
@@ -24,6 +24,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import print_table  # noqa: E402
 from aldp_basin_parts import _angles  # noqa: E402
 

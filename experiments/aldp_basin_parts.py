@@ -1,13 +1,13 @@
 """Where inside the phi > 0 basin does each SMC run put (or miss) its weight? Alanine dipeptide only.
 
-Single SMC runs of the full preset read ΔF ~0.5 kT above the reference whatever their size (RESULTS.md,
-sessions 12-14), and a few runs read far below. That pattern is what a region of the target's basin that the
-sampler rarely reaches would give: most runs miss its mass (ΔF high), the odd run that lands a particle there
-gives it a large weight (ΔF low). This script splits the basin (and the rest) into psi bins and prints, per
-SMC run and pooled, the weight each bin carries, the particles and distinct lineages in it, against the
-reference data's frames (the full preset's metadynamics frames are resampled to the Boltzmann weights).
+Single SMC runs of the full preset read ΔF ~0.5 kT above the reference whatever their size (before the torsion sweeps;
+docs/decisions.md#torsion-sweeps), and a few runs read far below. That pattern is what a region of the target's basin
+that the sampler rarely reaches would give: most runs miss its mass (ΔF high), the odd run that lands a particle there
+gives it a large weight (ΔF low). This script splits the basin (and the rest) into psi bins and prints, per SMC run
+and pooled, the weight each bin carries, the particles and distinct lineages in it, against the reference data's
+frames (the full preset's metadynamics frames are resampled to the Boltzmann weights).
 
-    python benchmarks/aldp_basin_parts.py RUN_DIR [RUN_DIR ...] [--bins 8] [--json FILE]
+    python experiments/aldp_basin_parts.py RUN_DIR [RUN_DIR ...] [--bins 8] [--json FILE]
 
 Several run directories of one model (e.g. ``smc_repeats.py`` repeats) are read as further runs.
 """
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import print_table  # noqa: E402
 
 

@@ -7,7 +7,7 @@ particle count, every repeat's ΔF ± bootstrap SE, ESS and target evaluations, 
 deviation across repeats and the median bootstrap SE — if the spread across repeats exceeds the bootstrap SE,
 the bootstrap (which treats resampled copies of one particle as independent) understates the sampling error.
 
-    python benchmarks/smc_repeats.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 --n 4000 16000 \\
+    python experiments/smc_repeats.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 --n 4000 16000 \\
         --repeats 3 [--reference 3.48] [--sample bridge_mcmc_steps=10 ...] [--json FILE]
 
 ``--sample KEY=VALUE`` changes a sample-stage setting (e.g. more MCMC moves on the bridge to the target).
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import WORK, machine, print_table  # noqa: E402
 
 

@@ -6,7 +6,7 @@ times one SMC run of ``--n`` particles over a sub-grid of ``--levels`` levels, w
 at each thread count in ``--threads``, alternated, ``--repeats`` times in one process. Prints the median wall
 time per thread count and its speed-up over the first.
 
-    python benchmarks/smc_threads.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 [--n 4000] \
+    python experiments/smc_threads.py benchmarks/_work/bg/aldp_implicit_full_diffclf_seed0 [--n 4000] \
         [--levels 60] [--threads 1,2] [--repeats 2]
 """
 

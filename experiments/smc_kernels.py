@@ -7,7 +7,7 @@ even in log-SNR, t_min 1e-6). For each kernel the log-weight variance summed ove
 sigma / alpha, the number of resamplings, the lineages the final particles rest on and log Z are printed
 (medians over ``--seeds``). Any kernel leaves the weights exact; a better one spreads them less.
 
-    python benchmarks/smc_kernels.py [--n 2000] [--seeds 3] [--dim 66]
+    python experiments/smc_kernels.py [--n 2000] [--seeds 3] [--dim 66]
 
 With ``--run RUN_DIR`` (a trained molecule or particle model), one-step diagnostics instead: particles are
 carried down the levels (isotropic kernel, resampling at ESS 0.3), and at levels with sigma / alpha near 0.25,
@@ -19,7 +19,7 @@ backward kernel, the model's own inconsistency between the two levels, SD over p
 ``log int q_k(y) K(x | y) dy - log q_l(x)`` (the integral by importance sampling, ``--floor-draws`` draws of
 the per-particle Hessian kernel).
 
-    python benchmarks/smc_kernels.py --run RUN_DIR [--n 256] [--floor-draws 32]
+    python experiments/smc_kernels.py --run RUN_DIR [--n 256] [--floor-draws 32]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import machine, print_table  # noqa: E402
 
 from boltzdiff.models.exact import DiagonalGaussianEnergy  # noqa: E402

@@ -1,12 +1,12 @@
 """Ablation: which training choices make DiffCLF get the lowest level's mode weights right.
 
-Trains each variant on a 3-mode 6-D unbalanced mixture (benchmarks/systems/gmm3_6d) and prints, per variant,
+Trains each variant on a 3-mode 6-D unbalanced mixture (experiments/systems/gmm3_6d) and prints, per variant,
 the excess classification loss (learned f), the lowest level's mode-weight error (max abs), the median
 per-level log-ratio std and the wall time. Variants are explicit settings over the TrainConfig defaults (a
 system's run.yaml is not applied). Results are cached per variant in benchmarks/_work/ablation/<name>
 (delete a folder to rerun it).
 
-    python benchmarks/ablation.py [--steps 3000] [--only 'name;name'] [--system PATH]
+    python experiments/ablation.py [--steps 3000] [--only 'name;name'] [--system PATH]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import WORK, machine, print_table, train_and_eval  # noqa: E402
 
 from boltzdiff.config import TrainConfig  # noqa: E402
@@ -76,7 +77,7 @@ VARIANTS: dict[str, dict] = {
     "recipe, N=32 levels, k=3": {**RECIPE, "n_levels": 32, "k": 3},
     "recipe, smooth time embedding (fourier_scale=1)": {**RECIPE, "fourier_scale": 1.0},
     "recipe, fourier_scale=1, k=2": {**RECIPE, "fourier_scale": 1.0, "k": 2},
-    # session 6: the MLP's scalar head (an energy term that does not vanish at the data mean)
+    # the MLP's scalar head (an energy term that does not vanish at the data mean)
     "recipe, inner head": {**RECIPE, "mlp_head": "inner"},
     "recipe, inner+scalar head": {**RECIPE, "mlp_head": "inner+scalar"},
     "recipe, scalar head": {**RECIPE, "mlp_head": "scalar"},

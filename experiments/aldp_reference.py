@@ -1,20 +1,19 @@
 """Reference ΔF for alanine dipeptide (implicit solvent, 300 K) by 2-D umbrella sampling over (φ, ψ) + MBAR.
 
-ΔF = −ln[P(0 < φ < 2 rad) / P(elsewhere)] (METHOD.md §6). One-dimensional umbrella sampling along φ does not
-converge in affordable time (ψ relaxes slowly inside φ windows), so both dihedrals are restrained together on an
-n×n periodic grid. Independent replicates (different seeds, each its own chain of windows) give the error bar:
-the reported SE is the standard deviation of the replicate estimates over sqrt(R), and the spread (max − min)
-is printed beside it; the within-replicate bootstrap SE (which ignores time correlation) is shown only for
-comparison.
+ΔF = −ln[P(0 < φ < 2 rad) / P(elsewhere)] (docs/method.md#free-energies). One-dimensional umbrella sampling along φ
+does not converge in affordable time (ψ relaxes slowly inside φ windows), so both dihedrals are restrained together on
+an n×n periodic grid. Independent replicates (different seeds, each its own chain of windows) give the error bar: the
+reported SE is the standard deviation of the replicate estimates over sqrt(R), and the spread (max − min) is printed
+beside it; the within-replicate bootstrap SE (which ignores time correlation) is shown only for comparison.
 
-    python benchmarks/aldp_reference.py [--replicates 4] [--grid 24] [--k 120] [--grid-psi 12] [--k-psi 40]
+    python experiments/aldp_reference.py [--replicates 4] [--grid 24] [--k 120] [--grid-psi 12] [--k-psi 40]
                                         [--prod-ps 55] [--jobs 2]
 
-(Session 7: 55 ps of production per window instead of 25 gave replicates 3.65, 3.67, 3.46, 3.38 against
+(55 ps of production per window instead of 25 gave replicates 3.65, 3.67, 3.46, 3.38 against
 3.39, 3.70, 3.36: a replicate scatter of ~0.15 kT either way, so the error bar must come from replicates.)
 
 Run data go to benchmarks/_work/aldp_reference/rep<seed>/ (resumable per window); the summary to
-benchmarks/results/aldp_reference.json and a PNG of F(φ) beside it.
+experiments/results/aldp_reference_<variant><tag>.json and a PNG of F(φ) beside it.
 """
 
 from __future__ import annotations
@@ -31,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _common
 from _common import mean_phi_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "aldp_reference"
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "experiments" / "results"
 
 
 def _one(args) -> dict:
@@ -158,7 +158,7 @@ def main() -> None:
         settings=vars(args),
         n_target_evals=total_steps,
         wall_s=time.perf_counter() - t0,
-        command="python benchmarks/aldp_reference.py " + " ".join(sys.argv[1:]),
+        command="python experiments/aldp_reference.py " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     from boltzdiff.runinfo import atomic_write_json
