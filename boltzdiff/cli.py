@@ -16,7 +16,7 @@ import warnings
 from boltzdiff.errors import BoltzdiffError
 
 #: subcommand modules, in the order they are listed in ``--help``
-COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze"]
+COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze", "pool"]
 
 
 def build_parser() -> argparse.ArgumentParser:
