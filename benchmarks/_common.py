@@ -42,7 +42,7 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
     import yaml
 
     from boltzdiff.evaluate import evaluate_mixture
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
     from boltzdiff.train import load_run, train
 
     saved = out / "config.yaml"

@@ -185,7 +185,7 @@ def main() -> None:
             f"{f(r['model_basin_offset_kT'])} {f(r['ess'], 5)} "
             f"{r['n_target_evals'] or 0:>9.3g} {f(r['wall_s'], 7, 0)}"
         )
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     out = dict(
         system="aldp_implicit",

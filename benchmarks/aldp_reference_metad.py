@@ -1,7 +1,7 @@
 """Independent reference ΔF for alanine dipeptide: well-tempered metadynamics bias, then MD under it frozen.
 
 A second method beside the 2-D umbrella sampling of ``experiments/aldp_reference.py``, so that a bias common to one
-protocol can show up (docs/method.md#metadynamics-reference; ``boltzdiff.metad``). Each replicate (its own seed)
+protocol can show up (docs/method.md#metadynamics-reference; ``boltzdiff.reference.metad``). Each replicate (its own seed)
 builds a bias over (φ, ψ) by well-tempered metadynamics, freezes it, and runs plain Langevin MD under it; the
 production frames are reweighted exactly by exp(+V/kT). Two error bars are printed: the jackknife SE over contiguous
 blocks of each replicate (for several block counts, which should agree if the blocks are longer than the correlation
@@ -39,7 +39,7 @@ def _one(args) -> dict:
     seed, variant, build_ps, prod_ps, height, sigma, gamma, first = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
-    from boltzdiff.metad import MetadConfig, run_metad_2d
+    from boltzdiff.reference.metad import MetadConfig, run_metad_2d
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant=variant)
@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from boltzdiff.analysis.free_energy import free_energy_profile
-    from boltzdiff.metad import block_delta_f, reweight_log_weights
+    from boltzdiff.reference.metad import block_delta_f, reweight_log_weights
 
     t0 = time.perf_counter()
     seeds = list(range(args.first_seed, args.first_seed + args.replicates))
@@ -180,7 +180,7 @@ def main() -> None:
         command="python benchmarks/aldp_reference_metad.py " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     atomic_write_json(RESULTS / f"{stem}.json", out)
     try:

@@ -135,8 +135,8 @@ def main() -> None:
 
     from _common import aldp_reference_file
 
-    from boltzdiff import md
     from boltzdiff.cv import phi_psi
+    from boltzdiff.reference import md
     from boltzdiff.systems import load_system
 
     ref_path = Path(args.reference) if args.reference else aldp_reference_file("implicit")
@@ -206,7 +206,7 @@ def main() -> None:
         rows=rows,
         command="python benchmarks/aldp_vs_md.py " + " ".join(sys.argv[1:]),
     )
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / "aldp_vs_md.json", out)

@@ -189,7 +189,7 @@ def main() -> None:
                 f"  raw training-data ΔF {r.get('md_delta_f_kT', float('nan')):.3f}"
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     atomic_write_json(RESULTS / f"{name}{args.tag}.json", strict_json(out))
     print(f"wrote {RESULTS / f'{name}{args.tag}.json'}")

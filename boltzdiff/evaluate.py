@@ -125,8 +125,12 @@ class MixtureEval:
 
 
 @torch.no_grad()
-def weighted_mode_weights(log_w: torch.Tensor, labels: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """Self-normalised weights summed per component, and their delta-method standard errors."""
+def labelled_mode_weights(log_w: torch.Tensor, labels: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Self-normalised weights summed per known component label ``(K,)``, and their delta-method standard errors.
+
+    For samples whose generating component is known (``labels``); samples with unknown components are split
+    by responsibility in :func:`boltzdiff.samplers.diagnostics.weighted_mode_weights`.
+    """
     w = torch.softmax(log_w.double(), 0)
     est = torch.zeros(K, dtype=torch.float64).index_add_(0, labels, w)
     n = len(w)
@@ -192,7 +196,7 @@ def evaluate_mixture(
             ok = torch.isfinite(lr)
             stds.append(float(lr[ok].std()) if ok.sum() > 1 else float("nan"))
             esss.append(kish_ess(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64))))
-            mw, se = weighted_mode_weights(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K)
+            mw, se = labelled_mode_weights(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K)
             mw_levels.append(mw.tolist())
             if i == 0:
                 mw0, se0 = mw, se

@@ -22,10 +22,11 @@ import yaml
 from boltzdiff.config import TrainConfig
 from boltzdiff.data import training_data
 from boltzdiff.errors import ConfigError
+from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text
 from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
 from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
 from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
-from boltzdiff.runinfo import atomic_save, atomic_write_json, atomic_write_text, write_run_info
+from boltzdiff.runinfo import write_run_info
 from boltzdiff.systems import System, load_system
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,8 @@ def _one(args) -> dict:
     seed, grid, k, equil_ps, prod_ps, save_ps, variant, grid_psi, k_psi = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d
     from boltzdiff.systems import load_system
-    from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
     system = load_system("alanine_dipeptide", variant=variant)
     cfg = UmbrellaConfig(
@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from boltzdiff.analysis.free_energy import delta_f_phi, free_energy_profile
-    from boltzdiff.umbrella import unbiased_log_weights
+    from boltzdiff.reference.umbrella import unbiased_log_weights
 
     t0 = time.perf_counter()
     tasks = [
@@ -161,7 +161,7 @@ def main() -> None:
         command="python experiments/aldp_reference.py " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     atomic_write_json(res_file, out)
     try:

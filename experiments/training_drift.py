@@ -1,7 +1,7 @@
 """How the lowest level's relative mode weights move during training (raw model and EMA), one run per call.
 
 For a Gaussian mixture: the level-0 weight of every component, by self-normalised importance weights on
-20 000 fixed exact samples (``boltzdiff.evaluate.weighted_mode_weights``), reported as the largest absolute error.
+20 000 fixed exact samples (``boltzdiff.evaluate.labelled_mode_weights``), reported as the largest absolute error.
 For a molecule with a ``phi`` CV (alanine dipeptide): the basin offset of the level-0 energy against the model's
 own training data, ``offset = -[lme_basin(r) - lme_rest(r)]`` with ``r = -E(x, t_0) + (T_sys / T_data) u(x)`` on
 every 8th data frame (``lme`` = log-mean-exp, so the offset is the error of ln[q(basin)/q(rest)] relative to the
@@ -37,7 +37,7 @@ from _common import WORK, basin_probe, machine, print_table  # noqa: E402
 
 
 def mixture_probe(target):
-    from boltzdiff.evaluate import weighted_mode_weights
+    from boltzdiff.evaluate import labelled_mode_weights
 
     K = target.n_components
     true_w = target.weights.double().numpy()
@@ -51,7 +51,7 @@ def mixture_probe(target):
         dtype = next(model.parameters()).dtype
         with torch.no_grad():
             lq = model.log_q(x.to(dtype), level).double()
-        w, _ = weighted_mode_weights(lq - target.log_prob_t(x, a, s), lab, K)
+        w, _ = labelled_mode_weights(lq - target.log_prob_t(x, a, s), lab, K)
         return float(np.abs(w - true_w).max())
 
     return err, "max |mode weight error|"

@@ -16,7 +16,6 @@ from boltzdiff.analysis import (
     free_energy_profile,
     free_energy_surface,
     jensen_shannon,
-    kish_ess,
     kish_ess_trace,
     normalized_weights,
     pairwise_distances,
@@ -39,6 +38,7 @@ from boltzdiff.analysis.report import (
     write_json_atomic,
     write_report_md,
 )
+from boltzdiff.samplers.resampling import kish_ess
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import torch
 
 import boltzdiff
 from boltzdiff.cv import distance_histogram, interatomic_distances, phi_psi
-from boltzdiff.md import MCMCConfig, MDConfig, SimulationBlowUpError, run_mcmc, run_md
+from boltzdiff.reference.chains import ChainConfig, run_chains
+from boltzdiff.reference.frames import SimulationBlowUpError
+from boltzdiff.reference.md import MDConfig, run_md
 from boltzdiff.systems import System
 from boltzdiff.targets.base import Target
 
@@ -86,10 +88,10 @@ def test_mcmc_samples_the_target(tmp_path, method):
     sys_ = System(
         name="harm", kind="test", target=_Harmonic(), spec={}, positions=np.zeros((5, 2)), temperature=1
     )
-    cfg = MCMCConfig(
+    cfg = ChainConfig(
         n_steps=3000, burn_in=500, n_chains=64, save_every=10, step_size=0.1, method=method, seed=0
     )
-    res = run_mcmc(sys_, tmp_path / method, cfg, progress=False)
+    res = run_chains(sys_, tmp_path / method, cfg, progress=False)
     assert res.positions.shape == (300 * 64, 5, 2)
     assert np.abs(res.positions.mean(1)).max() < 1e-5  # centre of mass stays at 0
     # E[u] = 4; chains are correlated, so allow 5 standard errors with a conservative n_eff
@@ -102,9 +104,9 @@ def test_mcmc_samples_the_target(tmp_path, method):
 def test_mcmc_resume_continues_exactly(tmp_path):
     dw4 = boltzdiff.load_system("dw4")
     base = dict(burn_in=50, n_chains=8, save_every=10, seed=4, checkpoint_every=3)
-    full = run_mcmc(dw4, tmp_path / "full", MCMCConfig(n_steps=200, **base), progress=False)
-    run_mcmc(dw4, tmp_path / "part", MCMCConfig(n_steps=100, **base), progress=False)
-    res = run_mcmc(dw4, tmp_path / "part", MCMCConfig(n_steps=200, **base), progress=False)
+    full = run_chains(dw4, tmp_path / "full", ChainConfig(n_steps=200, **base), progress=False)
+    run_chains(dw4, tmp_path / "part", ChainConfig(n_steps=100, **base), progress=False)
+    res = run_chains(dw4, tmp_path / "part", ChainConfig(n_steps=200, **base), progress=False)
     assert res.positions.shape == (20 * 8, 4, 2)
     assert np.array_equal(res.positions, full.positions)
     assert np.allclose(

@@ -1,4 +1,4 @@
-"""Metadynamics + frozen-bias reference (boltzdiff.metad) against exact answers."""
+"""Metadynamics + frozen-bias reference (boltzdiff.reference.metad) against exact answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from boltzdiff.errors import ConfigError
-from boltzdiff.metad import (
+from boltzdiff.reference.metad import (
     TWO_PI,
     MetadConfig,
     block_delta_f,
@@ -111,7 +111,7 @@ def test_metad_bias_in_openmm_is_the_deposited_gaussians_and_runs_resume(tmp_pat
 
 
 def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
-    import boltzdiff.metad as metad
+    import boltzdiff.reference.metad as metad
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
 
@@ -137,7 +137,7 @@ def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, mo
 
 
 def test_saved_frames_are_the_recorded_production_frames_and_survive_a_resume(tmp_path, monkeypatch):
-    import boltzdiff.metad as metad
+    import boltzdiff.reference.metad as metad
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI, dihedrals
     from boltzdiff.systems import load_system
 

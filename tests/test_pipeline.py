@@ -524,8 +524,8 @@ def test_reference_md_replicas_from_several_start_structures(tmp_path):
 
 def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     from boltzdiff.errors import ConfigError
-    from boltzdiff.md import read_start_structure
     from boltzdiff.pipeline import cv_strata
+    from boltzdiff.reference.frames import read_start_structure
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide")
@@ -577,8 +577,8 @@ def test_hand_restricted_target_keeps_one_enantiomer_with_its_exact_energy_and_f
     """The restricted target equals the force field (energy and force) for the reference hand, is +inf for the
     mirror image (which the unrestricted force field scores the same), and needs declared chiral centres."""
     from boltzdiff.errors import ConfigError
-    from boltzdiff.md import read_start_structure
     from boltzdiff.pipeline import sampling_target
+    from boltzdiff.reference.frames import read_start_structure
     from boltzdiff.systems import load_system
     from boltzdiff.targets.base import HandRestricted
 

@@ -7,7 +7,7 @@ import pytest
 
 from boltzdiff.analysis.free_energy import delta_f_phi
 from boltzdiff.errors import ConfigError
-from boltzdiff.umbrella import (
+from boltzdiff.reference.umbrella import (
     bias_reduced,
     grid_centers,
     mbar,
@@ -96,8 +96,8 @@ def test_two_state_delta_f_from_mbar_weights_of_a_periodic_density():
 
 def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d, unbiased_log_weights
     from boltzdiff.systems import load_system
-    from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d, unbiased_log_weights
 
     system = load_system("alanine_dipeptide")
     cfg = UmbrellaConfig(n_grid=2, k_kjmol=200.0, equil_ps=0.5, prod_ps=1.0, save_every_ps=0.25, seed=1)
@@ -115,8 +115,8 @@ def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
 
 def test_umbrella_bad_input_is_a_clear_error(tmp_path):
     from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d
     from boltzdiff.systems import load_system
-    from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
     with pytest.raises(ConfigError, match="has no OpenMM System"):
         run_umbrella_2d(load_system("dw4"), tmp_path / "a", UmbrellaConfig(), ALDP_PHI, ALDP_PSI, progress=False)

@@ -31,7 +31,6 @@ from boltzdiff.analysis.free_energy import (
 from boltzdiff.analysis.weights import (
     CleanLogWeights,
     clean_log_weights,
-    kish_ess,
     kish_ess_trace,
     normalized_weights,
     weighted_mean,
@@ -55,7 +54,6 @@ __all__ = [
     "free_energy_profile_from_probabilities",
     "free_energy_surface",
     "jensen_shannon",
-    "kish_ess",
     "kish_ess_trace",
     "normalized_weights",
     "pairwise_distances",

@@ -24,6 +24,7 @@ from boltzdiff.analysis.free_energy import (
     weighted_histogram_2d,
 )
 from boltzdiff.analysis.weights import as_float64
+from boltzdiff.io import atomic_write_text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,8 +58,6 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     Numpy/torch scalars and arrays are converted to plain Python; NaN/inf become ``null`` so the file is
     strict JSON. A reader never sees a half-written file, and an interrupted write leaves the old one.
     """
-    from boltzdiff.runinfo import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
@@ -258,7 +257,5 @@ def write_report_md(
     for caption, png in figures:
         rel = os.path.relpath(Path(png).resolve(), path.parent.resolve())
         lines += [f"![{caption}]({Path(rel).as_posix()})", "", f"*{caption}*", ""]
-    from boltzdiff.runinfo import atomic_write_text
-
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -1,4 +1,6 @@
-"""Importance weights: Kish effective sample size, self-normalised weights, weighted moments.
+"""Importance weights: Kish ESS traces, self-normalised weights, weighted moments.
+
+The Kish ESS itself is :func:`boltzdiff.samplers.resampling.kish_ess` (a fraction in ``[0, 1]``).
 
 All functions take *log*-weights (float64, any unnormalised offset) and never exponentiate raw log-weights:
 normalisation goes through ``logsumexp``. A log-weight of ``-inf`` is a particle with weight zero (e.g. a
@@ -12,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
+
+# kish_ess lives in boltzdiff.samplers.resampling (used by kish_ess_trace); importing it from this module is a
+# compatibility re-export; to be removed.
+from boltzdiff.samplers.resampling import kish_ess
 
 
 def as_float64(a) -> np.ndarray:
@@ -83,31 +89,9 @@ def normalized_weights(log_w_n) -> np.ndarray:
     return np.exp(lw - lse)
 
 
-def kish_ess(log_w_n) -> float:
-    """Normalised Kish effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[1/n, 1]``.
-
-    Computed as ``exp(2 lse(log w) - lse(2 log w) - ln n)``. Equal weights give 1, a single non-zero weight
-    ``1/n``; zero weights (``-inf``) count in ``n``. All weights zero gives 0.
-
-    Parameters
-    ----------
-    log_w_n : (n,) array-like
-        Unnormalised log-weights (float64 recommended).
-
-    Returns
-    -------
-    float
-    """
-    lw = _check_log_w(log_w_n)
-    lse1 = logsumexp(lw)
-    if not np.isfinite(lse1):
-        return 0.0
-    lse2 = logsumexp(2.0 * lw)
-    return float(np.exp(2.0 * lse1 - lse2 - np.log(lw.size)))
-
-
 def kish_ess_trace(log_w_tn) -> np.ndarray:
-    """Normalised Kish ESS for each row of a ``(T, n)`` array of log-weights, ``(T,)``."""
+    """Normalised Kish ESS (:func:`boltzdiff.samplers.resampling.kish_ess`, a fraction) for each row of a
+    ``(T, n)`` array of log-weights, ``(T,)``."""
     lw = as_float64(log_w_tn)
     if lw.ndim != 2:
         raise ValueError(f"expected (T, n) log-weights, got shape {lw.shape}")

@@ -103,7 +103,7 @@ def _read_mdtraj_h5(path: Path) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from boltzdiff.runinfo import atomic_save
+    from boltzdiff.io import atomic_save, save_npy
     from boltzdiff.systems import load_system
 
     system = load_system(args.system, args.variant)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         dest = Path(args.out)
         if dest.suffix == ".npy":
-            atomic_save(dest, lambda p: np.save(open(p, "wb"), u))
+            save_npy(dest, u)
         else:
             atomic_save(dest, lambda p: np.savetxt(p, u, fmt="%.10g", header="reduced energy (kT)"))
         print(

@@ -36,7 +36,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from boltzdiff.errors import ConfigError
     from boltzdiff.evaluate import evaluate_mixture, plot_mixture_eval
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
     from boltzdiff.targets.gmm import GaussianMixture
     from boltzdiff.train import load_run
 

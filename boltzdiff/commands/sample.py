@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from boltzdiff.errors import ConfigError
@@ -82,28 +80,12 @@ def load_model(run_dir: str, ema: bool = True):
 
 def write_outputs(out: str, x, log_w, summary: dict) -> tuple[Path, Path]:
     """Write ``out`` (npz: ``x``, ``log_w``) and ``out`` with ``.json`` atomically (temp file + rename)."""
-    import numpy as np
+    from boltzdiff.io import atomic_write_text, save_npz
 
     out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
     json_p = out_p.with_suffix(".json")
-    fd, tmp = tempfile.mkstemp(dir=out_p.parent, prefix=f".{out_p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=x.detach().cpu().numpy(), log_w=log_w.detach().cpu().double().numpy())
-        os.replace(tmp, out_p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fd, tmp = tempfile.mkstemp(dir=out_p.parent, prefix=f".{json_p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, json_p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_npz(out_p, {"x": x.detach().cpu().numpy(), "log_w": log_w.detach().cpu().double().numpy()})
+    atomic_write_text(json_p, json.dumps(summary, indent=2) + "\n")
     return out_p, json_p
 
 

@@ -1,7 +1,7 @@
 """``boltzdiff simulate SYSTEM --out DIR``: reference data by Langevin MD (OpenMM) or MCMC (torch targets).
 
 Rerunning the same command on the same ``--out`` resumes from the last checkpoint (a larger ``--ns`` /
-``--steps`` extends the run). Outputs are described in :mod:`boltzdiff.md`.
+``--steps`` extends the run). Outputs are described in :mod:`boltzdiff.reference.frames`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from boltzdiff.md import MCMCConfig, MDConfig, run_mcmc, run_md
+    from boltzdiff.reference.chains import ChainConfig, run_chains
+    from boltzdiff.reference.md import MDConfig, run_md
     from boltzdiff.systems import load_system
 
     system = load_system(args.system, args.variant)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             speed = "already complete" if res.speed != res.speed else f"{res.speed:.0f} ns/day this run"
             print(f"MD {system.name}: {res.n_frames} frames in {res.out_dir} ({speed})")
         else:
-            cfg = MCMCConfig(
+            cfg = ChainConfig(
                 n_steps=args.steps,
                 n_chains=args.chains,
                 method=args.mcmc,
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 save_every=args.save_every,
                 seed=args.seed,
             )
-            res = run_mcmc(system, args.out, cfg, progress=not args.no_progress)
+            res = run_chains(system, args.out, cfg, progress=not args.no_progress)
             print(
                 f"MCMC {system.name}: {res.n_frames} frames in {res.out_dir} "
                 f"(acceptance {res.acceptance:.2f}, "

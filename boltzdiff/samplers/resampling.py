@@ -1,4 +1,4 @@
-"""Importance-weight utilities: normalisation, Kish ESS and resampling (float64, log-space).
+"""Importance-weight utilities: Kish ESS and resampling (float64, log-space).
 
 The resamplers work on the CPU, where the (CPU) generator draws, whatever the device of the weights: they
 return CPU indices (and weights), which the caller moves to its particles' device.
@@ -7,22 +7,42 @@ return CPU indices (and weights), which the caller moves to its particles' devic
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
-def normalise_log_weights(log_w: torch.Tensor) -> torch.Tensor:
-    """``log W = log w - logsumexp(log w)``: ``(n,)`` float64; ``-inf`` stays ``-inf``."""
-    log_w = log_w.to(torch.float64)
-    return log_w - torch.logsumexp(log_w, 0)
+def kish_ess(log_w: torch.Tensor | np.ndarray | Sequence[float]) -> float:
+    """Normalised Kish effective sample size ``(sum w)^2 / (n sum w^2)``: a fraction of ``n``, not a count.
 
+    The project's one ESS convention. Equal weights give 1, a single non-zero weight ``1/n``; zero weights
+    (log-weight ``-inf``) count in ``n``; all weights zero (or no weights) give 0. Multiply by ``n`` for the
+    ESS as a number of samples.
 
-def kish_ess(log_w: torch.Tensor) -> float:
-    """Normalised Kish ESS ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]`` from log-weights ``(n,)``.
+    Parameters
+    ----------
+    log_w : (n,) torch tensor (any device) or array-like
+        Unnormalised log-weights; computed in float64 as ``exp(2 lse(log w) - lse(2 log w) - ln n)``, so a
+        large common offset cannot overflow.
 
-    Computed in log-space; returns 0 when every weight is zero.
+    Returns
+    -------
+    float in ``[0, 1]``
+
+    Raises
+    ------
+    ValueError
+        On NaN or ``+inf`` log-weights (map them to zero weight with
+        :func:`boltzdiff.analysis.weights.clean_log_weights` first), or input that is not 1-D.
     """
-    log_w = log_w.to(torch.float64)
+    if not isinstance(log_w, torch.Tensor):
+        log_w = torch.as_tensor(np.asarray(log_w, dtype=np.float64))
+    log_w = log_w.detach().to(torch.float64)
+    if log_w.ndim != 1:
+        raise ValueError(f"log-weights must be 1-D (n,), got shape {tuple(log_w.shape)}")
+    if bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
+        raise ValueError("log-weights contain NaN or +inf; map them with clean_log_weights() first")
     n = log_w.numel()
     if n == 0 or not torch.isfinite(log_w).any():
         return 0.0

@@ -138,14 +138,6 @@ class GaussianMixture(Target):
             w, m.reshape(-1, self.dim), torch.sqrt(v).reshape(-1), name=f"{self.name}*{other.name}"
         )
 
-    def to_spec(self) -> dict:
-        return dict(
-            kind="gaussian_mixture",
-            weights=self.weights.tolist(),
-            means=self.means.tolist(),
-            std=self.std.tolist(),
-        )
-
 
 def softplus(x: float) -> float:
     return math.log1p(math.exp(x))

@@ -6,25 +6,33 @@ relaxes slowly inside φ windows, so both dihedrals are restrained together. Eac
 ``0.5 k (Δφ)² + 0.5 k (Δψ)²`` (Δ = periodic difference, kJ/mol/rad²) to the OpenMM system; windows run one
 after another, each starting from the previous window's last configuration, along a snake path over the grid.
 
-MBAR (Shirts & Chodera 2008) then solves for the window free energies f_k from the reduced bias energies of
-every sample in every window, and gives every sample a weight for the unbiased state. Only the bias depends on
-the window, so the unbiased energy cancels and only (φ, ψ) per sample are needed.
+MBAR (Shirts & Chodera 2008; solved by pymbar) then solves for the window free energies f_k from the reduced
+bias energies of every sample in every window, and gives every sample a weight for the unbiased state. Only the
+bias depends on the window, so the unbiased energy cancels and only (φ, ψ) per sample are needed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 
 from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import dihedral
-from boltzdiff.runinfo import atomic_save, atomic_write_json, write_run_info
+from boltzdiff.io import atomic_write_json, load_npz, save_npz
+from boltzdiff.runinfo import write_run_info
+
+if TYPE_CHECKING:
+    from boltzdiff.systems import System
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +42,14 @@ def periodic_delta(a, b) -> np.ndarray:
     return (np.asarray(a) - np.asarray(b) + math.pi) % (2 * math.pi) - math.pi
 
 
-def bias_reduced(phi_n, psi_n, centers_k2, k_kjmol: float, kT_kjmol: float, k_psi_kjmol: float | None = None):
+def bias_reduced(
+    phi_n: ArrayLike,
+    psi_n: ArrayLike,
+    centers_k2: ArrayLike,
+    k_kjmol: float,
+    kT_kjmol: float,
+    k_psi_kjmol: float | None = None,
+) -> np.ndarray:
     """Reduced bias energy ``u_k(x_n)``, shape (K, n), of samples with dihedrals (φ_n, ψ_n) in every window
     (force constant ``k_kjmol`` on φ and ``k_psi_kjmol``, default the same, on ψ)."""
     c = np.asarray(centers_k2, dtype=float)
@@ -44,12 +59,25 @@ def bias_reduced(phi_n, psi_n, centers_k2, k_kjmol: float, kT_kjmol: float, k_ps
     return 0.5 * (k_kjmol * dphi**2 + k_psi * dpsi**2) / kT_kjmol
 
 
-def mbar(u_kn: np.ndarray, n_k, tol: float = 1e-10, max_iter: int = 200) -> np.ndarray:
-    """MBAR free energies ``f_k`` (gauge f_0 = 0).
+def _import_pymbar() -> ModuleType:
+    """``import pymbar`` without the banner it logs on first import (the "JAX NOT FOUND" box and the
+    timeseries caution); later warnings of pymbar, e.g. about convergence, still show."""
+    import sys
 
-    Minimises the convex MBAR objective ``L(f) = sum_n log sum_k N_k exp(f_k - u_kn) - sum_k N_k f_k`` by
-    Newton's method with step halving (a few self-consistent iterations first), which converges in tens of
-    iterations where the plain self-consistent iteration needs thousands for many weakly overlapping windows.
+    if "pymbar" in sys.modules:
+        return sys.modules["pymbar"]
+    quiet = logging.getLogger("pymbar")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import pymbar
+    finally:
+        quiet.setLevel(level)
+    return pymbar
+
+
+def mbar(u_kn: np.ndarray, n_k, tol: float = 1e-10, max_iter: int = 10000) -> np.ndarray:
+    """MBAR free energies ``f_k`` (gauge f_0 = 0), solved by :class:`pymbar.MBAR`.
 
     Parameters
     ----------
@@ -57,43 +85,27 @@ def mbar(u_kn: np.ndarray, n_k, tol: float = 1e-10, max_iter: int = 200) -> np.n
         Reduced energy of every sample (all windows pooled) in every state.
     n_k : (K,) ints
         Number of samples drawn from each state; ``sum(n_k) == n``.
+    tol : float
+        pymbar's ``relative_tolerance`` of the solver.
+    max_iter : int
+        pymbar's ``maximum_iterations``.
+
+    Raises
+    ------
+    ConfigError
+        On a shape mismatch or non-finite energies.
     """
     u_kn = np.asarray(u_kn, dtype=np.float64)
-    n_k = np.asarray(n_k, dtype=np.float64)
+    n_k = np.asarray(n_k)
     if u_kn.ndim != 2 or u_kn.shape[0] != n_k.size or int(n_k.sum()) != u_kn.shape[1]:
         raise ConfigError(f"mbar: u_kn has shape {u_kn.shape}, expected (K, sum(n_k)) with K = {n_k.size}")
     if not np.all(np.isfinite(u_kn)):
         raise ConfigError("mbar: u_kn contains non-finite energies")
-    log_n = np.log(np.maximum(n_k, 1e-300))
-
-    def objective(f):
-        log_den = logsumexp(log_n[:, None] + f[:, None] - u_kn, axis=0)
-        return log_den.sum() - np.dot(n_k, f), log_den
-
-    f = np.zeros(n_k.size)
-    for _ in range(10):  # self-consistent warm start
-        _, log_den = objective(f)
-        f = -logsumexp(-u_kn - log_den[None, :], axis=1)
-        f -= f[0]
-    obj, log_den = objective(f)
-    for _ in range(max_iter):
-        w_kn = np.exp(log_n[:, None] + f[:, None] - u_kn - log_den[None, :])  # columns sum to 1
-        grad = w_kn.sum(1) - n_k
-        if np.max(np.abs(grad[1:] / np.maximum(n_k[1:], 1))) < tol:
-            break
-        hess = np.diag(w_kn.sum(1)) - w_kn @ w_kn.T
-        step = np.zeros_like(f)
-        step[1:] = np.linalg.solve(hess[1:, 1:] + 1e-12 * np.eye(n_k.size - 1), grad[1:])
-        t = 1.0
-        while True:
-            f_try = f - t * step
-            obj_try, log_den_try = objective(f_try)
-            if obj_try <= obj + 1e-12 * abs(obj) or t < 1e-8:
-                break
-            t *= 0.5
-        f, obj, log_den = f_try, obj_try, log_den_try
-    else:
-        log.warning("mbar: gradient above %.1e after %d Newton iterations", tol, max_iter)
+    pymbar = _import_pymbar()
+    solver = pymbar.MBAR(
+        u_kn, n_k.astype(np.int64), relative_tolerance=tol, maximum_iterations=int(max_iter), verbose=False
+    )
+    f = np.array(solver.f_k, dtype=np.float64)
     return f - f[0]
 
 
@@ -136,12 +148,14 @@ class UmbrellaConfig:
     platform: str = "Reference"
 
 
-def _savez(p, arrays: dict) -> None:
-    with open(p, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, psi_idx, progress: bool = True) -> dict:
+def run_umbrella_2d(
+    system: System,
+    out_dir: str | Path,
+    cfg: UmbrellaConfig,
+    phi_idx: Sequence[int],
+    psi_idx: Sequence[int],
+    progress: bool = True,
+) -> dict:
     """Run every window of a 2-D umbrella replicate; resumable per window (a finished window is kept).
 
     Writes ``out_dir/windows.npz`` (``centers (K, 2)``, ``phi (K, m)``, ``psi (K, m)``, ``done (K,)``) after
@@ -171,7 +185,7 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
     path = out / "windows.npz"
     settings = np.array([cfg.k_kjmol, k_psi, cfg.equil_ps, cfg.prod_ps, cfg.save_every_ps, cfg.timestep_fs])
     if path.is_file():
-        d = np.load(path)
+        d = load_npz(path, "umbrella windows written by run_umbrella_2d (or use a new folder)")
         same = "settings" not in d or np.allclose(d["settings"], settings)  # files without it predate the check
         if d["phi"].shape != (n_win, m) or not np.allclose(d["centers"], centers) or not same:
             raise ConfigError(f"umbrella: {path} was written with other settings; use a new folder")
@@ -229,7 +243,7 @@ def run_umbrella_2d(system, out_dir: str | Path, cfg: UmbrellaConfig, phi_idx, p
         done[w] = True
         last_pos = np.asarray(pos)
         arrays = dict(centers=centers, phi=phi_km, psi=psi_km, done=done, last_pos=last_pos, settings=settings)
-        atomic_save(path, lambda p, a=arrays: _savez(p, a))
+        save_npz(path, arrays)
         bar.update(1)
     bar.close()
     atomic_write_json(out / "umbrella.json", {"kT_kjmol": kT, "n_windows": n_win, "samples_per_window": m})
@@ -243,7 +257,7 @@ def unbiased_log_weights(
     k_kjmol: float,
     kT_kjmol: float,
     k_psi_kjmol: float | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pool the windows and return ``(phi_n, psi_n, log_w_n)``: MBAR weights for the unbiased ensemble."""
     phi_n = np.asarray(phi_km).reshape(-1)
     psi_n = np.asarray(psi_km).reshape(-1)
