@@ -1,8 +1,8 @@
 """Independent reference ΔF for alanine dipeptide: well-tempered metadynamics bias, then MD under it frozen.
 
 A second method beside the 2-D umbrella sampling of ``experiments/aldp_reference.py``, so that a bias common to one
-protocol can show up (docs/method.md#metadynamics-reference; ``boltzdiff.reference.metad``). Each replicate (its own seed)
-builds a bias over (φ, ψ) by well-tempered metadynamics, freezes it, and runs plain Langevin MD under it; the
+protocol can show up (docs/method.md#metadynamics-reference; ``boltzdiff.reference.metad``). Each replicate (its own
+seed) builds a bias over (φ, ψ) by well-tempered metadynamics, freezes it, and runs plain Langevin MD under it; the
 production frames are reweighted exactly by exp(+V/kT). Two error bars are printed: the jackknife SE over contiguous
 blocks of each replicate (for several block counts, which should agree if the blocks are longer than the correlation
 time), and the spread of the replicates, which also covers the build phase's randomness.

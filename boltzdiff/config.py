@@ -327,9 +327,9 @@ REFERENCE_METHODS = ("md", "metad")
 @dataclass
 class ReferenceConfig:
     """``reference:`` settings of ``boltzdiff run``. The fields listed here are the pipeline's own; every other
-    key is handed to the method's engine and must be one of its fields: :class:`boltzdiff.md.MDConfig`
-    (``method: md``), :class:`boltzdiff.metad.MetadConfig` (``method: metad``) or
-    :class:`boltzdiff.md.MCMCConfig` (particle targets)."""
+    key is handed to the method's engine and must be one of its fields: :class:`boltzdiff.reference.md.MDConfig`
+    (``method: md``), :class:`boltzdiff.reference.metad.MetadConfig` (``method: metad``) or
+    :class:`boltzdiff.reference.chains.ChainConfig` (particle targets)."""
 
     method: str = doc_field("md", "molecules: ``md`` (plain MD) or ``metad`` (metadynamics reweighted to Boltzmann)")
     starts: list | None = doc_field(
@@ -380,15 +380,15 @@ class ReferenceConfig:
 def engine_fields(kind: str, method: str) -> list[str]:
     """The keys the reference engine of ``kind`` / ``method`` takes (its config dataclass's fields)."""
     if kind != "molecule":
-        from boltzdiff.md import MCMCConfig
+        from boltzdiff.reference.chains import ChainConfig as MCMCConfig
 
         return [f.name for f in fields(MCMCConfig)]
     if method == "metad":
-        from boltzdiff.metad import MetadConfig
+        from boltzdiff.reference.metad import MetadConfig
 
         hidden = {"build_ps", "prod_ps", "stride_steps", "save_positions"}
         return [f.name for f in fields(MetadConfig) if f.name not in hidden] + ["ns", "save_every_ps", "temperature"]
-    from boltzdiff.md import MDConfig
+    from boltzdiff.reference.md import MDConfig
 
     return [f.name for f in fields(MDConfig) if f.name != "start"]
 

@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-# atomic_write_json is used here; atomic_save, atomic_write_bytes and atomic_write_text are compatibility
-# re-exports (they live in boltzdiff.io); to be removed.
-from boltzdiff.io import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from boltzdiff.io import atomic_write_json
 
 PACKAGES = ["boltzdiff", "torch", "numpy", "scipy", "openmm", "mdtraj", "pyyaml", "matplotlib", "pymbar"]
 

@@ -147,7 +147,7 @@ def test_from_openmm_matches_load_system(aldp_implicit):
 
 
 def test_from_openmm_usable_for_md(tmp_path, aldp_vacuum):
-    from boltzdiff.md import MDConfig, run_md
+    from boltzdiff.reference.md import MDConfig, run_md
 
     s = boltzdiff.from_openmm(
         aldp_vacuum.extras["openmm_system"], aldp_vacuum.extras["openmm_topology"], aldp_vacuum.positions, 300.0

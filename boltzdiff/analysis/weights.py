@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-# kish_ess lives in boltzdiff.samplers.resampling (used by kish_ess_trace); importing it from this module is a
-# compatibility re-export; to be removed.
 from boltzdiff.samplers.resampling import kish_ess
 
 

@@ -141,7 +141,7 @@ def run(args) -> int:
     print("each model's runs: " + ", ".join(f"{v:.2f}" for v in res["delta_f_models_kT"]))
     print("basin membership per directory: " + ", ".join(res["basin"]))
     if args.out:
-        from boltzdiff.runinfo import atomic_write_json
+        from boltzdiff.io import atomic_write_json
 
         def finite_or_none(v):
             return v if not isinstance(v, float) or np.isfinite(v) else None

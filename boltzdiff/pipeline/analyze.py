@@ -44,7 +44,6 @@ from boltzdiff.analysis.report import (
 from boltzdiff.analysis.weights import (
     clean_log_weights,
     jackknife_se,
-    kish_ess,
     leave_one_run_out,
     pool_runs,
     top_lineage_share,
@@ -53,6 +52,7 @@ from boltzdiff.analysis.weights import (
 from boltzdiff.errors import ConfigError
 from boltzdiff.pipeline.rundir import read_pipeline_json, reference_starts, reference_temperature
 from boltzdiff.pipeline.settings import kind_of
+from boltzdiff.samplers.resampling import kish_ess
 
 log = logging.getLogger(__name__)
 

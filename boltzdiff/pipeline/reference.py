@@ -13,9 +13,12 @@ import torch
 
 from boltzdiff.config import ReferenceConfig
 from boltzdiff.errors import ConfigError
+from boltzdiff.io import atomic_write_json, save_npy
 from boltzdiff.pipeline.rundir import training_data_path
 from boltzdiff.pipeline.settings import kind_of
-from boltzdiff.runinfo import atomic_write_json
+from boltzdiff.reference.chains import ChainConfig, run_chains
+from boltzdiff.reference.frames import read_start_structure, write_frames
+from boltzdiff.reference.md import MDConfig, run_md
 from boltzdiff.systems import System
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,6 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
     if done.exists() and prog.exists() and json.loads(prog.read_text()).get("completed"):
         log.info("reference: %s exists, skipped", done)
         return training_data_path(ref)
-    from boltzdiff import md
 
     ReferenceConfig.from_dict(settings["reference"], kind)  # unknown or bad settings fail here, before any MD
     if kind == "molecule":
@@ -43,13 +45,13 @@ def stage_reference(system: System, out: Path, settings: dict, progress: bool) -
             return training_data_path(ref)
         starts = rs.pop("starts", None)
         if starts is None:
-            cfg = md.MDConfig(**{"ns": 1.0, **rs})
-            md.run_md(system, ref, cfg, progress=progress)
+            cfg = MDConfig(**{"ns": 1.0, **rs})
+            run_md(system, ref, cfg, progress=progress)
         else:
             run_md_replicas(system, ref, rs, starts, progress)
     else:
-        cfg = md.MCMCConfig(**settings["reference"])
-        md.run_mcmc(system, ref, cfg, progress=progress)
+        cfg = ChainConfig(**settings["reference"])
+        run_chains(system, ref, cfg, progress=progress)
     return done
 
 
@@ -59,21 +61,20 @@ def run_md_replicas(system: System, ref: Path, settings: dict, starts, progress:
     ``reference/`` like a single run. The data's populations then reflect the starts, not the Boltzmann
     distribution (what a basin the MD cannot cross into needs); the SMC reweighting to the target corrects them.
     """
-    from boltzdiff import md
 
     ReferenceConfig(starts=starts).validate()
     for s in starts:  # fail on a bad file before any MD runs
         if s is not None:
-            md.read_start_structure(system, s)
+            read_start_structure(system, s)
     seed = int(settings.get("seed", 0))
     parts = []
     for i, start in enumerate(starts):
         log.info("reference: MD replica %d of %d from %s", i + 1, len(starts), start or "the system's structure")
-        cfg = md.MDConfig(**{"ns": 1.0, **settings, "seed": seed + i, "start": start})
-        parts.append(md.run_md(system, ref / f"replica{i}", cfg, progress=progress))
+        cfg = MDConfig(**{"ns": 1.0, **settings, "seed": seed + i, "start": start})
+        parts.append(run_md(system, ref / f"replica{i}", cfg, progress=progress))
     pos = np.concatenate([np.asarray(p.positions, dtype=np.float32) for p in parts])
     en = np.concatenate([np.asarray(p.energies, dtype=np.float64) for p in parts])
-    md._write_frames(ref, pos, en, system.topology)
+    write_frames(ref, pos, en, system.topology)
     first = json.loads((ref / "replica0" / "progress.json").read_text())
     atomic_write_json(
         ref / "progress.json",
@@ -98,8 +99,9 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
     """``reference.method: metad``: training data with Boltzmann populations from biased MD.
 
     Well-tempered metadynamics over two of the system's CVs (``cvs``, default ``[phi, psi]``) for ``build_ns``,
-    then ``ns`` of MD under the frozen bias with a frame every ``save_every_ps`` (:func:`boltzdiff.metad.run_metad_2d`,
-    resumable, in ``reference/metad/``). Each frame's exact weight for the unbiased ensemble is exp(+V/kT);
+    then ``ns`` of MD under the frozen bias with a frame every ``save_every_ps``
+    (:func:`boltzdiff.reference.metad.run_metad_2d`, resumable, in ``reference/metad/``). Each frame's exact
+    weight for the unbiased ensemble is exp(+V/kT);
     the frames are resampled by these weights (systematic, as many as were saved) into
     ``reference/positions.npy``, so the data cross the barriers the plain MD cannot and carry (up to the
     weights' noise) the Boltzmann populations rather than those of the start structures. The raw frames and
@@ -112,8 +114,7 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
     filled least keep more of their frames (on alanine dipeptide g = 0.5 keeps 3x the distinct phi > 0 frames
     of g = 1), and the SMC's importance weights to the exact target undo the difference.
     """
-    from boltzdiff import md
-    from boltzdiff.metad import MetadConfig, reweight_log_weights, run_metad_2d
+    from boltzdiff.reference.metad import MetadConfig, reweight_log_weights, run_metad_2d
     from boltzdiff.samplers.resampling import kish_ess, systematic_resample
 
     ReferenceConfig.from_dict({"method": "metad", **settings}, "molecule")
@@ -153,9 +154,9 @@ def run_metad_reference(system: System, ref: Path, settings: dict, progress: boo
     pick = systematic_resample(log_w, len(frames), gen).numpy()
     pos = frames[pick]
     en = system.target.energy(torch.as_tensor(pos.reshape(len(pos), -1), dtype=torch.float64)).detach().cpu().numpy()
-    md._save_npy(ref / "metad" / "frames.npy", frames)
-    md._save_npy(ref / "metad" / "log_weights.npy", log_w.numpy())
-    md._write_frames(ref, pos, np.asarray(en, dtype=np.float64), system.topology)
+    save_npy(ref / "metad" / "frames.npy", frames)
+    save_npy(ref / "metad" / "log_weights.npy", log_w.numpy())
+    write_frames(ref, pos, np.asarray(en, dtype=np.float64), system.topology)
     extra = write_tempered_training_set(ref, frames, log_w.numpy(), float(power), int(cfg.seed))
     atomic_write_json(
         ref / "progress.json",
@@ -181,12 +182,11 @@ def write_tempered_training_set(ref: Path, frames: np.ndarray, log_w: np.ndarray
     ``ref/train_positions.npy`` (as many as there are frames; systematic, its own stream from ``seed``) and
     return what progress.json records about it; with ``power`` 1 write nothing (the training set is
     ``positions.npy``) and return {}."""
-    from boltzdiff import md
     from boltzdiff.samplers.resampling import kish_ess, systematic_resample
 
     if power == 1.0:
         return {}
     lw = torch.as_tensor(power * np.asarray(log_w, dtype=np.float64))
     pick = systematic_resample(lw, len(frames), torch.Generator().manual_seed(seed + 1)).numpy()
-    md._save_npy(ref / "train_positions.npy", np.asarray(frames, dtype=np.float32)[pick])
+    save_npy(ref / "train_positions.npy", np.asarray(frames, dtype=np.float32)[pick])
     return {"train_frames_distinct": int(len(np.unique(pick))), "train_weights_ess": kish_ess(lw)}

@@ -114,6 +114,6 @@ def read_pipeline_json(out: Path) -> dict | None:
 
 def write_pipeline_json(out: Path, meta: dict) -> None:
     """Record what the stages of the run directory run with (``pipeline.json``, written atomically)."""
-    from boltzdiff.runinfo import atomic_write_json
+    from boltzdiff.io import atomic_write_json
 
     atomic_write_json(Path(out) / "pipeline.json", meta)

@@ -15,10 +15,10 @@ import torch
 
 from boltzdiff.config import SampleConfig
 from boltzdiff.errors import ConfigError
+from boltzdiff.io import atomic_save, atomic_write_json
 from boltzdiff.pipeline.rundir import model_dir, model_of_run
 from boltzdiff.pipeline.settings import kind_of, n_models
 from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, usable_cores
-from boltzdiff.runinfo import atomic_save, atomic_write_json
 from boltzdiff.samplers.config import SMCConfig
 from boltzdiff.systems import System, load_system
 
