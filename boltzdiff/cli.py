@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 import warnings
 
@@ -58,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"boltzdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"boltzdiff {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        words = list(sys.argv[1:] if argv is None else argv)
+        if args.command == "train" and "--resume" not in words:  # train refuses a used --out without it
+            words.append("--resume")
+        again = "boltzdiff " + " ".join(shlex.quote(w) for w in words)
+        what = f" {e}" if str(e) else ""
+        print(f"boltzdiff {args.command}: interrupted{what}; resume with: {again}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -68,6 +68,9 @@ class _LogStatus:
     def set_postfix(self, *a, **kw) -> None:
         pass
 
+    def set_postfix_str(self, *a, **kw) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

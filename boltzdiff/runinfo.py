@@ -60,8 +60,22 @@ def run_info(config: dict, seed: int | None) -> dict:
     }
 
 
-def write_run_info(run_dir: str | Path, config: dict, seed: int | None, name: str = "run_info.json") -> dict:
-    """Record the resolved config, seed, git commit and package versions in ``run_dir/name``."""
+def write_run_info(
+    run_dir: str | Path, config: dict, seed: int | None, name: str = "run_info.json", resumed_changes=None
+) -> dict:
+    """Record the resolved config, seed, git commit and package versions in ``run_dir/name``.
+
+    ``resumed_changes`` (``{field: [old, new]}``): the run was resumed with these settings changed; the entry is
+    appended to the file's ``resumes`` list, which keeps every earlier one."""
     info = run_info(config, seed)
+    if resumed_changes is not None:
+        import json
+
+        f = Path(run_dir) / name
+        try:
+            earlier = json.loads(f.read_text()).get("resumes", []) if f.is_file() else []
+        except (OSError, ValueError, AttributeError):
+            earlier = []
+        info["resumes"] = [*earlier, {"time": info.get("time"), "changes": resumed_changes}]
     atomic_write_json(Path(run_dir) / name, info)
     return info

@@ -22,7 +22,7 @@ import yaml
 from boltzdiff.config import TrainConfig
 from boltzdiff.data import training_data
 from boltzdiff.errors import ConfigError
-from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text
+from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text, torch_load
 from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
 from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
 from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
@@ -255,6 +255,7 @@ def train(
     system = system or load_system(cfg.system, cfg.variant)
     target = system.target
     cfg.tsm_scale = resolve_tsm_scale(cfg.tsm_scale, system)
+    changed = _resume_changes(out, cfg) if resume else {}
     gen = torch.Generator().manual_seed(cfg.seed)
     data = training_data(target, cfg.data, cfg.n_data, gen)
     particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")
@@ -283,7 +284,7 @@ def train(
     step, wall_prev = 0, 0.0
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch_load(ckpt_path, f"the training checkpoint (or train into a new --out than {out})", device)
         model.load_state_dict(ck["model"])
         ema.model.load_state_dict(ck["ema"])
         ema.n_avg = int(ck.get("ema_n_avg", 0))
@@ -293,6 +294,10 @@ def train(
         step, wall_prev = ck["step"], ck.get("wall_s", 0.0)
         log.info("resuming %s at step %d", out, step)
         _truncate_metrics(out / "metrics.jsonl", step)
+        if changed:  # settings that may change on resume: the run directory says what it now runs with
+            log.info("--resume: %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_run_info(out, cfg.to_dict(), cfg.seed, resumed_changes={k: list(v) for k, v in changed.items()})
     else:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "system.yaml", yaml.safe_dump(system.spec, sort_keys=False))
@@ -333,8 +338,12 @@ def train(
     bar = progress_of(total=cfg.steps, initial=step, enabled=progress, desc=f"train {cfg.loss}")
     metrics_fh = open(out / "metrics.jsonl", "a")
     n_bad = 0
+    stop = _StopOnInterrupt()
     try:
         while step < cfg.steps:
+            if stop.requested:  # Ctrl-C: the last step is complete, so the checkpoint is consistent
+                save()
+                raise TrainingInterrupted(step, ckpt_path)
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
             x0 = data[idx]
             g0 = None if score0 is None else score0[idx]
@@ -376,12 +385,73 @@ def train(
                 save()
         save(final=True)
     finally:
+        stop.restore()
         metrics_fh.close()
         bar.close()
     wall = wall_prev + (time.time() - t0)
     summary = dict(steps=step, wall_s=wall, sec_per_step=wall / max(1, step), n_data=n, sigma_data=sigma_d)
     atomic_write_json(out / "train_summary.json", summary)
     return TrainResult(out, ema.model, step, wall, wall / max(1, step))
+
+
+#: TrainConfig fields that may differ when a run is resumed; any other change is refused
+RESUME_MAY_CHANGE = frozenset({"steps", "checkpoint_every", "num_threads", "device"})
+
+
+def _resume_changes(out: Path, cfg: TrainConfig) -> dict[str, tuple]:
+    """``{field: (saved, now)}`` for the fields of ``out/config.yaml`` that ``cfg`` changes; a change outside
+    :data:`RESUME_MAY_CHANGE` (the recipe, the data, the model) is a one-line error: the checkpoint was made
+    with the saved settings, so continuing it with others would mix two runs under one name."""
+    from boltzdiff.io import load_yaml_mapping
+
+    saved = load_yaml_mapping(out / "config.yaml", "the config.yaml that `boltzdiff train` wrote")
+    now = cfg.to_dict()
+    diff = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+    refused = {k: v for k, v in diff.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:3])
+        raise ConfigError(
+            f"--resume: {out} was started with other settings ({shown}); resume with the settings in "
+            f"{out / 'config.yaml'} (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change) or train into a new --out"
+        )
+    return diff
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint at ``step`` was written to ``ckpt``."""
+
+    def __init__(self, step: int, ckpt: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint written to {ckpt}")
+        self.step, self.ckpt = step, ckpt
+
+
+class _StopOnInterrupt:
+    """The first SIGINT only asks the training loop to stop after its current step (which then writes a
+    checkpoint); a second one interrupts at once. Only in the main thread, where signal handlers can be set."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:
+            signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -421,10 +491,10 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
     cfg = merge_config(TrainConfig(), raw, str(cfg_file))
     system = load_system(cfg.system, cfg.variant)
     if model_file.is_file():
-        blob = torch.load(model_file, map_location=device, weights_only=False)
+        blob = torch_load(model_file, "a trained model written by `boltzdiff train`", device)
         state, meta = blob["state_dict"], blob["meta"]
     else:  # an unfinished run: use the latest checkpoint
-        ck = torch.load(ckpt_file, map_location=device, weights_only=False)
+        ck = torch_load(ckpt_file, "a training checkpoint written by `boltzdiff train`", device)
         state = ck["ema"] if ema else ck["model"]
         meta = None
     grid = grid_from_dict(meta["grid"]) if meta else build_grid(cfg)

@@ -75,8 +75,24 @@ def run_pipeline(
     """
     if redo is not None and redo not in STAGES:
         raise ConfigError(f"--redo: expected one of {list(STAGES)}, got {redo!r}")
+    if redo is not None and not (Path(out_dir) / "pipeline.json").is_file():
+        # --redo deletes files: only in a directory that `boltzdiff run` made (its pipeline.json names the system,
+        # checked below), never in a folder of the user's that happens to hold a train/ or report.md
+        raise ConfigError(
+            f"--redo: {out_dir} is not a `boltzdiff run` directory (no pipeline.json), so nothing in it is deleted; "
+            f"leave out --redo to start a run there"
+        )
     system = load_system(system_name, variant)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a directory; choose another --out")
+    if out.is_dir() and not (out / "pipeline.json").is_file():
+        foreign = sorted(n for names in STAGE_OUTPUTS.values() for n in names if (out / n).exists())
+        if foreign:  # a stage would take these for its own finished output
+            raise ConfigError(
+                f"--out: {out} holds {', '.join(foreign)} but no pipeline.json, so it is no `boltzdiff run` "
+                f"directory; choose another --out"
+            )
     _check_run_dir(out, system, preset, loss)
     old = read_pipeline_json(out)
     if loss is None and old is not None:  # resuming: keep the loss the run started with

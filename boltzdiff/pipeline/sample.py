@@ -15,7 +15,7 @@ import torch
 
 from boltzdiff.config import SampleConfig
 from boltzdiff.errors import ConfigError
-from boltzdiff.io import atomic_save, atomic_write_json
+from boltzdiff.io import atomic_save, atomic_write_json, torch_load
 from boltzdiff.pipeline.rundir import model_dir, model_of_run
 from boltzdiff.pipeline.settings import kind_of, n_models
 from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, usable_cores
@@ -332,7 +332,7 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
         if not part.exists():
             return None
         try:
-            blob = torch.load(part, map_location="cpu", weights_only=False)
+            blob = torch_load(part, "a finished SMC run of the sample stage", "cpu")
         except Exception as exc:  # a damaged file is redone, not trusted
             log.warning("sample: could not read %s (%s); rerunning SMC run %d", part, exc, r + 1)
             return None

@@ -50,6 +50,8 @@ class MDConfig:
     platform: str = "Reference"
     minimize: bool = True
     checkpoint_every: int = 100  # frames
+    #: also checkpoint when this many seconds have passed since the last checkpoint (whichever comes first)
+    checkpoint_every_s: float = 120.0
     #: a structure file (PDB) to start from instead of the system's own positions; a relative path is taken
     #: from the system's folder
     start: str | None = None
@@ -200,11 +202,11 @@ def run_md(system: System, out_dir: str | Path, config: MDConfig | None = None, 
         top_traj = mdtraj.Trajectory(np.asarray(system.positions, dtype=np.float32)[None], topology)
         atomic_save(out / "topology.pdb", lambda p: top_traj.save_pdb(p))
 
-    from tqdm.auto import tqdm
+    from boltzdiff.progress import progress as progress_of
 
     start = len(pos_l)
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_total, initial=start, unit="frame", disable=not progress, desc=f"MD {system.name}")
+    t0 = last_ck = time.perf_counter()
+    bar = progress_of(total=n_total, initial=start, enabled=progress, desc=f"MD {system.name}")
     ns_day = float("nan")
     try:
         for k in range(start, n_total):
@@ -234,8 +236,13 @@ def run_md(system: System, out_dir: str | Path, config: MDConfig | None = None, 
             bar.update(1)
             if done % 10 == 0 or k + 1 == n_total:
                 bar.set_postfix_str(f"{ns_day:.0f} ns/day")
-            if (k + 1) % cfg.checkpoint_every == 0 or k + 1 == n_total:
+            if (
+                (k + 1) % cfg.checkpoint_every == 0
+                or k + 1 == n_total
+                or time.perf_counter() - last_ck >= cfg.checkpoint_every_s
+            ):
                 checkpoint(k + 1)
+                last_ck = time.perf_counter()
     finally:
         bar.close()
     if start == n_total:

@@ -1,0 +1,130 @@
+"""Safety and crash-recovery guarantees: no code runs from a crafted checkpoint, --redo never deletes outside a
+run directory, --resume refuses changed settings, Ctrl-C during training leaves a checkpoint to resume from."""
+
+import json
+import os
+import pickle
+import signal
+
+import pytest
+import torch
+import yaml
+
+from boltzdiff import train as train_mod
+from boltzdiff.cli import main
+from boltzdiff.config import TrainConfig
+from boltzdiff.errors import ConfigError
+from boltzdiff.train import TrainingInterrupted, load_run, train
+
+SMALL = dict(
+    system="gmm2_unbalanced",
+    steps=12,
+    batch_size=16,
+    n_levels=16,
+    width=16,
+    depth=1,
+    k=3,
+    n_data=500,
+    checkpoint_every=4,
+    lr_warmup=2,
+)
+
+
+class _RunsCode:
+    """Unpickling this object would create the marker file (what a crafted checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path, capsys):
+    train(TrainConfig(**SMALL), tmp_path / "r", progress=False)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "r" / "model.pt", "wb") as fh:
+        pickle.dump({"state_dict": _RunsCode(marker), "meta": None}, fh)
+    with pytest.raises(ConfigError, match="model.pt"):
+        load_run(tmp_path / "r")
+    assert not marker.exists()
+    rc = main(["sample", str(tmp_path / "r"), "--n", "8", "--out", str(tmp_path / "s.npz")])
+    assert rc == 2 and not marker.exists() and not (tmp_path / "s.npz").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.pt" in err[0]
+
+
+def test_a_crafted_checkpoint_is_refused_on_resume(tmp_path):
+    train(TrainConfig(**{**SMALL, "steps": 4}), tmp_path / "r", progress=False)
+    marker = tmp_path / "pwned"
+    torch.save({"model": _RunsCode(marker)}, tmp_path / "r" / "ckpt.pt")
+    with pytest.raises(ConfigError, match="ckpt.pt"):
+        train(TrainConfig(**{**SMALL, "steps": 8}), tmp_path / "r", resume=True, progress=False)
+    assert not marker.exists()
+
+
+def test_redo_in_a_folder_that_is_no_run_deletes_nothing(tmp_path, capsys):
+    d = tmp_path / "mine"
+    (d / "train").mkdir(parents=True)
+    (d / "train" / "notes.txt").write_text("keep me")
+    (d / "report.md").write_text("my report")
+    rc = main(["run", "gmm2_unbalanced", "--redo", "train", "--out", str(d), "--no-progress"])
+    assert rc == 2
+    assert (d / "train" / "notes.txt").read_text() == "keep me" and (d / "report.md").read_text() == "my report"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pipeline.json" in err[0]
+    # without --redo the folder is not taken for a run either (its train/ would pass for a finished stage)
+    rc = main(["run", "gmm2_unbalanced", "--out", str(d), "--no-progress"])
+    assert rc == 2 and sorted(p.name for p in d.iterdir()) == ["report.md", "train"]
+
+
+def test_run_out_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["run", "gmm2_unbalanced", "--out", str(f), "--no-progress"]) == 2
+    assert f.read_text() == "x" and "is a file" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_recipe_and_records_a_safe_change(tmp_path):
+    train(TrainConfig(**{**SMALL, "steps": 8}), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.002"):
+        train(TrainConfig(**{**SMALL, "steps": 8, "lr": 2e-3}), tmp_path / "r", resume=True, progress=False)
+    res = train(TrainConfig(**{**SMALL, "steps": 12}), tmp_path / "r", resume=True, progress=False)
+    assert res.steps == 12
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["steps"] == 12
+    info = json.loads((tmp_path / "r" / "run_info.json").read_text())
+    assert info["resumes"][-1]["changes"] == {"steps": [8, 12]}
+
+
+def test_ctrl_c_during_training_checkpoints_the_last_step_and_resumes_to_the_same_model(tmp_path, monkeypatch):
+    ref = train(TrainConfig(**SMALL), tmp_path / "ref", progress=False)
+    real = train_mod.draw_levels
+    calls = {"n": 0}
+
+    def interrupt_once(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # during the 6th step, between two checkpoints (every 4 steps)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "draw_levels", interrupt_once)
+    with pytest.raises(TrainingInterrupted) as exc:
+        train(TrainConfig(**SMALL), tmp_path / "r", progress=False)
+    assert exc.value.step == 6
+    assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(train_mod, "draw_levels", real)
+    res = train(TrainConfig(**SMALL), tmp_path / "r", resume=True, progress=False)
+    for (n, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_interrupted_train_command_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    def stop(*a, **k):
+        raise TrainingInterrupted(3, tmp_path / "r" / "ckpt.pt")
+
+    monkeypatch.setattr(train_mod, "train", stop)
+    rc = main(["train", "--system", "gmm2_unbalanced", "--steps", "5", "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert "step 3" in err and "--resume" in err and "boltzdiff train --system gmm2_unbalanced" in err
