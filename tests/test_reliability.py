@@ -128,3 +128,32 @@ def test_interrupted_train_command_prints_the_resume_command(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert rc == 130
     assert "step 3" in err and "--resume" in err and "boltzdiff train --system gmm2_unbalanced" in err
+
+
+@pytest.mark.parametrize(
+    "run_yaml, match",
+    [
+        ("presets: {quik: {train: {steps: 5}}}", "did you mean 'quick'"),
+        ("presets: {quick: {sampel: {n: 5}}}", "did you mean 'sample'"),
+        ("presets: {quick: {sample: {nn: 3}}}", "did you mean 'n'"),
+        ("presets: {quick: {train: {stesp: 3}}}", "did you mean 'steps'"),
+        ("trian: {steps: 3}", "did you mean 'train'"),
+        ("presets: [quick]", "presets"),
+        ("presets: {quick: {sample: 5}}", "presets.quick.sample"),
+    ],
+)
+def test_typos_in_run_yaml_are_refused_before_anything_runs(tmp_path, capsys, run_yaml, match):
+    import shutil
+    from pathlib import Path
+
+    import boltzdiff.systems as systems
+
+    src = Path(systems.SYSTEMS_DIR) / "gmm2_unbalanced" / "system.yaml"
+    d = tmp_path / "sys"
+    d.mkdir()
+    shutil.copy(src, d / "system.yaml")
+    (d / "run.yaml").write_text(run_yaml + "\n")
+    rc = main(["run", str(d), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -44,7 +44,15 @@ from boltzdiff.pipeline.sample import (
     stage_sample,
     torsion_spec,
 )
-from boltzdiff.pipeline.settings import PRESETS, _changed, check_settings, kind_of, n_models, resolve_settings
+from boltzdiff.pipeline.settings import (
+    PRESETS,
+    _changed,
+    check_settings,
+    kind_of,
+    n_models,
+    resolve_settings,
+    typed_settings,
+)
 from boltzdiff.pipeline.train import stage_train
 from boltzdiff.pipeline.workers import exit_with_parent, usable_cores
 from boltzdiff.runinfo import write_run_info
@@ -97,8 +105,9 @@ def run_pipeline(
     old = read_pipeline_json(out)
     if loss is None and old is not None:  # resuming: keep the loss the run started with
         loss = old.get("settings", {}).get("train", {}).get("loss")
-    out.mkdir(parents=True, exist_ok=True)
     settings = resolve_settings(system, preset, seed, device, loss)
+    typed_settings(settings, system)  # unknown keys and bad values fail here, before any stage runs
+    out.mkdir(parents=True, exist_ok=True)
     if old is not None:
         check_settings(out, old.get("settings") or {}, settings, redo)
     if redo is not None:

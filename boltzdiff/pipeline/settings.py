@@ -62,12 +62,55 @@ def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "
     if preset not in PRESETS:
         raise ConfigError(f"--preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     rd = system.run_defaults or {}
+    check_run_yaml(rd, system)
     s = _merge(PRESETS[preset], {"train": rd.get("train", {})})
     s = _merge(s, (rd.get("presets") or {}).get(preset, {}))
     s["train"] = {**s["train"], "seed": seed, "device": device}
     if loss is not None:
         s["train"]["loss"] = loss
     return s
+
+
+def check_run_yaml(rd: dict, system: System) -> None:
+    """The shape of a system's run.yaml: ``train:`` (TrainConfig fields) and ``presets: {quick|full: {reference:,
+    train:, sample:}}``; an unknown key anywhere is a one-line error naming the file and the nearest valid name
+    (the settings inside each stage are checked by their config classes, :func:`typed_settings`)."""
+    from boltzdiff.config import unknown_key_message
+
+    where = str(system.path.parent / "run.yaml") if system.path is not None else "run.yaml"
+    if not isinstance(rd, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'train' and/or 'presets', got {rd!r}")
+    for key in rd:
+        if key not in ("train", "presets"):
+            raise ConfigError(unknown_key_message(str(key), ("train", "presets"), where))
+    presets = rd.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise ConfigError(f"{where}: 'presets' expected a mapping of preset names, got {presets!r}")
+    for name, body in presets.items():
+        if name not in PRESETS:
+            raise ConfigError(unknown_key_message(str(name), PRESETS, f"{where}: presets"))
+        if not isinstance(body or {}, dict):
+            raise ConfigError(f"{where}: presets.{name} expected a mapping of stages, got {body!r}")
+        for stage, vals in (body or {}).items():
+            if stage not in ("reference", "train", "sample"):
+                raise ConfigError(
+                    unknown_key_message(str(stage), ("reference", "train", "sample"), f"{where}: presets.{name}")
+                )
+            if not isinstance(vals or {}, dict):
+                raise ConfigError(f"{where}: presets.{name}.{stage} expected a mapping of settings, got {vals!r}")
+    if not isinstance(rd.get("train") or {}, dict):
+        raise ConfigError(f"{where}: 'train' expected a mapping of TrainConfig fields, got {rd.get('train')!r}")
+
+
+def typed_settings(settings: dict, system: System):
+    """Check resolved stage settings once, before any stage runs: every key known, every value of the right
+    type (:class:`~boltzdiff.config.PipelineConfig`, and the reference engine's config)."""
+    from boltzdiff.config import PipelineConfig, ReferenceConfig
+
+    kind = kind_of(system)
+    if kind != "analytic":
+        ReferenceConfig.from_dict(settings.get("reference"), kind)
+    return PipelineConfig.from_settings(settings, kind)
 
 
 def kind_of(system: System) -> str:
