@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from boltzdiff.analysis.free_energy import delta_f_phi
+from boltzdiff.analysis.states import CVInterval, delta_f_states
 from boltzdiff.errors import ConfigError
 from boltzdiff.umbrella import (
     bias_reduced,
@@ -87,7 +87,7 @@ def test_two_state_delta_f_from_mbar_weights_of_a_periodic_density():
     u_kn = bias_reduced(phi, psi, centers, kb, kT)
     n_k = np.full(12, 3000)
     lw = mbar_log_weights(u_kn, n_k, mbar(u_kn, n_k))
-    d = delta_f_phi(phi, lw, n_bootstrap=100, rng=0)
+    d = delta_f_states(CVInterval("phi", 0.0, 2.0).contains(phi), None, lw, n_bootstrap=100, rng=0)
     p_exact = np.exp(-u0)
     inside = (grid > 0) & (grid < 2)
     exact = -math.log(p_exact[inside].sum() / p_exact[~inside].sum())
