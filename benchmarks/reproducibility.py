@@ -56,7 +56,8 @@ def dw4(out: Path) -> dict:
     a = json.loads((run / "analysis.json").read_text())
     s = np.load(run / "samples.npz")
     keys = ("ess", "ess_min", "n_lineages", "mean_energy_kT", "reference_mean_energy_kT", "energy_w1_reweighted")
-    return {**{k: a[k] for k in keys}, "samples_sha": _digest(s["x"], s["log_w"]), "model_sha": _model_digest(run / "train")}
+    digests = {"samples_sha": _digest(s["x"], s["log_w"]), "model_sha": _model_digest(run / "train")}
+    return {**{k: a[k] for k in keys}, **digests}
 
 
 def gmm(out: Path, loss: str, steps: int) -> dict:

@@ -90,7 +90,9 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from boltzdiff.analysis.free_energy import delta_f_phi, free_energy_profile
+    from _common import delta_f_basin
+
+    from boltzdiff.analysis.free_energy import free_energy_profile
     from boltzdiff.umbrella import unbiased_log_weights
 
     t0 = time.perf_counter()
@@ -105,7 +107,7 @@ def main() -> None:
         phi, psi, lw = unbiased_log_weights(
             r["phi"], r["psi"], r["centers"], r["k_kjmol"], r["kT_kjmol"], r["k_psi_kjmol"]
         )
-        d = delta_f_phi(phi, lw, n_bootstrap=200, rng=seed)
+        d = delta_f_basin(phi, lw, n_bootstrap=200, rng=seed)
         w = np.exp(lw - lw.max())
         ess = float(w.sum() ** 2 / (w**2).sum() / w.size)
         prof = free_energy_profile(phi, lw, bins=36, n_bootstrap=0)

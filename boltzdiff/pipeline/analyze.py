@@ -253,6 +253,8 @@ def analyze_run(
         "Weighted quantities use the SMC importance weights of particles annealed to the exact "
         "target energy; `ess` is the normalised Kish ESS."
     )
+    if res.get("delta_f_state"):
+        notes += " " + _states_note(system, res["delta_f_state"], res["delta_f_against"])
     if res.get("n_final_mcmc"):
         notes += (
             f" After the bridge every particle made {res['n_final_mcmc']} MCMC sweeps at the exact target"
@@ -271,6 +273,22 @@ def analyze_run(
         notes="\n\n".join(t for t in (notes, runs_table_md(res)) if t),
     )
     return res
+
+
+def _states_note(system, a: str, b: str) -> str:
+    """One sentence for report.md: which states ΔF is between, as the system's spec declares them."""
+    states = system.spec.get("states") or {}
+
+    def show(name: str) -> str:
+        if name not in states:
+            return f"`{name}` (the complement)"
+        ivs = ", ".join(
+            f"{lo:g} < {cv} < {hi:g}" if lo < hi else f"{cv} > {lo:g} or < {hi:g}"
+            for cv, (lo, hi) in states[name].items()
+        )
+        return f"`{name}` ({ivs} rad)"
+
+    return f"ΔF = -ln[P({a}) / P({b})] between the system's states {show(a)} and {show(b)}."
 
 
 def _model_labels(out: Path) -> np.ndarray | None:
