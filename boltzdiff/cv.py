@@ -10,10 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: alanine dipeptide (ACE-ALA-NME, standard 22-atom order), 0-based
-ALDP_PHI = (4, 6, 8, 14)
-ALDP_PSI = (6, 8, 14, 16)
-
 
 def _as_traj(frames, topology=None):
     """An mdtraj.Trajectory from a Trajectory, or positions ``(F, n, 3)`` nm plus a topology (or None)."""
@@ -39,15 +35,12 @@ def dihedrals(frames, indices: Sequence[Sequence[int]], topology=None) -> np.nda
     """
     import mdtraj
 
-    return mdtraj.compute_dihedrals(
-        _as_traj(frames, topology), np.asarray(indices, dtype=int), periodic=False
-    )
+    return mdtraj.compute_dihedrals(_as_traj(frames, topology), np.asarray(indices, dtype=int), periodic=False)
 
 
-def phi_psi(frames, topology=None, phi=ALDP_PHI, psi=ALDP_PSI) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone ``phi (F,)`` and ``psi (F,)`` in radians (alanine dipeptide indices by default).
-
-    For a system spec with ``cvs: {phi: [...], psi: [...]}``, pass ``phi=system.spec['cvs']['phi']`` etc.
+def phi_psi(frames, topology=None, *, phi: Sequence[int], psi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The two dihedrals ``phi (F,)`` and ``psi (F,)`` in radians of the atom quadruples ``phi`` and ``psi``;
+    for a system, ``phi=system.spec['cvs']['phi']`` etc. (or :func:`system_cv_values` for every declared CV).
     """
     ang = dihedrals(frames, [phi, psi], topology)
     return ang[:, 0], ang[:, 1]
@@ -100,9 +93,7 @@ class SystemCVs:
     n_mirrored: int | None
 
 
-def system_cv_values(
-    system, x, names: Sequence[str] | None = None, reference=None, mirror: bool = True
-) -> SystemCVs:
+def system_cv_values(system, x, names: Sequence[str] | None = None, reference=None, mirror: bool = True) -> SystemCVs:
     """The dihedral CVs ``cvs: {NAME: [i, j, k, l]}`` of a system's spec for configurations ``x`` (``(F, 3n)``
     or ``(F, n, 3)`` nm, numpy or torch).
 

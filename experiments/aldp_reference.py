@@ -41,7 +41,6 @@ RESULTS = ROOT / "experiments" / "results"
 def _one(args) -> dict:
     seed, grid, k, equil_ps, prod_ps, save_ps, variant, grid_psi, k_psi = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
     from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
@@ -61,8 +60,8 @@ def _one(args) -> dict:
         system,
         WORK / f"{variant}_g{grid}x{grid_psi}_k{k:g}x{k_psi:g}_p{prod_ps:g}" / f"rep{seed}",
         cfg,
-        ALDP_PHI,
-        ALDP_PSI,
+        system.spec["cvs"]["phi"],
+        system.spec["cvs"]["psi"],
         progress=seed == 1,
     )
     res["wall_s"] = time.perf_counter() - t0

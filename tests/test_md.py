@@ -83,12 +83,8 @@ class _Harmonic(Target):
 
 @pytest.mark.parametrize("method", ["mala", "rw"])
 def test_mcmc_samples_the_target(tmp_path, method):
-    sys_ = System(
-        name="harm", kind="test", target=_Harmonic(), spec={}, positions=np.zeros((5, 2)), temperature=1
-    )
-    cfg = MCMCConfig(
-        n_steps=3000, burn_in=500, n_chains=64, save_every=10, step_size=0.1, method=method, seed=0
-    )
+    sys_ = System(name="harm", kind="test", target=_Harmonic(), spec={}, positions=np.zeros((5, 2)), temperature=1)
+    cfg = MCMCConfig(n_steps=3000, burn_in=500, n_chains=64, save_every=10, step_size=0.1, method=method, seed=0)
     res = run_mcmc(sys_, tmp_path / method, cfg, progress=False)
     assert res.positions.shape == (300 * 64, 5, 2)
     assert np.abs(res.positions.mean(1)).max() < 1e-5  # centre of mass stays at 0
@@ -160,14 +156,11 @@ def test_simulate_cli_md_and_mcmc(tmp_path):
         == 0
     )
     assert np.load(tmp_path / "lj" / "positions.npy").shape == (16, 13, 3)
-    assert (
-        main(["simulate", "alanine_dipeptide", "--ns", "-1", "--out", str(tmp_path / "neg"), "--no-progress"])
-        == 2
-    )
+    assert main(["simulate", "alanine_dipeptide", "--ns", "-1", "--out", str(tmp_path / "neg"), "--no-progress"]) == 2
 
 
 def test_cvs(aldp):
-    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0))  # no topology needed for dihedrals
+    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0), **aldp.spec["cvs"])  # no topology needed for dihedrals
     assert phi.shape == (3,) and np.allclose(phi, aldp.spec["reference_dihedrals"]["phi"], atol=1e-3)
     x = np.random.default_rng(0).standard_normal((10, 4, 2))
     d = interatomic_distances(x)
