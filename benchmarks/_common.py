@@ -180,3 +180,24 @@ def basin_probe(system, data_file: str, t_data: float):
         f"basin offset (kT, {basin.mean():.3f} of {len(x)} frames in the basin) and beta offset against alpha_R "
         f"(suffix _beta; {beta.mean():.3f} / {alpha.mean():.3f} of the frames)"
     )
+
+
+def aldp_basin():
+    """Alanine dipeptide's ΔF state as its system.yaml declares it (``states.phi_pos``, the phi > 0 basin): a
+    :class:`boltzdiff.analysis.states.CVInterval` whose ``contains(phi)`` is the basin mask."""
+    from boltzdiff.analysis.states import free_energy_spec
+    from boltzdiff.systems import SYSTEMS_DIR, read_yaml
+
+    path = SYSTEMS_DIR / "alanine_dipeptide" / "system.yaml"
+    fe = free_energy_spec(read_yaml(path), str(path))
+    if fe is None or fe.rotation_interval is None:
+        raise ValueError(f"{path}: expected one state defined by one dihedral against the rest")
+    return fe.rotation_interval
+
+
+def delta_f_basin(phi, log_w=None, **kw):
+    """ΔF (kT) of alanine dipeptide's declared basin against the rest from ``phi (n,)``; ``kw``: as
+    :func:`boltzdiff.analysis.states.delta_f_states` (n_bootstrap, rng, block_length, clusters)."""
+    from boltzdiff.analysis.states import delta_f_states
+
+    return delta_f_states(aldp_basin().contains(phi), None, log_w, **kw)

@@ -37,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def md_block_errors(phi_t: np.ndarray, frames_per_ns: float, ref: float, budgets_ns) -> list[dict]:
     """RMS error of ΔF over non-overlapping blocks of each budget (ns)."""
-    from boltzdiff.analysis.free_energy import delta_f_phi
+    from _common import delta_f_basin
 
     rows = []
     for b in budgets_ns:
@@ -45,7 +45,7 @@ def md_block_errors(phi_t: np.ndarray, frames_per_ns: float, ref: float, budgets
         n_blocks = len(phi_t) // m if m > 0 else 0
         if n_blocks < 2:
             continue
-        vals = np.array([delta_f_phi(phi_t[i * m : (i + 1) * m], n_bootstrap=0).delta_f for i in range(n_blocks)])
+        vals = np.array([delta_f_basin(phi_t[i * m : (i + 1) * m], n_bootstrap=0).delta_f for i in range(n_blocks)])
         ok = np.isfinite(vals)
         rms = float(np.sqrt(np.mean((vals[ok] - ref) ** 2))) if ok.any() else float("nan")
         rows.append(
@@ -65,9 +65,9 @@ def md_block_errors(phi_t: np.ndarray, frames_per_ns: float, ref: float, budgets
 def md_whole_run(phi_t: np.ndarray, frames_per_ns: float, md_ns: float, ref: float) -> dict:
     """The whole trajectory as one estimate, with a moving-block bootstrap SE over 1 ns blocks (with a handful
     of basin visits this SE is itself rough: the visits, not the frames, are the independent samples)."""
-    from boltzdiff.analysis.free_energy import delta_f_phi
+    from _common import delta_f_basin
 
-    est = delta_f_phi(
+    est = delta_f_basin(
         phi_t, n_bootstrap=200, rng=np.random.default_rng(0), block_length=max(1, int(round(frames_per_ns)))
     )
     ok = math.isfinite(est.delta_f)
@@ -151,7 +151,7 @@ def main() -> None:
         md.MDConfig(ns=args.md_ns, save_every_ps=args.save_every_ps, seed=7),
         progress=True,
     )
-    phi, _ = phi_psi(res.positions, system.topology)
+    phi, _ = phi_psi(res.positions, system.topology, **system.spec["cvs"])
     budgets = [float(b) for b in args.budgets.split(",")]
     rows = md_block_errors(
         np.asarray(phi), 1000.0 / args.save_every_ps, ref, [b for b in budgets if b <= args.md_ns / 2]

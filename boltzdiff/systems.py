@@ -133,9 +133,15 @@ def load_system(name_or_path: str | Path, variant: str | None = None) -> System:
         raise ConfigError(f"{path}: missing field 'kind' (expected one of {sorted(BUILDERS)})")
     if kind not in BUILDERS:
         raise ConfigError(f"{path}: field 'kind' is {kind!r}; expected one of {sorted(BUILDERS)}")
+    from boltzdiff.analysis.states import STATE_FIELDS, validate_states
+
+    # named states are data for the analysis, not for the builders: checked here, handed on in system.spec
+    states = {k: spec.pop(k) for k in STATE_FIELDS if k in spec}
+    validate_states({**spec, **states}, str(path))
     mod, fn = BUILDERS[kind].split(":")
     builder = getattr(importlib.import_module(mod), fn)
     system = builder(spec, path)
+    system.spec.update(states)
     system.variant = variant
     run_file = path.parent / "run.yaml"
     if path.name == "system.yaml" and run_file.is_file():

@@ -45,9 +45,11 @@ def _angles(system, x: np.ndarray, ref_x: np.ndarray | None):
 
 def regions(phi: np.ndarray, psi: np.ndarray, bins: int) -> tuple[np.ndarray, list[str]]:
     """Region index per frame: ``bins`` psi bins inside 0 < phi < 2, then alphaR and beta outside it."""
-    from boltzdiff.analysis.free_energy import in_phi_basin, wrap_angle
+    from _common import aldp_basin
 
-    basin = in_phi_basin(phi)
+    from boltzdiff.analysis.free_energy import wrap_angle
+
+    basin = aldp_basin().contains(phi)
     p = wrap_angle(psi).reshape(-1)
     edges = np.linspace(-np.pi, np.pi, bins + 1)
     k = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)

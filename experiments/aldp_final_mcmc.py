@@ -153,7 +153,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from boltzdiff.analysis.free_energy import delta_f_phi
+    from _common import delta_f_basin
+
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
 
     todo = [
@@ -201,7 +202,7 @@ def main() -> None:
             phi = res["phis"][s]
 
             def est(m, phi=phi, lw=lw):
-                return delta_f_phi(phi[m], lw[m], n_bootstrap=0).delta_f
+                return delta_f_basin(phi[m], lw[m], n_bootstrap=0).delta_f
 
             # jackknife over the directory's trained models, or over its runs where it has one model
             loo = leave_one_run_out(est, model if len(np.unique(model)) > 1 else res["run"])
@@ -209,7 +210,7 @@ def main() -> None:
         phi = np.concatenate([r["phis"][s] for r in done])
 
         def est_all(m, phi=phi):
-            return delta_f_phi(phi[m], lw_all[m], n_bootstrap=0).delta_f
+            return delta_f_basin(phi[m], lw_all[m], n_bootstrap=0).delta_f
 
         loo = leave_one_run_out(est_all, model_all)
         single = [est_all(run_all == r) for r in range(n_run)]

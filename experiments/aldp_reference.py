@@ -41,7 +41,6 @@ RESULTS = ROOT / "experiments" / "results"
 def _one(args) -> dict:
     seed, grid, k, equil_ps, prod_ps, save_ps, variant, grid_psi, k_psi = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d
     from boltzdiff.systems import load_system
 
@@ -61,8 +60,8 @@ def _one(args) -> dict:
         system,
         WORK / f"{variant}_g{grid}x{grid_psi}_k{k:g}x{k_psi:g}_p{prod_ps:g}" / f"rep{seed}",
         cfg,
-        ALDP_PHI,
-        ALDP_PSI,
+        system.spec["cvs"]["phi"],
+        system.spec["cvs"]["psi"],
         progress=seed == 1,
     )
     res["wall_s"] = time.perf_counter() - t0
@@ -90,7 +89,9 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from boltzdiff.analysis.free_energy import delta_f_phi, free_energy_profile
+    from _common import delta_f_basin
+
+    from boltzdiff.analysis.free_energy import free_energy_profile
     from boltzdiff.reference.umbrella import unbiased_log_weights
 
     t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def main() -> None:
         phi, psi, lw = unbiased_log_weights(
             r["phi"], r["psi"], r["centers"], r["k_kjmol"], r["kT_kjmol"], r["k_psi_kjmol"]
         )
-        d = delta_f_phi(phi, lw, n_bootstrap=200, rng=seed)
+        d = delta_f_basin(phi, lw, n_bootstrap=200, rng=seed)
         w = np.exp(lw - lw.max())
         ess = float(w.sum() ** 2 / (w**2).sum() / w.size)
         prof = free_energy_profile(phi, lw, bins=36, n_bootstrap=0)

@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
+    from _common import aldp_basin
+
     import boltzdiff.samplers.smc  # noqa: F401  (so that sys.modules holds it)
-    from boltzdiff.analysis.free_energy import in_phi_basin
     from boltzdiff.analysis.weights import clean_log_weights, normalized_weights
     from boltzdiff.cv import phi_psi
     from boltzdiff.geometry import signed_volume
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
         state.update(trace=[], flag=None)
         done = run_smc(inputs, r, seed, progress=False)
         w = normalized_weights(clean_log_weights(done.log_w.numpy()).log_w_n)
-        fin_b = in_phi_basin(_angles(system, done.x.numpy(), None)[0])
+        fin_b = aldp_basin().contains(_angles(system, done.x.numpy(), None)[0])
         flag = state["flag"].numpy() if state["flag"] is not None else np.zeros(len(w), dtype=bool)
         pb = float(w[fin_b].sum())
         cross = float(w[fin_b & flag].sum() / max(pb, 1e-300))

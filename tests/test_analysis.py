@@ -11,7 +11,6 @@ from scipy import stats
 
 from boltzdiff.analysis import (
     clean_log_weights,
-    delta_f_phi,
     distance_histogram,
     free_energy_profile,
     free_energy_surface,
@@ -39,6 +38,13 @@ from boltzdiff.analysis.report import (
     write_report_md,
 )
 from boltzdiff.samplers.resampling import kish_ess
+
+
+def delta_f_phi(phi, log_w=None, n_bootstrap: int = 200, rng=None):
+    """ΔF of the state 0 < phi < 2 (phi wrapped) against the rest, as a system's ``states`` declares it."""
+    from boltzdiff.analysis.states import CVInterval, delta_f_states
+
+    return delta_f_states(CVInterval("phi", 0.0, 2.0).contains(phi), None, log_w, n_bootstrap=n_bootstrap, rng=rng)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -416,7 +422,7 @@ def test_delta_f_over_models_is_the_jackknife_over_whole_models():
     phi = np.concatenate([np.r_[np.full(b, basin), np.full(o, rest)] for b, o in counts])
     model = np.repeat([0, 1, 2], 100)
     run = np.tile(np.repeat([0, 1], 50), 3) + 2 * model  # runs 0-5, two per model
-    out = delta_f_over_models(phi, np.zeros(300), model, run, se_runs=0.1)
+    out = delta_f_over_models((phi > 0) & (phi < 2), np.zeros(300), model, run, se_runs=0.1)
 
     def log_odds(b, o):
         return -np.log(b / o)

@@ -162,14 +162,11 @@ def test_simulate_cli_md_and_mcmc(tmp_path):
         == 0
     )
     assert np.load(tmp_path / "lj" / "positions.npy").shape == (16, 13, 3)
-    assert (
-        main(["simulate", "alanine_dipeptide", "--ns", "-1", "--out", str(tmp_path / "neg"), "--no-progress"])
-        == 2
-    )
+    assert main(["simulate", "alanine_dipeptide", "--ns", "-1", "--out", str(tmp_path / "neg"), "--no-progress"]) == 2
 
 
 def test_cvs(aldp):
-    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0))  # no topology needed for dihedrals
+    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0), **aldp.spec["cvs"])  # no topology needed for dihedrals
     assert phi.shape == (3,) and np.allclose(phi, aldp.spec["reference_dihedrals"]["phi"], atol=1e-3)
     x = np.random.default_rng(0).standard_normal((10, 4, 2))
     d = interatomic_distances(x)

@@ -18,6 +18,17 @@ from boltzdiff.reference.metad import (
 )
 
 
+def _aldp_cvs() -> tuple[list[int], list[int]]:
+    """Alanine dipeptide's phi and psi atom indices, as its system.yaml declares them."""
+    from boltzdiff.systems import SYSTEMS_DIR, read_yaml
+
+    cvs = read_yaml(SYSTEMS_DIR / "alanine_dipeptide" / "system.yaml")["cvs"]
+    return cvs["phi"], cvs["psi"]
+
+
+_PHI, _PSI = _aldp_cvs()
+
+
 def _direct(a, b, centers, heights, sigma):
     """The bias at one point, summing every Gaussian with periodic distances, term by term."""
     total = 0.0
@@ -87,12 +98,11 @@ def test_block_delta_f_is_unbiased_and_its_jackknife_se_is_calibrated():
 
 
 def test_metad_bias_in_openmm_is_the_deposited_gaussians_and_runs_resume(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")
     cfg = MetadConfig(build_ps=4, prod_ps=2, stride_steps=100, segment_ps=1, seed=5, height_kjmol=2.0)
-    r = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    r = run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     assert len(r["heights"]) == 40 and len(r["phi"]) == 20
     # well-tempered heights never grow, and shrink where bias has built up
     assert np.all(r["heights"] <= cfg.height_kjmol + 1e-12) and r["heights"].min() < cfg.height_kjmol
@@ -101,18 +111,17 @@ def test_metad_bias_in_openmm_is_the_deposited_gaussians_and_runs_resume(tmp_pat
     assert np.max(np.abs(np.array(exact) - r["bias_kjmol"])) < 2e-3 * max(1.0, max(exact))
     assert max(exact) > 1.0  # the frames sit on built-up bias, so the comparison is not trivial
     # a finished run resumes without new MD; other settings in the same folder are refused
-    r2 = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    r2 = run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     assert np.array_equal(r2["phi"], r["phi"]) and np.array_equal(r2["bias_kjmol"], r["bias_kjmol"])
     with pytest.raises(ConfigError, match="other settings"):
-        run_metad_2d(system, tmp_path / "m", MetadConfig(build_ps=4, prod_ps=3, stride_steps=100), ALDP_PHI,
-                     ALDP_PSI, progress=False)  # fmt: skip
+        run_metad_2d(system, tmp_path / "m", MetadConfig(build_ps=4, prod_ps=3, stride_steps=100), _PHI,
+                     _PSI, progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="bias_factor"):
-        run_metad_2d(system, tmp_path / "x", MetadConfig(bias_factor=1.0), ALDP_PHI, ALDP_PSI, progress=False)
+        run_metad_2d(system, tmp_path / "x", MetadConfig(bias_factor=1.0), _PHI, _PSI, progress=False)
 
 
 def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
     import boltzdiff.reference.metad as metad
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")
@@ -127,18 +136,18 @@ def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, mo
 
     monkeypatch.setattr(metad, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+        run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     kept = dict(np.load(tmp_path / "m" / "state.npz"))
     assert len(kept["heights"]) == 20 and len(kept["phi"]) == 10
     monkeypatch.setattr(metad, "_save", real_save)
-    r = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    r = run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     assert len(r["phi"]) == 20 and np.array_equal(r["phi"][:10], kept["phi"])
     assert np.array_equal(r["heights"], kept["heights"])
 
 
 def test_saved_frames_are_the_recorded_production_frames_and_survive_a_resume(tmp_path, monkeypatch):
     import boltzdiff.reference.metad as metad
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI, dihedrals
+    from boltzdiff.cv import dihedrals
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")
@@ -153,18 +162,18 @@ def test_saved_frames_are_the_recorded_production_frames_and_survive_a_resume(tm
 
     monkeypatch.setattr(metad, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+        run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     monkeypatch.setattr(metad, "_save", real_save)
-    r = run_metad_2d(system, tmp_path / "m", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    r = run_metad_2d(system, tmp_path / "m", cfg, _PHI, _PSI, progress=False)
     assert r["frames"].shape == (30, 22, 3) and r["frames"].dtype == np.float32
     # each saved frame is the configuration whose dihedrals and bias were recorded (float32 rounding only)
-    ang = dihedrals(r["frames"], [ALDP_PHI, ALDP_PSI])
+    ang = dihedrals(r["frames"], [_PHI, _PSI])
     d = np.angle(np.exp(1j * (ang - np.stack([r["phi"], r["psi"]], 1))))
     assert np.max(np.abs(d)) < 1e-4
     assert len(np.unique(r["frames"][:, 0, 0])) == 30  # and the frames differ
     # a run started without frames cannot be continued with them
-    run_metad_2d(system, tmp_path / "n", MetadConfig(build_ps=1, prod_ps=1, stride_steps=100), ALDP_PHI, ALDP_PSI,
+    run_metad_2d(system, tmp_path / "n", MetadConfig(build_ps=1, prod_ps=1, stride_steps=100), _PHI, _PSI,
                  progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="save_positions"):
         run_metad_2d(system, tmp_path / "n", MetadConfig(build_ps=1, prod_ps=1, stride_steps=100,
-                     save_positions=True), ALDP_PHI, ALDP_PSI, progress=False)  # fmt: skip
+                     save_positions=True), _PHI, _PSI, progress=False)  # fmt: skip

@@ -508,7 +508,7 @@ def test_reference_md_replicas_from_several_start_structures(tmp_path):
     ref = tmp_path / "reference"
     pos = np.load(ref / "positions.npy")
     assert pos.shape == (40, 22, 3) and np.load(ref / "energies.npy").shape == (40,)
-    phi, _ = phi_psi(pos)
+    phi, _ = phi_psi(pos, **system.spec["cvs"])
     assert np.all(phi[:20] < 0) and np.all((phi[20:] > 0) & (phi[20:] < 2.0))
     prog = json.loads((ref / "progress.json").read_text())
     assert prog["completed"] and [r["frames"] for r in prog["replicas"]] == [20, 20]

@@ -37,7 +37,7 @@ def test_equal_runs_pool_to_the_mean_basin_share_and_models_are_counted(tmp_path
     b = _run_dir(tmp_path / "b", [0.2, 0.2], [0.0, 0.0])
     res = pool.pooled_delta_f([a, b])
     assert res["n_runs"] == 4 and res["n_models"] == 2
-    assert res["basin"] == ["phi integrated", "phi integrated"]
+    assert res["basin"] == ["rotation integrated", "rotation integrated"]
     assert res["delta_f_kT"] == pytest.approx(-math.log(0.2 / 0.8))
     assert res["delta_f_models_kT"] == pytest.approx([-math.log(0.2 / 0.8)] * 2)
     assert res["delta_f_se_kT"] == pytest.approx(0.0, abs=1e-12)
@@ -55,7 +55,7 @@ def test_runs_are_weighted_by_their_normalising_constants(tmp_path):
 
 def test_directories_without_basin_probabilities_count_particles_by_phi(tmp_path):
     a = _run_dir(tmp_path / "a", [0.25, 0.25], [0.0, 0.0], rb=False)
-    res = pool.pooled_delta_f([a], phi_of=lambda x: x[:, 0])
+    res = pool.pooled_delta_f([a], state_of=lambda x: ((x[:, 0] > 0) & (x[:, 0] < 2), None))
     assert res["basin"] == ["count"]
     assert res["delta_f_kT"] == pytest.approx(-math.log(0.25 / 0.75))
 

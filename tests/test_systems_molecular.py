@@ -10,12 +10,14 @@ import pytest
 import torch
 
 import boltzdiff
-from boltzdiff.cv import ALDP_PHI, ALDP_PSI, phi_psi
+from boltzdiff.cv import phi_psi
 from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import dihedral, random_rotate, signed_volume
 from boltzdiff.systems import SYSTEMS_DIR
 
 ALDP_DIR = SYSTEMS_DIR / "alanine_dipeptide"
+#: the dihedrals systems/alanine_dipeptide/system.yaml must declare
+ALDP_PHI, ALDP_PSI = (4, 6, 8, 14), (6, 8, 14, 16)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_aldp_system_fields(aldp):
 
 
 def test_shipped_structure_phi_psi_and_energy(aldp):
-    phi, psi = phi_psi(aldp.positions[None], aldp.topology)
+    phi, psi = phi_psi(aldp.positions[None], aldp.topology, **aldp.spec["cvs"])
     ref = aldp.spec["reference_dihedrals"]
     assert phi[0] == pytest.approx(ref["phi"], abs=1e-3) and psi[0] == pytest.approx(ref["psi"], abs=1e-3)
     # the alpha-R basin: phi about -77 deg, psi about -15 deg

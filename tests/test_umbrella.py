@@ -5,15 +5,29 @@ import math
 import numpy as np
 import pytest
 
-from boltzdiff.analysis.free_energy import delta_f_phi
+from boltzdiff.analysis.states import CVInterval, delta_f_states
 from boltzdiff.errors import ConfigError
 from boltzdiff.reference.umbrella import (
+    UmbrellaConfig,
     bias_reduced,
     grid_centers,
     mbar,
     mbar_log_weights,
     periodic_delta,
+    run_umbrella_2d,
+    unbiased_log_weights,
 )
+
+
+def _aldp_cvs() -> tuple[list[int], list[int]]:
+    """Alanine dipeptide's phi and psi atom indices, as its system.yaml declares them."""
+    from boltzdiff.systems import SYSTEMS_DIR, read_yaml
+
+    cvs = read_yaml(SYSTEMS_DIR / "alanine_dipeptide" / "system.yaml")["cvs"]
+    return cvs["phi"], cvs["psi"]
+
+
+_PHI, _PSI = _aldp_cvs()
 
 
 def _harmonic_states(kappa=4.0, centers=(-2.0, -1.0, 0.0, 1.0, 2.0), n=4000, seed=0):
@@ -87,7 +101,7 @@ def test_two_state_delta_f_from_mbar_weights_of_a_periodic_density():
     u_kn = bias_reduced(phi, psi, centers, kb, kT)
     n_k = np.full(12, 3000)
     lw = mbar_log_weights(u_kn, n_k, mbar(u_kn, n_k))
-    d = delta_f_phi(phi, lw, n_bootstrap=100, rng=0)
+    d = delta_f_states(CVInterval("phi", 0.0, 2.0).contains(phi), None, lw, n_bootstrap=100, rng=0)
     p_exact = np.exp(-u0)
     inside = (grid > 0) & (grid < 2)
     exact = -math.log(p_exact[inside].sum() / p_exact[~inside].sum())
@@ -95,40 +109,36 @@ def test_two_state_delta_f_from_mbar_weights_of_a_periodic_density():
 
 
 def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
-    from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d, unbiased_log_weights
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide")
     cfg = UmbrellaConfig(n_grid=2, k_kjmol=200.0, equil_ps=0.5, prod_ps=1.0, save_every_ps=0.25, seed=1)
-    res = run_umbrella_2d(system, tmp_path / "u", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    res = run_umbrella_2d(system, tmp_path / "u", cfg, _PHI, _PSI, progress=False)
     assert res["phi"].shape == (4, 4) and np.all(np.isfinite(res["phi"]))
     # strong restraints keep each window near its centre
     d = np.abs(periodic_delta(res["phi"], res["centers"][:, :1]))
     assert np.median(d) < 0.6
     # resuming a finished replicate reruns nothing and returns the same samples
-    res2 = run_umbrella_2d(system, tmp_path / "u", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    res2 = run_umbrella_2d(system, tmp_path / "u", cfg, _PHI, _PSI, progress=False)
     assert np.array_equal(res["phi"], res2["phi"])
     _, _, lw = unbiased_log_weights(res["phi"], res["psi"], res["centers"], cfg.k_kjmol, res["kT_kjmol"])
     assert np.all(np.isfinite(lw))
 
 
 def test_umbrella_bad_input_is_a_clear_error(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
-    from boltzdiff.reference.umbrella import UmbrellaConfig, run_umbrella_2d
     from boltzdiff.systems import load_system
 
     with pytest.raises(ConfigError, match="has no OpenMM System"):
-        run_umbrella_2d(load_system("dw4"), tmp_path / "a", UmbrellaConfig(), ALDP_PHI, ALDP_PSI, progress=False)
+        run_umbrella_2d(load_system("dw4"), tmp_path / "a", UmbrellaConfig(), _PHI, _PSI, progress=False)
     aldp = load_system("alanine_dipeptide")
     with pytest.raises(ConfigError, match="prod_ps must be a positive number"):
-        run_umbrella_2d(aldp, tmp_path / "b", UmbrellaConfig(prod_ps=0), ALDP_PHI, ALDP_PSI, progress=False)
+        run_umbrella_2d(aldp, tmp_path / "b", UmbrellaConfig(prod_ps=0), _PHI, _PSI, progress=False)
     # a folder written with other settings is refused, not silently mixed
     cfg = UmbrellaConfig(n_grid=2, k_kjmol=200.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
-    run_umbrella_2d(aldp, tmp_path / "c", cfg, ALDP_PHI, ALDP_PSI, progress=False)
+    run_umbrella_2d(aldp, tmp_path / "c", cfg, _PHI, _PSI, progress=False)
     cfg2 = UmbrellaConfig(n_grid=3, k_kjmol=200.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
     with pytest.raises(ConfigError, match="other settings"):
-        run_umbrella_2d(aldp, tmp_path / "c", cfg2, ALDP_PHI, ALDP_PSI, progress=False)
+        run_umbrella_2d(aldp, tmp_path / "c", cfg2, _PHI, _PSI, progress=False)
     cfg3 = UmbrellaConfig(n_grid=2, k_kjmol=100.0, equil_ps=0.2, prod_ps=0.5, save_every_ps=0.25)
     with pytest.raises(ConfigError, match="other settings"):
-        run_umbrella_2d(aldp, tmp_path / "c", cfg3, ALDP_PHI, ALDP_PSI, progress=False)
+        run_umbrella_2d(aldp, tmp_path / "c", cfg3, _PHI, _PSI, progress=False)

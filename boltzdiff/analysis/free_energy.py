@@ -372,30 +372,3 @@ def two_state_delta_f(
         reps = reps[np.isfinite(reps)]
     se = float(np.std(reps, ddof=1)) if reps.size >= 2 else math.nan
     return DeltaF(est, se, float(np.sum(w * in_a)), int(n_bootstrap), int(reps.size), block_length)
-
-
-#: alanine dipeptide's phi > 0 basin (radians), the default state of :func:`delta_f_phi`
-PHI_BASIN = (0.0, 2.0)
-
-
-def in_phi_basin(phi_n, lo: float = PHI_BASIN[0], hi: float = PHI_BASIN[1]) -> np.ndarray:
-    """Boolean mask ``lo < phi < hi`` after wrapping ``phi_n`` to ``[-pi, pi)``."""
-    phi = wrap_angle(phi_n).reshape(-1)
-    return (phi > lo) & (phi < hi)
-
-
-def delta_f_phi(
-    phi_n,
-    log_w_n=None,
-    lo: float = PHI_BASIN[0],
-    hi: float = PHI_BASIN[1],
-    n_bootstrap: int = 200,
-    rng: RngLike = None,
-    block_length: int | None = None,
-    clusters=None,
-) -> DeltaF:
-    """ΔF (kT) between the basin ``lo < phi < hi`` (default: the alanine-dipeptide phi > 0 basin,
-    0 < phi < 2 rad) and the rest: ``ΔF = -ln[P(lo < phi < hi) / P(elsewhere)]`` (METHOD.md §6).
-    ``phi_n: (n,)`` in radians, wrapped to ``[-pi, pi)`` first; ``clusters``: see :func:`two_state_delta_f`.
-    """
-    return two_state_delta_f(in_phi_basin(phi_n, lo, hi), log_w_n, n_bootstrap, rng, block_length, clusters)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from boltzdiff.analysis.free_energy import in_phi_basin, two_state_delta_f
+from boltzdiff.analysis.free_energy import two_state_delta_f
 from boltzdiff.analysis.weights import jackknife_se, leave_one_run_out
 
-#: the F(phi) profile's bins (radians); the same grid as benchmarks' reference profiles
-PHI_PROFILE_EDGES = np.linspace(-np.pi, np.pi, 37)
+#: the bins (radians) of a run's profile F(CV) over a dihedral; the same grid as benchmarks' reference profiles
+PROFILE_EDGES = np.linspace(-np.pi, np.pi, 37)
 
 
 def target_energies(target, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
@@ -73,17 +73,18 @@ def runs_table_md(res: dict) -> str | None:
     return "\n".join(lines)
 
 
-def delta_f_over_models(phi, log_w, model_of, run_of=None, se_runs=None, member=None) -> dict:
+def delta_f_over_models(member, log_w, model_of, run_of=None, se_runs=None) -> dict:
     """ΔF's error bar when the runs come from several models trained on the same data (``train.n_models``):
     the delete-one-model jackknife of the pooled ΔF. Two trainings of one recipe differ by more than one
     model's SMC runs do (benchmarks/RESULTS.md "Session 16": four models' pooled ΔF spread 0.43 kT, each with
     a 0.2 kT jackknife over its own runs), so a jackknife over runs alone understates the error. Returns the
     keys analysis.json gets: the SE and its method, each model's own pooled ΔF, the pooled ΔF without each
     model, ``se_runs`` (the jackknife over runs, kept for comparison) and, given ``run_of``, each run's model.
-    ``member``: each particle's probability of the basin (default: ``phi`` in the basin, 0 or 1).
+    ``member``: each particle's membership of state A (bool or probability; for ΔF between two named states,
+    the share and weights of :func:`boltzdiff.analysis.states.as_two_state`).
     """
     model_of = np.asarray(model_of)
-    member = in_phi_basin(np.asarray(phi)) if member is None else np.asarray(member)
+    member = np.asarray(member)
 
     def est(m):
         return two_state_delta_f(member[m], log_w[m], n_bootstrap=0).delta_f

@@ -196,6 +196,9 @@ def torsion_state_probability(
     tot = w.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(resolved, (w * inside).sum(1) / np.where(tot > 0, tot, 1.0), ((ang0 > lo) & (ang0 < hi)) * 1.0)
+    # the cells' overlaps sum to 1 only up to rounding: a particle whose whole orbit lies in the state read
+    # 1 + 2e-16, which two_state_delta_f refuses as no probability
+    p = np.clip(p, 0.0, 1.0)
     prof = None
     if profile_edges is not None:
         q = w / np.where(tot > 0, tot, 1.0)[:, None]  # each particle's orbit distribution over the angles

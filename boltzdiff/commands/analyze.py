@@ -11,8 +11,9 @@ def register(sub) -> None:
         "--rb-angles",
         type=int,
         default=72,
-        help="molecules: integrate each particle's phi-basin probability over this many rotations about the phi "
-        "bond for ΔF (Rao-Blackwell; 0: count the particles in the basin)",
+        help="molecules whose ΔF state is one dihedral interval (system.yaml states): integrate each particle's "
+        "probability of the state over this many rotations about that dihedral's bond (Rao-Blackwell; 0: count "
+        "the particles in the state)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -4,8 +4,9 @@ Every SMC run, from whichever model, estimates the same target's normalising con
 run directories (other seeds, other trained models, other settings) pool exactly as the runs of one directory
 do: each weighted by its normalising-constant estimate (:func:`boltzdiff.analysis.weights.pool_runs`). The error
 bar is the delete-one-model jackknife over all the trained models (a directory without ``train.n_models`` counts
-as one model). Each particle counts with its φ-basin probability integrated over its φ rotation where
-``boltzdiff analyze`` left it (``basin_probability.npy``, as analysis.json's ΔF), else as in or out of the basin.
+as one model). The states are the system's (``states`` and ``free_energy`` of its spec). Each particle counts
+with its probability of the state integrated over its rotation about the state's dihedral where ``boltzdiff
+analyze`` left it (``basin_probability.npy``, as analysis.json's ΔF), else as in or out of the states.
 """
 
 from __future__ import annotations
@@ -27,22 +28,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def phi_of_samples(system, x) -> np.ndarray:
-    """φ (radians) of a molecule's samples ``x: (n, 3 N)``, mirror images mapped back to the hand of the system's
-    structure first (as the analysis does), ``(n,)``."""
-    import torch
+def state_membership(system, x) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which of a molecule's samples ``x: (n, 3 N)`` lie in the states of its ΔF (the spec's ``states`` and
+    ``free_energy``, :mod:`boltzdiff.analysis.states`), mirror images mapped back to the hand of the system's
+    structure first (as the analysis does): ``(in A, in B)``, bools ``(n,)``; ``in B`` is None where B is A's
+    complement."""
+    from boltzdiff.analysis.states import free_energy_spec, state_mask
+    from boltzdiff.cv import system_cv_values
+    from boltzdiff.errors import ConfigError
 
-    from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
-
-    n = system.target.event_shape[0]
-    xs = torch.as_tensor(np.asarray(x).reshape(-1, n, 3))
-    quads = chiral_quads_of(system)
-    if quads:
-        sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
-        xs = fix_chirality(xs, quads, sign).x
-    cvs = system.spec["cvs"]
-    return phi_psi(xs.numpy(), system.topology, phi=cvs["phi"], psi=cvs["psi"])[0]
+    fe = free_energy_spec(system.spec, str(system.path or system.name))
+    if fe is None:
+        raise ConfigError(f"pool: system {system.name!r} declares no named states (field 'states' of its spec)")
+    values = system_cv_values(system, x).values
+    return state_mask(values, fe.state), (None if fe.against is None else state_mask(values, fe.against))
 
 
 def _read_run_dir(d: Path):
@@ -65,43 +64,48 @@ def _read_run_dir(d: Path):
     return x, lw, run.astype(int), model.astype(int), log_z, p
 
 
-def pooled_delta_f(dirs, phi_of=None) -> dict:
+def pooled_delta_f(dirs, state_of=None) -> dict:
     """Pool the SMC runs of ``dirs`` (finished run directories of one system) by their normalising constants.
 
     Parameters
     ----------
     dirs : sequence of paths
-    phi_of : callable ``(x: (n, 3 N)) -> phi (n,)``, optional
-        How to read φ where a directory has no ``basin_probability.npy``; default: the first directory's
-        system (:func:`phi_of_samples`).
+    state_of : callable ``(x: (n, 3 N)) -> (in A (n,), in B (n,) or None)``, optional
+        Which samples lie in the ΔF's states where a directory has no ``basin_probability.npy``; default: the
+        first such directory's system (:func:`state_membership`).
 
     Returns
     -------
     dict with ``delta_f_kT``, ``delta_f_se_kT`` (jackknife over models), ``n_models``, ``n_runs``,
-    ``delta_f_models_kT`` (each model's runs alone) and ``basin`` (per directory: "phi integrated" or "count").
+    ``delta_f_models_kT`` (each model's runs alone) and ``basin`` (per directory: "rotation integrated" or
+    "count").
     """
-    from boltzdiff.analysis.free_energy import in_phi_basin, two_state_delta_f
+    from boltzdiff.analysis.free_energy import two_state_delta_f
+    from boltzdiff.analysis.states import as_two_state
     from boltzdiff.analysis.weights import clean_log_weights, jackknife_se, leave_one_run_out, pool_runs
 
     dirs = [Path(d) for d in dirs]
-    members, lws, runs, models, log_z, how = [], [], [], [], [], []
+    members, others, lws, runs, models, log_z, how = [], [], [], [], [], [], []
     n_run = n_model = 0
     for d in dirs:
         x, lw, run, model, lz, p = _read_run_dir(d)
-        if p is not None:
+        if p is not None:  # the analysis's rotation integral: a state against the rest
             members.append(np.asarray(p, dtype=float))
-            how.append("phi integrated")
+            others.append(None)
+            how.append("rotation integrated")
         else:
-            if phi_of is None:
+            if state_of is None:
                 from boltzdiff.systems import load_system
 
                 meta = json.loads((d / "pipeline.json").read_text())
                 system = load_system(meta["system_path"], meta.get("variant"))
 
-                def phi_of(y, _system=system):
-                    return phi_of_samples(_system, y)
+                def state_of(y, _system=system):
+                    return state_membership(_system, y)
 
-            members.append(in_phi_basin(phi_of(x)).astype(float))
+            in_a, in_b = state_of(x)
+            members.append(np.asarray(in_a, dtype=float))
+            others.append(None if in_b is None else np.asarray(in_b, dtype=float))
             how.append("count")
         lws.append(clean_log_weights(lw).log_w_n)
         log_z += list(lz)
@@ -109,8 +113,11 @@ def pooled_delta_f(dirs, phi_of=None) -> dict:
         models.append(model + n_model)
         n_run += int(run.max()) + 1
         n_model += int(model.max()) + 1
+    if any(o is not None for o in others) and any(o is None for o in others):
+        raise ValueError("pool: the directories' ΔF are not between the same states (a state vs. the rest and two)")
     member, run, model = np.concatenate(members), np.concatenate(runs), np.concatenate(models)
-    log_w = pool_runs(np.concatenate(lws), run, log_z)
+    other = None if others[0] is None else np.concatenate(others)
+    member, log_w = as_two_state(member, other, pool_runs(np.concatenate(lws), run, log_z))
 
     def est(m):
         return two_state_delta_f(member[m], log_w[m], n_bootstrap=0).delta_f
