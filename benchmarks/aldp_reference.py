@@ -41,11 +41,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 def _one(args) -> dict:
     seed, grid, k, equil_ps, prod_ps, save_ps, variant, grid_psi, k_psi = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
     from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
     system = load_system("alanine_dipeptide", variant=variant)
+    phi_idx, psi_idx = system.spec["cvs"]["phi"], system.spec["cvs"]["psi"]
     cfg = UmbrellaConfig(
         n_grid=grid,
         k_kjmol=k,
@@ -61,8 +61,8 @@ def _one(args) -> dict:
         system,
         WORK / f"{variant}_g{grid}x{grid_psi}_k{k:g}x{k_psi:g}_p{prod_ps:g}" / f"rep{seed}",
         cfg,
-        ALDP_PHI,
-        ALDP_PSI,
+        phi_idx,
+        psi_idx,
         progress=seed == 1,
     )
     res["wall_s"] = time.perf_counter() - t0

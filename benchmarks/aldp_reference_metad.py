@@ -38,17 +38,17 @@ BLOCKS = (10, 20, 40)
 def _one(args) -> dict:
     seed, variant, build_ps, prod_ps, height, sigma, gamma, first = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.metad import MetadConfig, run_metad_2d
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant=variant)
+    phi_idx, psi_idx = system.spec["cvs"]["phi"], system.spec["cvs"]["psi"]
     cfg = MetadConfig(
         build_ps=build_ps, prod_ps=prod_ps, height_kjmol=height, sigma_rad=sigma, bias_factor=gamma, seed=seed
     )
     t0 = time.perf_counter()
     folder = WORK / f"{variant}_b{build_ps:g}_p{prod_ps:g}_h{height:g}_s{sigma:g}_g{gamma:g}" / f"rep{seed}"
-    res = run_metad_2d(system, folder, cfg, ALDP_PHI, ALDP_PSI, progress=seed == first)
+    res = run_metad_2d(system, folder, cfg, phi_idx, psi_idx, progress=seed == first)
     res["wall_s"] = time.perf_counter() - t0
     res["md_steps"] = round((build_ps + prod_ps) * 1000 / cfg.timestep_fs)
     return res

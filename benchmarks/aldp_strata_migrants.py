@@ -53,11 +53,10 @@ def main(argv=None) -> int:
     from boltzdiff.analysis.free_energy import in_phi_basin
     from boltzdiff.analysis.weights import clean_log_weights, normalized_weights
     from boltzdiff.cv import phi_psi
-    from boltzdiff.geometry import signed_volume
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality, signed_volume
     from boltzdiff.pipeline import _sample_inputs, _smc_run
     from boltzdiff.samplers.resampling import stratified_resample
-    from boltzdiff.systems import load_system
+    from boltzdiff.systems import chiral_quads_of, load_system
 
     out = Path(a.run_dir)
     meta = json.loads((out / "pipeline.json").read_text())

@@ -151,7 +151,7 @@ def main() -> None:
         md.MDConfig(ns=args.md_ns, save_every_ps=args.save_every_ps, seed=7),
         progress=True,
     )
-    phi, _ = phi_psi(res.positions, system.topology)
+    phi, _ = phi_psi(res.positions, system.topology, phi=system.spec["cvs"]["phi"], psi=system.spec["cvs"]["psi"])
     budgets = [float(b) for b in args.budgets.split(",")]
     rows = md_block_errors(
         np.asarray(phi), 1000.0 / args.save_every_ps, ref, [b for b in budgets if b <= args.md_ns / 2]

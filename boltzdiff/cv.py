@@ -9,10 +9,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: alanine dipeptide (ACE-ALA-NME, standard 22-atom order), 0-based
-ALDP_PHI = (4, 6, 8, 14)
-ALDP_PSI = (6, 8, 14, 16)
-
 
 def _as_traj(frames, topology=None):
     """An mdtraj.Trajectory from a Trajectory, or positions ``(F, n, 3)`` nm plus a topology (or None)."""
@@ -43,10 +39,13 @@ def dihedrals(frames, indices: Sequence[Sequence[int]], topology=None) -> np.nda
     )
 
 
-def phi_psi(frames, topology=None, phi=ALDP_PHI, psi=ALDP_PSI) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone ``phi (F,)`` and ``psi (F,)`` in radians (alanine dipeptide indices by default).
+def phi_psi(
+    frames, topology=None, *, phi: Sequence[int], psi: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone ``phi (F,)`` and ``psi (F,)`` in radians of the atom quadruples ``phi`` and ``psi``.
 
-    For a system spec with ``cvs: {phi: [...], psi: [...]}``, pass ``phi=system.spec['cvs']['phi']`` etc.
+    For a system spec with ``cvs: {phi: [...], psi: [...]}``, pass ``phi=system.spec['cvs']['phi']`` etc. (or
+    use :func:`boltzdiff.systems.dihedral_of`, which also maps mirror images back).
     """
     ang = dihedrals(frames, [phi, psi], topology)
     return ang[:, 0], ang[:, 1]

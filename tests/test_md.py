@@ -167,7 +167,8 @@ def test_simulate_cli_md_and_mcmc(tmp_path):
 
 
 def test_cvs(aldp):
-    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0))  # no topology needed for dihedrals
+    cvs = aldp.spec["cvs"]
+    phi, psi = phi_psi(aldp.positions[None].repeat(3, 0), phi=cvs["phi"], psi=cvs["psi"])  # no topology needed
     assert phi.shape == (3,) and np.allclose(phi, aldp.spec["reference_dihedrals"]["phi"], atol=1e-3)
     x = np.random.default_rng(0).standard_normal((10, 4, 2))
     d = interatomic_distances(x)

@@ -87,7 +87,8 @@ def test_block_delta_f_is_unbiased_and_its_jackknife_se_is_calibrated():
 
 
 def test_metad_bias_in_openmm_is_the_deposited_gaussians_and_runs_resume(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from _recipes import ALDP_PHI, ALDP_PSI
+
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")
@@ -111,8 +112,9 @@ def test_metad_bias_in_openmm_is_the_deposited_gaussians_and_runs_resume(tmp_pat
 
 
 def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
+    from _recipes import ALDP_PHI, ALDP_PSI
+
     import boltzdiff.metad as metad
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")
@@ -137,8 +139,10 @@ def test_an_interrupted_metad_run_keeps_its_checkpoints_and_resumes(tmp_path, mo
 
 
 def test_saved_frames_are_the_recorded_production_frames_and_survive_a_resume(tmp_path, monkeypatch):
+    from _recipes import ALDP_PHI, ALDP_PSI
+
     import boltzdiff.metad as metad
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI, dihedrals
+    from boltzdiff.cv import dihedrals
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", variant="vacuum")

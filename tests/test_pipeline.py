@@ -508,7 +508,7 @@ def test_reference_md_replicas_from_several_start_structures(tmp_path):
     ref = tmp_path / "reference"
     pos = np.load(ref / "positions.npy")
     assert pos.shape == (40, 22, 3) and np.load(ref / "energies.npy").shape == (40,)
-    phi, _ = phi_psi(pos)
+    phi, _ = phi_psi(pos, phi=system.spec["cvs"]["phi"], psi=system.spec["cvs"]["psi"])
     assert np.all(phi[:20] < 0) and np.all((phi[20:] > 0) & (phi[20:] < 2.0))
     prog = json.loads((ref / "progress.json").read_text())
     assert prog["completed"] and [r["frames"] for r in prog["replicas"]] == [20, 20]
@@ -540,7 +540,7 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     assert cv_strata(system, None) is None
     # a list of specs labels the cells of their product: phi in 3 intervals x psi in 2 -> phi_bin * 2 + psi_bin
     both = cv_strata(system, [{"cv": "phi", "edges": [0.0, 2.0]}, {"cv": "psi", "edges": [0.0]}])
-    # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see systems/alanine_dipeptide)
+    # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see boltzdiff/systems/alanine_dipeptide)
     assert both(torch.cat([x0, x1])).tolist() == [0 * 2 + 0, 1 * 2 + 1]
     # wrap: the arcs below 0 and above 2 are one stratum (label 0), the basin 0 < phi < 2 the other
     wrapped = cv_strata(system, {"cv": "phi", "edges": [0.0, 2.0], "wrap": True})

@@ -8,9 +8,10 @@ import openmm
 import openmm.unit as unit
 import pytest
 import torch
+from _recipes import ALDP_CHIRAL_QUADS, ALDP_PHI, ALDP_PSI
 
 import boltzdiff
-from boltzdiff.cv import ALDP_PHI, ALDP_PSI, phi_psi
+from boltzdiff.cv import phi_psi
 from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import dihedral, random_rotate, signed_volume
 from boltzdiff.systems import SYSTEMS_DIR
@@ -42,7 +43,7 @@ def test_aldp_system_fields(aldp):
 
 
 def test_shipped_structure_phi_psi_and_energy(aldp):
-    phi, psi = phi_psi(aldp.positions[None], aldp.topology)
+    phi, psi = phi_psi(aldp.positions[None], aldp.topology, phi=ALDP_PHI, psi=ALDP_PSI)
     ref = aldp.spec["reference_dihedrals"]
     assert phi[0] == pytest.approx(ref["phi"], abs=1e-3) and psi[0] == pytest.approx(ref["psi"], abs=1e-3)
     # the alpha-R basin: phi about -77 deg, psi about -15 deg
@@ -187,7 +188,7 @@ def test_copying_the_shipped_folder_works(tmp_path):
 def test_a_copied_folder_keeps_its_chiral_centres_and_bad_ones_are_named(tmp_path):
     # regression: chirality used to be looked up by the name 'alanine_dipeptide', so a copy under another name
     # lost it and its analysis counted D-alanine samples (phi of the opposite sign) in the wrong basin
-    from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS, chiral_quads_of
+    from boltzdiff.systems import chiral_quads_of
 
     d = tmp_path / "my_dipeptide"
     shutil.copytree(ALDP_DIR, d)

@@ -95,7 +95,8 @@ def test_two_state_delta_f_from_mbar_weights_of_a_periodic_density():
 
 
 def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from _recipes import ALDP_PHI, ALDP_PSI
+
     from boltzdiff.systems import load_system
     from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d, unbiased_log_weights
 
@@ -114,7 +115,8 @@ def test_umbrella_smoke_on_alanine_dipeptide(tmp_path):
 
 
 def test_umbrella_bad_input_is_a_clear_error(tmp_path):
-    from boltzdiff.cv import ALDP_PHI, ALDP_PSI
+    from _recipes import ALDP_PHI, ALDP_PSI
+
     from boltzdiff.systems import load_system
     from boltzdiff.umbrella import UmbrellaConfig, run_umbrella_2d
 
