@@ -124,7 +124,8 @@ def phi_of_samples(system, x) -> np.ndarray:
     """phi (radians) of a molecule's samples ``x`` (n, 3 N), mirror images mapped back to the hand of the
     system's structure first (as the analysis does)."""
     from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of
 
     n = system.target.event_shape[0]
     xs = torch.as_tensor(np.asarray(x).reshape(-1, n, 3))

@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import aldp_reference_file, machine  # noqa: E402
 from bg_systems import compare_with_reference_profile, strict_json  # noqa: E402
 
+from boltzdiff.systems import SYSTEMS_DIR  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
-SYSTEM = ROOT / "systems" / "alanine_dipeptide"
+SYSTEM = SYSTEMS_DIR / "alanine_dipeptide"
 
 
 SAMPLERS = ("sweeps", "nosweeps", "plain")

@@ -104,7 +104,8 @@ def system_cv_values(system, x, names: Sequence[str] | None = None, reference=No
     """
     import torch
 
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of
 
     cvs = system.spec.get("cvs") or {}
     names = list(cvs) if names is None else list(names)

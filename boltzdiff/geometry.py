@@ -6,6 +6,11 @@ Lengths are in whatever unit ``x`` is in (nm for molecules); angles are radians.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 
@@ -149,3 +154,81 @@ def signed_volume(x: torch.Tensor, center: int, a: int, b: int, c: int) -> torch
     o = x[:, center]
     va, vb, vc = x[:, a] - o, x[:, b] - o, x[:, c] - o
     return (va * torch.linalg.cross(vb, vc)).sum(-1)
+
+
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles (radians) mapped to ``[-pi, pi)``: ``(a + pi) mod 2 pi - pi``."""
+    return (np.asarray(a) + math.pi) % (2 * math.pi) - math.pi
+
+
+# ------------------------------------------------------------------------------------------------------------
+# chirality: the sign of the signed volume at a chiral centre tells a configuration from its mirror image
+# ------------------------------------------------------------------------------------------------------------
+def chirality_signs(x: torch.Tensor, chiral_quads: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Signs ``(B, Q)`` (+1, -1, or 0 if degenerate) of the signed volumes of ``x: (B, n, 3)`` (or flat
+    ``(B, 3 n)``) at each quadruple ``(center, a, b, c)``."""
+    x = torch.as_tensor(x)
+    if x.dim() == 2:
+        x = x.reshape(x.shape[0], -1, 3)
+    return torch.stack([torch.sign(signed_volume(x, *q)) for q in chiral_quads], dim=-1)
+
+
+def reference_chirality(x_ref: torch.Tensor, chiral_quads: Sequence[Sequence[int]]) -> list[int]:
+    """Majority sign per quadruple over reference configurations ``x_ref: (B, n, 3)`` (e.g. the MD data)."""
+    s = chirality_signs(x_ref, chiral_quads).sum(0)
+    if torch.any(s == 0):
+        raise ValueError("reference configurations have no majority handedness at some chiral centre")
+    return [int(v) for v in torch.sign(s).tolist()]
+
+
+@dataclass(frozen=True)
+class ChiralityFix:
+    """Result of :func:`fix_chirality`.
+
+    Attributes
+    ----------
+    x : tensor, same shape as the input
+        Configurations with the wrong-handed ones mirrored (``-x``) and every configuration re-centred.
+    flipped_b : (B,) bool tensor
+        Which configurations were mirrored.
+    """
+
+    x: torch.Tensor
+    flipped_b: torch.Tensor
+
+    @property
+    def n_flipped(self) -> int:
+        return int(self.flipped_b.sum())
+
+
+def fix_chirality(
+    x: torch.Tensor,
+    chiral_quads: Sequence[Sequence[int]],
+    reference_sign: int | Sequence[int] = 1,
+) -> ChiralityFix:
+    """Mirror configurations whose handedness disagrees with the reference.
+
+    A configuration is wrong-handed when the signs of its signed volumes agree with ``reference_sign`` at
+    fewer quadruples than they disagree (a majority vote; one quadruple for a molecule with one chiral centre).
+    Mirroring is the point inversion ``x -> -x`` followed by centring, which flips every signed volume and keeps
+    every distance, hence every (reflection-invariant) physical energy and importance weight.
+
+    Parameters
+    ----------
+    x : (B, n, 3) or (B, 3 n) tensor
+    chiral_quads : sequence of ``(center, a, b, c)``
+        The chiral centres, e.g. a system spec's ``chiral_quads``.
+    reference_sign : int or sequence of int (one per quadruple)
+        The correct signs; default +1 (a positive signed volume at every quadruple). See
+        :func:`reference_chirality`.
+    """
+    x = torch.as_tensor(x)
+    shape = x.shape
+    x3 = x.reshape(shape[0], -1, 3)
+    ref = torch.as_tensor(reference_sign, dtype=x3.dtype).reshape(-1)
+    s = chirality_signs(x3, chiral_quads)
+    if ref.numel() not in (1, s.shape[1]):
+        raise ValueError(f"reference_sign: expected 1 or {s.shape[1]} signs, got {ref.numel()}")
+    flipped = (s * ref).sum(-1) < 0
+    y = remove_com(torch.where(flipped[:, None, None], -x3, x3))
+    return ChiralityFix(y.reshape(shape), flipped)

@@ -84,8 +84,8 @@ def build_model(
         )
     n, sdim = system.target.event_shape
     if cfg.network == "pairmlp":
-        from boltzdiff.models.egnn import chiral_quads_of
         from boltzdiff.models.pairmlp import build_pairmlp_energy
+        from boltzdiff.systems import chiral_quads_of
 
         if system.kind != "openmm":
             raise ConfigError(

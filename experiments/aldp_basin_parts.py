@@ -30,7 +30,8 @@ from _common import print_table  # noqa: E402
 def _angles(system, x: np.ndarray, ref_x: np.ndarray | None):
     """phi, psi of ``x`` (mirror images mapped back, as the analysis does)."""
     from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of
 
     cvs = system.spec["cvs"]
     n = system.target.event_shape[0]

@@ -55,11 +55,10 @@ def main(argv=None) -> int:
     import boltzdiff.samplers.smc  # noqa: F401  (so that sys.modules holds it)
     from boltzdiff.analysis.weights import clean_log_weights, normalized_weights
     from boltzdiff.cv import phi_psi
-    from boltzdiff.geometry import signed_volume
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality, signed_volume
     from boltzdiff.pipeline import build_sampler, run_smc
     from boltzdiff.samplers.resampling import stratified_resample
-    from boltzdiff.systems import load_system
+    from boltzdiff.systems import chiral_quads_of, load_system
 
     out = Path(a.run_dir)
     meta = json.loads((out / "pipeline.json").read_text())

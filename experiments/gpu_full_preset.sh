@@ -7,7 +7,7 @@
 # topology.pdb), e.g. 2 x 5 ns of 300 K MD started in both basins; the MD is not rerun here (OpenMM's CPU
 # platforms are what the pipeline uses for it). Runs, in order:
 #   1. tests/test_device.py (every stage on the GPU, and device results equal to CPU ones);
-#   2. `boltzdiff run` on a copy of systems/alanine_dipeptide whose full preset takes the data's settings
+#   2. `boltzdiff run` on a copy of boltzdiff/systems/alanine_dipeptide whose full preset takes the data's settings
 #      (300 K replicas from both basins), N_RUNS SMC runs of 4000 particles with MCMC_STEPS MALA moves per
 #      level (default 6 and 10), OpenMM target energies in 8 worker processes; stopped after BUDGET_S
 #      seconds (default 420; finished SMC runs are kept in sample_runs/ and resume). With TRAIN_DIR (a finished
@@ -50,7 +50,7 @@ echo "== full preset on the GPU"
 SYS=/tmp/gpu_aldp/alanine_dipeptide
 RUN=/tmp/gpu_aldp/run
 rm -rf /tmp/gpu_aldp && mkdir -p /tmp/gpu_aldp "$RUN"
-cp -r systems/alanine_dipeptide "$SYS"
+cp -r boltzdiff/systems/alanine_dipeptide "$SYS"
 cp -r "$REF" "$RUN/reference"
 [ -n "$TRAIN" ] && cp -r "$TRAIN" "$RUN/train"
 python3 - "$SYS" "$N_RUNS" "$MCMC" <<'EOF'

@@ -29,7 +29,8 @@ from _common import machine, print_table  # noqa: E402
 
 def fidelity(run_dir: Path, frames: int, levels, seed: int = 0, frames_from: Path | None = None) -> list[list]:
     from boltzdiff.cv import dihedrals
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of
     from boltzdiff.train import load_run
 
     train_dir = run_dir / "train" if (run_dir / "train").is_dir() else run_dir

@@ -1,10 +1,17 @@
-"""Tiny run settings shared by the end-to-end tests (tests/test_pipeline.py, tests/test_device.py)."""
+"""Tiny run settings shared by the end-to-end tests (tests/test_pipeline.py, tests/test_device.py), and the
+shipped alanine dipeptide's atom indices."""
 
 import shutil
 
 import yaml
 
 from boltzdiff.systems import SYSTEMS_DIR
+
+# the shipped alanine dipeptide (ACE-ALA-NME, 22 atoms, 0-based): its spec's cvs and chiral centre, written out
+# so that tests can check the spec against them (tests/test_systems_molecular.py)
+ALDP_PHI = (4, 6, 8, 14)
+ALDP_PSI = (6, 8, 14, 16)
+ALDP_CHIRAL_QUADS = ((8, 6, 14, 10),)
 
 TINY_TRAIN = dict(steps=20, batch_size=16, n_levels=12, k=2, warmup_steps=5, checkpoint_every=10, lr_warmup=2)
 
@@ -24,7 +31,7 @@ ALDP_HOT_REFERENCE = {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0}
 
 
 def make_system(tmp_path, name, run_yaml):
-    """A copy of ``systems/<name>`` (or an empty folder) under ``tmp_path`` with ``run_yaml`` as its run.yaml."""
+    """A copy of the shipped system ``<name>`` (or an empty folder) under ``tmp_path``, ``run_yaml`` as its run.yaml."""
     d = tmp_path / name
     shutil.copytree(SYSTEMS_DIR / name, d) if (SYSTEMS_DIR / name).is_dir() else d.mkdir()
     (d / "run.yaml").write_text(yaml.safe_dump(run_yaml))

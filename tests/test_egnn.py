@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _recipes import ALDP_CHIRAL_QUADS
 
-from boltzdiff.geometry import random_rotations, remove_com, signed_volume
-from boltzdiff.models.egnn import (
-    ALDP_CHIRAL_QUADS,
-    EGNNNet,
-    build_egnn_energy,
+from boltzdiff.geometry import (
     chirality_signs,
     fix_chirality,
+    random_rotations,
     reference_chirality,
+    remove_com,
+    signed_volume,
 )
+from boltzdiff.models.egnn import EGNNNet, build_egnn_energy
 from boltzdiff.noise import make_grid, make_schedule
 
 N_LEVELS = 16
@@ -195,14 +196,16 @@ def test_signed_volume_flips_and_fix_chirality_restores():
 
 def test_fix_chirality_aldp_structure():
     mdtraj = pytest.importorskip("mdtraj")
-    from pathlib import Path
+    import yaml
 
-    pdb = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "alanine-dipeptide.pdb"
-    if not pdb.exists():
-        pytest.skip("alanine dipeptide structure not shipped")
-    x = remove_com(torch.tensor(mdtraj.load(str(pdb)).xyz, dtype=torch.float64))
-    assert signed_volume(x, *ALDP_CHIRAL_QUADS[0]).item() > 0  # L-alanine: +1 with the default quadruple
+    from boltzdiff.systems import SYSTEMS_DIR
+
+    folder = SYSTEMS_DIR / "alanine_dipeptide"
+    quads = yaml.safe_load((folder / "system.yaml").read_text())["chiral_quads"]
+    assert [tuple(q) for q in quads] == list(ALDP_CHIRAL_QUADS)
+    x = remove_com(torch.tensor(mdtraj.load(str(folder / "alanine-dipeptide.pdb")).xyz, dtype=torch.float64))
+    assert signed_volume(x, *quads[0]).item() > 0  # L-alanine: +1 at the spec's quadruple
     both = torch.cat([x, -x])
-    out = fix_chirality(both)  # defaults: ALDP quadruple, L sign
+    out = fix_chirality(both, quads)  # default reference sign: +1 (L)
     assert out.flipped_b.tolist() == [False, True]
     torch.testing.assert_close(out.x[1], x[0])

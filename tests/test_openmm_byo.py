@@ -14,9 +14,9 @@ import torch
 
 import boltzdiff
 from boltzdiff.errors import ConfigError
-from boltzdiff.systems import System
+from boltzdiff.systems import SYSTEMS_DIR, System
 
-ALDP_DIR = Path(__file__).resolve().parent.parent / "systems" / "alanine_dipeptide"
+ALDP_DIR = SYSTEMS_DIR / "alanine_dipeptide"
 PDB = "alanine-dipeptide.pdb"
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _recipes import ALDP_CHIRAL_QUADS
 
 from boltzdiff.config import TrainConfig
 from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import random_rotations, remove_com
-from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS, chiral_quads_of
 from boltzdiff.models.pairmlp import build_pairmlp_energy
 from boltzdiff.noise import make_grid, make_schedule
+from boltzdiff.systems import chiral_quads_of
 
 N_LEVELS = 16
 

@@ -540,7 +540,7 @@ def test_bridge_strata_labels_follow_phi_and_bad_specs_are_one_line_errors():
     assert cv_strata(system, None) is None
     # a list of specs labels the cells of their product: phi in 3 intervals x psi in 2 -> phi_bin * 2 + psi_bin
     both = cv_strata(system, [{"cv": "phi", "edges": [0.0, 2.0]}, {"cv": "psi", "edges": [0.0]}])
-    # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see systems/alanine_dipeptide)
+    # psi: -0.26 (shipped structure), +0.51 (the phi > 0 start, see boltzdiff/systems/alanine_dipeptide)
     assert both(torch.cat([x0, x1])).tolist() == [0 * 2 + 0, 1 * 2 + 1]
     # wrap: the arcs below 0 and above 2 are one stratum (label 0), the basin 0 < phi < 2 the other
     wrapped = cv_strata(system, {"cv": "phi", "edges": [0.0, 2.0], "wrap": True})

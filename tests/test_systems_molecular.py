@@ -8,6 +8,7 @@ import openmm
 import openmm.unit as unit
 import pytest
 import torch
+from _recipes import ALDP_CHIRAL_QUADS, ALDP_PHI, ALDP_PSI
 
 import boltzdiff
 from boltzdiff.cv import phi_psi
@@ -16,8 +17,6 @@ from boltzdiff.geometry import dihedral, random_rotate, signed_volume
 from boltzdiff.systems import SYSTEMS_DIR
 
 ALDP_DIR = SYSTEMS_DIR / "alanine_dipeptide"
-#: the dihedrals systems/alanine_dipeptide/system.yaml must declare
-ALDP_PHI, ALDP_PSI = (4, 6, 8, 14), (6, 8, 14, 16)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +188,7 @@ def test_copying_the_shipped_folder_works(tmp_path):
 def test_a_copied_folder_keeps_its_chiral_centres_and_bad_ones_are_named(tmp_path):
     # regression: chirality used to be looked up by the name 'alanine_dipeptide', so a copy under another name
     # lost it and its analysis counted D-alanine samples (phi of the opposite sign) in the wrong basin
-    from boltzdiff.models.egnn import ALDP_CHIRAL_QUADS, chiral_quads_of
+    from boltzdiff.systems import chiral_quads_of
 
     d = tmp_path / "my_dipeptide"
     shutil.copytree(ALDP_DIR, d)

@@ -182,8 +182,8 @@ def test_alanine_dipeptide_mirror_image_gets_the_same_basin_probability():
     """OpenMM energies are mirror-symmetric and the analysis maps mirror images back (negating phi), so a
     configuration and its mirror image must get the same phi-basin probability; 36 and 144 angles agree."""
     from boltzdiff.cv import phi_psi
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
-    from boltzdiff.systems import load_system
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of, load_system
 
     system = load_system("alanine_dipeptide")
     n = system.target.event_shape[0]

@@ -20,7 +20,7 @@ def register(sub) -> None:
         "Rerun on the same --out to resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("system", help="system name (systems/<name>), folder or system.yaml")
+    p.add_argument("system", help="system name (boltzdiff/systems/<name>), folder or system.yaml")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     p.add_argument("--variant", default=None, help="spec variant (e.g. implicit, vacuum)")
     p.add_argument("--seed", type=int, default=0)

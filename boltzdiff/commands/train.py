@@ -24,7 +24,7 @@ def register(sub) -> None:
         help="train an energy model (DSM or DSM + DiffCLF)",
         description="Train a time-dependent energy model on samples of a system.",
     )
-    p.add_argument("--system", help="system name (systems/<name>), folder, or system.yaml path")
+    p.add_argument("--system", help="system name (boltzdiff/systems/<name>), folder, or system.yaml path")
     p.add_argument("--variant", help="system variant (e.g. vacuum/implicit)")
     p.add_argument("--loss", choices=["diffclf", "dsm"], help="DSM + DiffCLF (default) or DSM only")
     p.add_argument("--steps", type=_nonneg_int, help="optimiser steps")

@@ -1,4 +1,4 @@
-"""E(n)-equivariant vector network for particle systems and molecules, and chirality handling.
+"""E(n)-equivariant vector network for particle systems and molecules, optionally chirality-aware.
 
 :class:`EGNNNet` is the ``net`` of :class:`~boltzdiff.models.energy.PreconditionedEnergy` for particles:
 it maps the scaled, centre-of-mass-free configuration ``x~: (B, n * dim)`` and the noise input
@@ -12,8 +12,8 @@ Chirality: a network that sees only distances is also invariant to reflection, s
 and its mirror image the same energy; a model trained on L-alanine then generates D-alanine as often (whose
 phi has the opposite sign). Two remedies are provided:
 
-* :func:`fix_chirality` (post hoc): detect the handedness from the sign of the signed volume at a chiral
-  centre (``boltzdiff.geometry.signed_volume``) and mirror wrong-handed samples (``x -> -x``, re-centred).
+* :func:`boltzdiff.geometry.fix_chirality` (post hoc): detect the handedness from the sign of the signed volume
+  at a chiral centre (``boltzdiff.geometry.signed_volume``) and mirror wrong-handed samples (``x -> -x``, re-centred).
   The physical energy is reflection-invariant, so a mirrored sample keeps its target energy and importance
   weight; this maps the model's mirror-symmetric distribution onto the L half that MD sees.
 * ``chiral_quads=`` on :class:`EGNNNet`: the signed volumes of the given quadruples enter the node features
@@ -24,27 +24,14 @@ phi has the opposite sign). Two remedies are provided:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from boltzdiff.geometry import remove_com, signed_volume
+from boltzdiff.geometry import signed_volume
 from boltzdiff.models.energy import PreconditionedEnergy
 from boltzdiff.models.mlp import FourierEmbedding
 from boltzdiff.noise import LevelGrid
-
-#: Chiral centre of alanine dipeptide in the 22-atom ACE-ALA-NME order, as ``(center, a, b, c)`` =
-#: ``(CA, N, C, CB)`` for :func:`boltzdiff.geometry.signed_volume`; its sign is +1 for L-alanine.
-ALDP_CHIRAL_QUADS: tuple[tuple[int, int, int, int], ...] = ((8, 6, 14, 10),)
-ALDP_L_SIGN = 1
-
-
-def chiral_quads_of(system) -> list[tuple[int, int, int, int]] | None:
-    """A system's chiral centres, from its spec's ``chiral_quads`` (None if it declares none). Declared in the
-    system's YAML, not inferred from its name, so that a copied or renamed system folder keeps them."""
-    quads = system.spec.get("chiral_quads")
-    return [tuple(int(i) for i in q) for q in quads] if quads else None
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -258,87 +245,4 @@ def build_egnn_energy(
     mu = torch.zeros(n_particles * spatial_dim)
     return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)
 
-
-# ------------------------------------------------------------------------------------------------------------
-# chirality
-# ------------------------------------------------------------------------------------------------------------
-def chirality_signs(x: torch.Tensor, chiral_quads: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Signs ``(B, Q)`` (+1, -1, or 0 if degenerate) of the signed volumes of ``x: (B, n, 3)`` (or flat
-    ``(B, 3 n)``) at each quadruple ``(center, a, b, c)``."""
-    x = torch.as_tensor(x)
-    if x.dim() == 2:
-        x = x.reshape(x.shape[0], -1, 3)
-    return torch.stack([torch.sign(signed_volume(x, *q)) for q in chiral_quads], dim=-1)
-
-
-def reference_chirality(x_ref: torch.Tensor, chiral_quads: Sequence[Sequence[int]]) -> list[int]:
-    """Majority sign per quadruple over reference configurations ``x_ref: (B, n, 3)`` (e.g. the MD data)."""
-    s = chirality_signs(x_ref, chiral_quads).sum(0)
-    if torch.any(s == 0):
-        raise ValueError("reference configurations have no majority handedness at some chiral centre")
-    return [int(v) for v in torch.sign(s).tolist()]
-
-
-@dataclass(frozen=True)
-class ChiralityFix:
-    """Result of :func:`fix_chirality`.
-
-    Attributes
-    ----------
-    x : tensor, same shape as the input
-        Configurations with the wrong-handed ones mirrored (``-x``) and every configuration re-centred.
-    flipped_b : (B,) bool tensor
-        Which configurations were mirrored.
-    """
-
-    x: torch.Tensor
-    flipped_b: torch.Tensor
-
-    @property
-    def n_flipped(self) -> int:
-        return int(self.flipped_b.sum())
-
-
-def fix_chirality(
-    x: torch.Tensor,
-    chiral_quads: Sequence[Sequence[int]] = ALDP_CHIRAL_QUADS,
-    reference_sign: int | Sequence[int] = ALDP_L_SIGN,
-) -> ChiralityFix:
-    """Mirror configurations whose handedness disagrees with the reference.
-
-    A configuration is wrong-handed when the signs of its signed volumes agree with ``reference_sign`` at
-    fewer quadruples than they disagree (a majority vote; one quadruple for alanine dipeptide). Mirroring is
-    the point inversion ``x -> -x`` followed by centring, which flips every signed volume and keeps every
-    distance, hence every (reflection-invariant) physical energy and importance weight.
-
-    Parameters
-    ----------
-    x : (B, n, 3) or (B, 3 n) tensor
-    chiral_quads : sequence of ``(center, a, b, c)``
-        Default: alanine dipeptide's CA with (N, C, CB).
-    reference_sign : int or sequence of int (one per quadruple)
-        The correct signs; default +1 (L-alanine for the default quadruple). See :func:`reference_chirality`.
-    """
-    x = torch.as_tensor(x)
-    shape = x.shape
-    x3 = x.reshape(shape[0], -1, 3)
-    ref = torch.as_tensor(reference_sign, dtype=x3.dtype).reshape(-1)
-    s = chirality_signs(x3, chiral_quads)
-    if ref.numel() not in (1, s.shape[1]):
-        raise ValueError(f"reference_sign: expected 1 or {s.shape[1]} signs, got {ref.numel()}")
-    flipped = (s * ref).sum(-1) < 0
-    y = remove_com(torch.where(flipped[:, None, None], -x3, x3))
-    return ChiralityFix(y.reshape(shape), flipped)
-
-
-__all__ = [
-    "ALDP_CHIRAL_QUADS",
-    "ALDP_L_SIGN",
-    "ChiralityFix",
-    "EGNNLayer",
-    "EGNNNet",
-    "build_egnn_energy",
-    "chirality_signs",
-    "fix_chirality",
-    "reference_chirality",
-]
+__all__ = ["EGNNLayer", "EGNNNet", "build_egnn_energy"]

@@ -108,7 +108,8 @@ def cv_strata(system: System, spec):
             raise ConfigError(f"sample.bridge_strata: edges must be numbers (radians), got {one['edges']!r}") from None
         names.append(one["cv"])
     from boltzdiff.cv import dihedrals
-    from boltzdiff.models.egnn import chiral_quads_of, fix_chirality, reference_chirality
+    from boltzdiff.geometry import fix_chirality, reference_chirality
+    from boltzdiff.systems import chiral_quads_of
 
     quads = chiral_quads_of(system) if mirror else None
     ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads) if quads else None
@@ -141,7 +142,8 @@ def sampling_target(system: System, model, restrict_chirality: bool = False):
         a2_0 = float(model.a2[0])
         t = ComRestrained(t, a2_0)
     if restrict_chirality:
-        from boltzdiff.models.egnn import chiral_quads_of, reference_chirality
+        from boltzdiff.geometry import reference_chirality
+        from boltzdiff.systems import chiral_quads_of
 
         quads = chiral_quads_of(system)
         if not quads:

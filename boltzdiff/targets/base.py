@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from boltzdiff.errors import ConfigError
+from boltzdiff.geometry import chirality_signs
 
 
 class Target:
@@ -167,7 +168,7 @@ class HandRestricted(Target):
     ----------
     target : particle target of event shape ``(n, 3)``
     chiral_quads : ``[(center, a, b, c), ...]`` atom indices
-    reference_sign : one sign (+1/-1) per quadruple (:func:`boltzdiff.models.egnn.reference_chirality`)
+    reference_sign : one sign (+1/-1) per quadruple (:func:`boltzdiff.geometry.reference_chirality`)
     """
 
     normalized = False
@@ -183,8 +184,6 @@ class HandRestricted(Target):
             raise ConfigError(f"HandRestricted: expected one reference sign per chiral centre, got {reference_sign!r}")
 
     def _energy(self, x):
-        from boltzdiff.models.egnn import chirality_signs
-
         u = self.inner.energy(x)
         wrong = (chirality_signs(x.detach(), self.quads) != self.ref.to(x)).any(-1)
         return torch.where(wrong, torch.full_like(u, float("inf")), u)

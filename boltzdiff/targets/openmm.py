@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from boltzdiff.errors import ConfigError
+from boltzdiff.schema import suggest
 from boltzdiff.targets.base import Target
 
 log = logging.getLogger(__name__)
@@ -516,7 +517,7 @@ def _create_system_kwargs(spec: dict, path: Path) -> dict[str, Any]:
 
 
 def create_openmm_system(spec: dict, path: Path):
-    """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (``systems/*/system.yaml``)."""
+    """Build ``(openmm.System, openmm.app.PDBFile)`` from an ``openmm`` spec (a ``system.yaml``)."""
     pdb_name = _require(spec, "pdb", path, "a PDB file name relative to the spec")
     ff_files = _require(
         spec, "forcefield", path, "a list of OpenMM force field XML files, or system_xml:, or prmtop: + inpcrd:"
@@ -608,10 +609,12 @@ def _system_from_prmtop(spec: dict, path: Path):
 def openmm_system_from_spec(spec: dict, path: Path):
     """``(openmm.System, openmm.app.Topology, positions)`` from a ``kind: openmm`` spec by one of its routes:
     ``pdb`` + ``forcefield``, ``system_xml`` + ``pdb``, or ``prmtop`` + ``inpcrd``."""
-    unknown = sorted(set(spec) - OPENMM_FIELDS)
+    unknown = sorted(set(spec) - OPENMM_FIELDS, key=str)
     if unknown:
+        near = suggest(unknown[0], OPENMM_FIELDS)
+        hint = f"; did you mean {near!r}?" if near else ""
         raise ConfigError(
-            f"{path}: unknown field {unknown[0]!r} in a kind: openmm spec "
+            f"{path}: unknown field {unknown[0]!r} in a kind: openmm spec{hint} "
             f"(expected one of: {', '.join(sorted(OPENMM_FIELDS))})"
         )
     routes = [r for r in ROUTE_FIELDS if spec.get(r) is not None]
@@ -667,7 +670,7 @@ def openmm_parts(
     n_workers: int = 0,
     energy_cap: float = DEFAULT_ENERGY_CAP,
 ) -> dict[str, Any]:
-    """The fields of a :class:`boltzdiff.systems.System` for an OpenMM System (all but name/kind/spec/path).
+    """The fields of a ``System`` record (the systems package) for an OpenMM System (all but name/kind/spec/path).
 
     ``topology``: ``openmm.app.Topology`` or ``mdtraj.Topology``; ``positions``: an OpenMM ``Quantity`` or an
     array ``(n_atoms, 3)`` in nm; ``temperature``: K (a float or an OpenMM ``Quantity``).
@@ -710,31 +713,3 @@ def openmm_parts(
         positions=pos[0],
         extras={"openmm_system": system, "openmm_topology": omm_top, "masses": masses, "bonds": bonds},
     )
-
-
-def build_system(spec: dict, path: Path):
-    """Builder for ``kind: openmm`` specs; the fields and the three routes are documented in ``docs/systems.md``.
-
-    Routes: ``pdb`` + ``forcefield`` (OpenMM force field XML files), ``system_xml`` + ``pdb`` (a serialized
-    ``openmm.System``), ``prmtop`` + ``inpcrd`` (Amber). Every spec has ``temperature`` (required, K) and
-    optionally ``platform`` (default ``Reference``), ``n_workers`` (default 0), ``energy_cap`` (kT), ``cvs``
-    (name -> 4 atom indices), ``chiral_quads`` (list of ``[centre, a, b, c]`` atom indices of chiral centres).
-    """
-    from boltzdiff.systems import System
-
-    temperature = float(_require(spec, "temperature", path, "a temperature in K"))
-    if not temperature > 0:
-        raise ConfigError(f"{path}: field 'temperature' must be > 0 K, got {temperature}")
-    system, topology, positions = openmm_system_from_spec(spec, path)
-    check_atom_fields(spec, system.getNumParticles(), str(path))
-    parts = openmm_parts(
-        system,
-        topology,
-        positions,
-        temperature,
-        str(path),
-        platform=spec.get("platform", "Reference"),
-        n_workers=int(spec.get("n_workers", 0)),
-        energy_cap=float(spec.get("energy_cap", DEFAULT_ENERGY_CAP)),
-    )
-    return System(name=spec["name"], kind="openmm", spec=spec, path=path, **parts)

@@ -19,13 +19,8 @@ CustomCentroidBondForce) with ``eps = 1 kJ/mol``; evaluated at ``LJ_OPENMM_TEMPE
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import torch
 
-from boltzdiff.errors import ConfigError
 from boltzdiff.geometry import interatomic_distances
 from boltzdiff.targets.base import Target
 
@@ -155,108 +150,3 @@ def particle_topology(n_particles: int, element: str = "Ar", resname: str = "LJ"
         res = top.add_residue(resname, chain, resSeq=i + 1)
         top.add_atom(el.symbol, el, res)
     return top
-
-
-# ------------------------------------------------------------------------------------------------------------
-# builders (kind: lennard_jones, kind: double_well)
-
-
-def _num(spec: dict, field: str, path: Path, default: Any = None, required: bool = False) -> float:
-    if field not in spec or spec[field] is None:
-        if required:
-            raise ConfigError(f"{path}: missing field {field!r}")
-        return default
-    try:
-        return float(spec[field])
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: field {field!r} must be a number, got {spec[field]!r}") from None
-
-
-def _int(spec: dict, field: str, path: Path) -> int:
-    if field not in spec:
-        raise ConfigError(f"{path}: missing field {field!r} (expected a positive integer)")
-    v = spec[field]
-    if not isinstance(v, int) or v < 2:
-        raise ConfigError(f"{path}: field {field!r} must be an integer >= 2, got {v!r}")
-    return v
-
-
-def _initial_positions(spec: dict, path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    init = spec.get("initial_positions")
-    if init is None:
-        return None
-    if isinstance(init, str):
-        f = path.parent / init
-        if not f.is_file():
-            raise ConfigError(f"{path}: field 'initial_positions': file {f} does not exist")
-        if f.suffix == ".npy":
-            arr = np.load(f)
-        else:
-            import mdtraj
-
-            arr = mdtraj.load(str(f)).xyz[0]
-    else:
-        arr = np.asarray(init, dtype=np.float64)
-    arr = np.asarray(arr, dtype=np.float64).reshape(-1, *shape)[0] if arr.size == np.prod(shape) else None
-    if arr is None:
-        raise ConfigError(f"{path}: field 'initial_positions' must hold {shape[0]} x {shape[1]} coordinates")
-    return arr
-
-
-def build_lennard_jones(spec: dict, path: Path):
-    """Builder for ``kind: lennard_jones`` (fields: ``n_particles``, ``temperature`` (reduced), optional
-    ``eps``, ``rm``, ``oscillator_scale``, ``spatial_dim`` (3), ``initial_positions`` (file or list))."""
-    from boltzdiff.systems import System
-
-    n = _int(spec, "n_particles", path)
-    temperature = _num(spec, "temperature", path, required=True)
-    dim = int(spec.get("spatial_dim", 3))
-    target = LennardJonesCluster(
-        n,
-        dim,
-        eps=_num(spec, "eps", path, 1.0),
-        rm=_num(spec, "rm", path, 1.0),
-        oscillator_scale=_num(spec, "oscillator_scale", path, 1.0),
-        temperature=temperature,
-    )
-    pos = _initial_positions(spec, path, (n, dim))
-    extras: dict[str, Any] = {"reduced_units": True}
-    if dim == 3:
-        extras["openmm_temperature_K"] = LJ_OPENMM_TEMPERATURE * temperature
-        extras["openmm_system_factory"] = lambda: lennard_jones_openmm_system(
-            n, target.eps, target.rm, target.oscillator_scale
-        )
-    return System(
-        name=spec["name"],
-        kind="lennard_jones",
-        target=target,
-        spec=spec,
-        path=path,
-        temperature=temperature,
-        topology=particle_topology(n) if dim == 3 else None,
-        positions=pos,
-        extras=extras,
-    )
-
-
-def build_double_well(spec: dict, path: Path):
-    """Builder for ``kind: double_well`` (fields: ``n_particles``, ``spatial_dim``, ``temperature`` (reduced),
-    ``a``, ``b``, ``c``, ``d0``, optional ``initial_positions``)."""
-    from boltzdiff.systems import System
-
-    n = _int(spec, "n_particles", path)
-    dim = int(spec.get("spatial_dim", 2))
-    temperature = _num(spec, "temperature", path, required=True)
-    coef = {k: _num(spec, k, path, required=True) for k in ("a", "b", "c", "d0")}
-    target = DoubleWell(n, dim, temperature=temperature, **coef)
-    return System(
-        name=spec["name"],
-        kind="double_well",
-        target=target,
-        spec=spec,
-        path=path,
-        temperature=temperature,
-        topology=None,
-        positions=_initial_positions(spec, path, (n, dim)),
-        extras={"reduced_units": True},
-    )

@@ -2,8 +2,8 @@
 
 Run once from the repository root (the outputs are committed):
 
-    python systems/alanine_dipeptide/build_structure.py
-    python systems/alanine_dipeptide/build_structure.py --phi 60 --psi 45 --out alanine-dipeptide-phi-pos.pdb
+    python boltzdiff/systems/alanine_dipeptide/build_structure.py
+    python boltzdiff/systems/alanine_dipeptide/build_structure.py --phi 60 --psi 45 --out alanine-dipeptide-phi-pos.pdb
 
 The second structure lies in the phi > 0 basin (alpha_L), which 300 K MD from the first never reaches in
 affordable time: ``reference: starts:`` in run.yaml can start MD replicas from both.

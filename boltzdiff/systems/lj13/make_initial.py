@@ -1,6 +1,6 @@
-"""Write ``initial.pdb`` (a local energy minimum of LJ-n) for systems/lj13 and systems/lj55.
+"""Write ``initial.pdb`` (a local energy minimum of LJ-n) for boltzdiff/systems/lj13 and boltzdiff/systems/lj55.
 
-Run once from the repository root: ``python systems/lj13/make_initial.py 13 55``. Particles start on a
+Run once from the repository root: ``python boltzdiff/systems/lj13/make_initial.py 13 55``. Particles start on a
 seeded random cluster of the right density and are minimised with L-BFGS on the torch target; lengths are in
 reduced units (r_m = 1), written to the PDB as nm.
 """
