@@ -10,22 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from boltzdiff.errors import ConfigError
+from boltzdiff.schema import doc_field
 
 #: energy networks: residual MLP on the flat vector, EGNN (particles, identical or typed), pair-distance MLP
 #: (labelled molecules; see boltzdiff/models/pairmlp.py)
 NETWORKS = ("mlp", "egnn", "pairmlp")
-
-
-def doc_field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a one-line description (``metadata["doc"]``) that docs/configuration.md lists."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Energy quality against exact answers (METHOD.md §4), for targets with exact noised marginals.
+"""Energy quality against exact answers (docs/method.md#diffclf), for targets with exact noised marginals.
 
 - Multi-level classification loss over all N levels on Markov noising chains: each chain starts from an exact
   sample at level 0 and moves up with the closed-form transitions; the element at level i is classified among

@@ -1,7 +1,7 @@
 """Training losses: denoising score matching (DSM) and the Diffusive Classification loss (DiffCLF).
 
 All losses are pure functions of ``(model, x0, levels, noise)``; randomness is drawn from an explicit
-``generator``. ``x0: (B, d)``. See METHOD.md §3.
+``generator``. ``x0: (B, d)``. See docs/method.md#dsm and docs/method.md#diffclf.
 
 - DSM in denoiser form with the EDM weighting: Tweedie ``x0_hat = (x_t + sigma_t^2 s_theta(x_t, t)) / alpha_t``,
   ``L = lambda(t) |x0_hat - x0|^2 / d`` with ``lambda = (sbar^2 + sigma_d^2) / (sbar^2 sigma_d^2)``,

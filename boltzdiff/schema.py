@@ -8,6 +8,7 @@ floats (``1e1``, ``+2.5E-3``): wherever a number is expected, such a numeric str
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Iterable, Mapping
@@ -147,3 +148,10 @@ def get_int(spec: Mapping, field: str, where: str, default: Any = REQUIRED, **bo
 
 
 __all__ = ["REQUIRED", "check_keys", "get_int", "get_number", "short_repr", "suggest", "to_int", "to_number"]
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a one-line description (``metadata["doc"]``) that docs/configuration.md lists."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})

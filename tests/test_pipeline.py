@@ -261,7 +261,7 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
-    """The hot-data ALDP recipe (the quick preset until session 18) in miniature: 500 K MD -> pair-distance
+    """The hot-data ALDP recipe (the former quick preset) in miniature: 500 K MD -> pair-distance
     model with target score matching (data temperature taken from the MD) -> SMC with an adaptive bridge to the
     300 K energy -> analysis that does not score the samples against the 500 K data."""
     import yaml

@@ -227,7 +227,7 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_diffclf_recovers_unbalanced_weights_where_dsm_only_does_not(tmp_path):
-    """Issue 2's learning check: 2-D mixture of two equal-shape modes 9 std apart (weights 0.75 / 0.25).
+    """The mixture learning check: 2-D mixture of two equal-shape modes 9 std apart (weights 0.75 / 0.25).
 
     DiffCLF must put the lowest level's mode weights within 0.03 of the truth; DSM-only (which learns no
     relative offset between separated modes) must miss by more than 0.1. Both scored by importance weights on

@@ -76,7 +76,7 @@ def runs_table_md(res: dict) -> str | None:
 def delta_f_over_models(member, log_w, model_of, run_of=None, se_runs=None) -> dict:
     """ΔF's error bar when the runs come from several models trained on the same data (``train.n_models``):
     the delete-one-model jackknife of the pooled ΔF. Two trainings of one recipe differ by more than one
-    model's SMC runs do (benchmarks/RESULTS.md "Session 16": four models' pooled ΔF spread 0.43 kT, each with
+    model's SMC runs do (docs/decisions.md#n-models: four models' pooled ΔF spread 0.43 kT, each with
     a 0.2 kT jackknife over its own runs), so a jackknife over runs alone understates the error. Returns the
     keys analysis.json gets: the SE and its method, each model's own pooled ΔF, the pooled ΔF without each
     model, ``se_runs`` (the jackknife over runs, kept for comparison) and, given ``run_of``, each run's model.

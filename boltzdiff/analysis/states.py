@@ -14,7 +14,7 @@ named states over them::
 A state is the set where every listed CV lies strictly inside its interval (radians, the CV wrapped to
 ``[-pi, pi)`` first). Without ``free_energy`` the first declared state is taken against the rest and the
 profile is over that state's first CV. Pure functions of arrays: reading the CVs off configurations is
-:func:`boltzdiff.cv.system_cv_values`.
+:func:`boltzdiff.systems.system_cv_values`.
 """
 
 from __future__ import annotations

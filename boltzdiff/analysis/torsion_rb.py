@@ -17,7 +17,7 @@ on ``x`` are unchanged along the way since the estimate is ``sum_i w_i P_i / sum
 where they are) while removing the indicator's Bernoulli noise: the conditional variance theorem (Rao-
 Blackwell). Alanine dipeptide's phi > 0 basin holds ~2 % of the mass at 300 K, so a few heavy particles on the
 wrong side of phi = 0 or 2 moved ΔF by 0.1-0.3 kT per SMC run; with the rotation integrated out the single
-runs' spread halved (benchmarks/RESULTS.md "Session 20").
+runs' spread halved (docs/decisions.md#phi-integrated-delta-f).
 
 The integral is a midpoint rule on ``n_angles`` equally spaced angles that include ``theta = 0`` (the particle
 itself), each angle's cell counted by the fraction of it inside the state, so the error is second order in the

@@ -34,8 +34,8 @@ def state_membership(system, x) -> tuple[np.ndarray, np.ndarray | None]:
     structure first (as the analysis does): ``(in A, in B)``, bools ``(n,)``; ``in B`` is None where B is A's
     complement."""
     from boltzdiff.analysis.states import free_energy_spec, state_mask
-    from boltzdiff.cv import system_cv_values
     from boltzdiff.errors import ConfigError
+    from boltzdiff.systems import system_cv_values
 
     fe = free_energy_spec(system.spec, str(system.path or system.name))
     if fe is None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-# The issue's default: alanine dipeptide with the quick preset, ~5 min on 2 CPU cores since session 18 (its ΔF
-# within 0.11 kT of the reference on three seeds; benchmarks/RESULTS.md, issue 5). Until then it was the
-# gmm2_unbalanced mixture, which `boltzdiff run gmm2_unbalanced` still runs.
+# The default system: alanine dipeptide with the quick preset, 4-7 min on 2 CPU cores
+# (docs/decisions.md#aldp-default-system); `boltzdiff run gmm2_unbalanced` runs the two-mode mixture.
 DEFAULT_SYSTEM = "alanine_dipeptide"
 
 

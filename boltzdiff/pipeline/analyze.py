@@ -374,7 +374,7 @@ def _molecule(
 
     The profile's keys are named after its CV (``f_<cv>_kT``, ``f_<cv>_se_kT``, ``f_<cv>_edges``,
     ``f_<cv>_estimator``) and ``f_cv`` names it; ``delta_f_state`` and ``delta_f_against`` name the states."""
-    from boltzdiff.cv import system_cv_values
+    from boltzdiff.systems import system_cv_values
 
     fe = free_energy_spec(system.spec, str(system.path or system.name))
     if fe is None:
@@ -429,7 +429,7 @@ def _molecule(
     r.update(delta_f_kT=float(df.delta_f), delta_f_se_kT=float(df.se), delta_f_se_method="bootstrap over particles")
     if lineage is not None and len(lineage) == len(cv_p):
         # resampled copies of one ancestor are not independent: draw whole SMC lineages (the particle
-        # bootstrap's SE was 7-25x below the spread of independent runs, benchmarks/RESULTS.md "Session 10")
+        # bootstrap's SE was 7-25x below the spread of independent runs; docs/decisions.md#smc-runs)
         dl = two_state_delta_f(member, log_w_df, n_bootstrap=n_bootstrap, rng=rng, clusters=lineage)
         r.update(
             delta_f_se_kT=float(dl.se),
@@ -438,11 +438,11 @@ def _molecule(
         )
     if lineage is not None and len(lineage) == len(cv_p):
         # how many independent SMC paths state A's mass rests on (its estimate is only as good as that
-        # count, RESULTS.md "Session 12"): distinct lineages among its particles, per run
+        # count; docs/decisions.md#strata-share): distinct lineages among its particles, per run
         runs = np.zeros(len(cv_p), dtype=int) if run_of is None else np.asarray(run_of)
         counts = [int(np.unique(lineage[(runs == k) & in_a]).size) for k in np.unique(runs)]
         # how much of each run's weight one ancestor's copies carry: a run's populations are only as good as
-        # its few heaviest paths (RESULTS.md "Session 16": 13-73 % per run on the full preset)
+        # its few heaviest paths (13-73 % per run on the full preset; docs/decisions.md#n-models)
         top = [top_lineage_share(log_w[runs == k], lineage[runs == k]) for k in np.unique(runs)]
         r.update(basin_lineages=min(counts), basin_lineages_runs=counts, top_lineage_share_runs=top)
     if run_of is not None and np.unique(run_of).size > 1:

@@ -107,20 +107,11 @@ def cv_strata(system: System, spec):
         except (TypeError, ValueError):
             raise ConfigError(f"sample.bridge_strata: edges must be numbers (radians), got {one['edges']!r}") from None
         names.append(one["cv"])
-    from boltzdiff.cv import dihedrals
-    from boltzdiff.geometry import fix_chirality, reference_chirality
-    from boltzdiff.systems import chiral_quads_of
-
-    quads = chiral_quads_of(system) if mirror else None
-    ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads) if quads else None
-    idx = [cvs[name] for name in names]
-    n_atoms = system.target.event_shape[0]
+    from boltzdiff.systems import system_cv_values
 
     def labels(x: torch.Tensor) -> torch.Tensor:
-        xs = x.detach().double().cpu().reshape(-1, n_atoms, 3)
-        if quads:
-            xs = fix_chirality(xs, quads, ref_sign).x
-        angles = dihedrals(xs.numpy(), idx, system.topology)
+        vals = system_cv_values(system, x.detach().double().cpu(), sorted(set(names)), mirror=mirror).values
+        angles = np.stack([vals[name] for name in names], axis=1)
         angles = (angles + np.pi) % (2 * np.pi) - np.pi
         cell = np.zeros(len(angles), dtype=np.int64)
         for k, (edges, wrap) in enumerate(zip(edge_sets, wraps, strict=True)):  # mixed-radix product-cell index

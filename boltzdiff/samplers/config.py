@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boltzdiff.config import doc_field
 from boltzdiff.errors import ConfigError
 from boltzdiff.samplers.mcmc import MCMCConfig
 from boltzdiff.samplers.resampling import RESAMPLERS
+from boltzdiff.schema import doc_field
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Particles start at the noisiest level from :func:`~boltzdiff.samplers.sde.noisiest_gaussian`, with log-weight
 ``log q_{N-1}(x) - log N(x)``. Moving from level ``l`` to the cleaner level ``k`` with the reverse kernel
-``M(x_k | x_l)`` (:func:`~boltzdiff.samplers.sde.reverse_kernel`) multiplies the weight by (METHOD.md §5)
+``M(x_k | x_l)`` (:func:`~boltzdiff.samplers.sde.reverse_kernel`) multiplies the weight by (docs/method.md#smc)
 
     q_k(x_k) K(x_l | x_k) / [q_l(x_l) M(x_k | x_l)],    q_i = exp(-E(., t_i) - f_i),
 

@@ -3,6 +3,7 @@ dihedral collective variables)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,31 +61,69 @@ def chiral_quads_of(system: System) -> list[tuple[int, int, int, int]] | None:
     return [tuple(int(i) for i in q) for q in quads] if quads else None
 
 
+@dataclass(frozen=True)
+class SystemCVs:
+    """Result of :func:`system_cv_values`.
+
+    Attributes
+    ----------
+    values : dict of str to (F,) float array
+        Each requested CV of the spec's ``cvs`` (radians, in (-pi, pi]), in the spec's order.
+    n_mirrored : int or None
+        How many configurations were mirrored back to the reference hand; None for a system without
+        ``chiral_quads`` (or with ``mirror=False``).
+    """
+
+    values: dict[str, np.ndarray]
+    n_mirrored: int | None
+
+
+def system_cv_values(system, x, names: Sequence[str] | None = None, reference=None, mirror: bool = True) -> SystemCVs:
+    """The dihedral CVs ``cvs: {NAME: [i, j, k, l]}`` of a system's spec for configurations ``x`` (``(F, 3n)``
+    or ``(F, n, 3)`` nm, numpy or torch).
+
+    With ``chiral_quads`` in the spec, mirror images are first mapped back to the hand of ``reference``
+    (configurations ``(m, n, 3)``, their majority hand; default: the system's own structure), since a network
+    that sees only distances generates both hands while the force field cannot tell them apart; a mirrored
+    configuration's dihedrals change sign. ``names``: which CVs (default: all, in declared order).
+    """
+    from boltzdiff.cv import dihedrals
+
+    cvs = system.spec.get("cvs") or {}
+    names = list(cvs) if names is None else list(names)
+    missing = [k for k in names if k not in cvs]
+    if missing:
+        raise KeyError(f"system {system.name!r} has no cvs {missing} (it declares {sorted(cvs)})")
+    n = system.target.event_shape[0]
+    xs = torch.as_tensor(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x).reshape(-1, n, 3))
+    quads = chiral_quads_of(system) if mirror else None
+    n_mirrored = None
+    if quads:
+        ref = np.asarray(system.positions)[None] if reference is None else np.asarray(reference).reshape(-1, n, 3)
+        fx = fix_chirality(xs, quads, reference_chirality(torch.as_tensor(ref), quads))
+        xs, n_mirrored = fx.x, int(fx.n_flipped)
+    if not names:
+        return SystemCVs({}, n_mirrored)
+    ang = dihedrals(xs.numpy(), [cvs[k] for k in names], system.topology)
+    return SystemCVs({k: ang[:, i] for i, k in enumerate(names)}, n_mirrored)
+
+
 def dihedral_of(system: System, x: Any, name: str, *, mirror: bool = True) -> np.ndarray:
     """The dihedral ``cvs.<name>`` of the system's spec for configurations ``x`` (``(F, n, 3)`` or ``(F, 3 n)``,
     numpy or torch, nm): ``(F,)`` radians in ``[-pi, pi)``.
 
     With ``mirror`` (the default) and ``chiral_quads`` declared in the spec, mirror images (the other hand at
-    the chiral centres than the system's reference structure) are mapped back first (:func:`fix_chirality`),
-    as the sampling strata and the analysis read phi: a reflection-invariant model generates both hands, and a
+    the chiral centres than the system's reference structure) are mapped back first (:func:`system_cv_values`),
+    as the sampling strata and the analysis read it: a reflection-invariant model generates both hands, and a
     mirror image's dihedrals have the opposite sign.
     """
-    from boltzdiff.cv import dihedrals
-
     cvs = system.spec.get("cvs") or {}
     if name not in cvs:
         near = suggest(name, cvs)
         hint = f"; did you mean {near!r}?" if near else ""
         raise ConfigError(f"system {system.name!r}: no dihedral {name!r} among its cvs ({sorted(cvs) or 'none'}){hint}")
-    n_atoms = system.target.event_shape[0]
-    xs = torch.as_tensor(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64))
-    xs = xs.reshape(-1, n_atoms, 3)
-    quads = chiral_quads_of(system) if mirror else None
-    if quads:
-        ref_sign = reference_chirality(torch.as_tensor(np.asarray(system.positions))[None], quads)
-        xs = fix_chirality(xs, quads, ref_sign).x
-    angles = dihedrals(xs.numpy(), [cvs[name]], system.topology)[:, 0]
-    return wrap_angle(angles)
+    xs = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    return wrap_angle(system_cv_values(system, xs, [name], mirror=mirror).values[name])
 
 
-__all__ = ["System", "chiral_quads_of", "dihedral_of"]
+__all__ = ["System", "SystemCVs", "chiral_quads_of", "dihedral_of", "system_cv_values"]
