@@ -12,7 +12,7 @@ Two versions give the same numbers when every row is identical. Usage::
 
     python benchmarks/reproducibility.py --out /tmp/repro [--json results.json]
 
-About 2 min on a 2-core CPU.
+Everything runs on one CPU thread, the only setting in which CPU training is bit-reproducible. About 8 min.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,10 @@ import numpy as np
 
 def _cli(*args: str) -> None:
     cmd = [sys.executable, "-c", "from boltzdiff.cli import main; main()", *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    # one thread: with several, CPU reductions that accumulate in parallel (the backward of an indexed gather)
+    # add in a varying order, so two trainings with one seed differ in the last bits and then drift apart
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def _digest(*arrays: np.ndarray) -> str:

@@ -34,7 +34,7 @@ class ExactMixtureEnergy(LevelEnergy):
 class DiagonalGaussianEnergy(LevelEnergy):
     """Exact, normalised levels (``f = 0``) of data ``N(0, diag(v))``: ``E(x, t) = sum_j x_j^2 / (2 V_j) +
     log(2 pi V_j) / 2`` with ``V = alpha_t^2 v + sigma_t^2``. Per-coordinate variances spanning orders of
-    magnitude make it a molecule-like stiff/soft test case for samplers (``benchmarks/smc_kernels.py``)."""
+    magnitude make it a molecule-like stiff/soft test case for samplers (``experiments/smc_kernels.py``)."""
 
     def __init__(self, grid: LevelGrid, v):
         super().__init__()

@@ -1,6 +1,6 @@
 """Two-dimensional umbrella sampling over two dihedrals, and MBAR to reweight it to the unbiased ensemble.
 
-This is how the project makes its own reference free energies for molecules (benchmarks/aldp_reference.py):
+This is how the project makes its own reference free energies for molecules (experiments/aldp_reference.py):
 one-dimensional umbrella sampling along φ does not converge for alanine dipeptide in affordable time because ψ
 relaxes slowly inside φ windows, so both dihedrals are restrained together. Each window adds
 ``0.5 k (Δφ)² + 0.5 k (Δψ)²`` (Δ = periodic difference, kJ/mol/rad²) to the OpenMM system; windows run one
