@@ -28,6 +28,7 @@ from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
 from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
 from boltzdiff.runinfo import write_run_info
 from boltzdiff.systems import System, load_system
+from boltzdiff.train_resume import StopOnInterrupt, TrainingInterrupted, resume_changes, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def train(
     system = system or load_system(cfg.system, cfg.variant)
     target = system.target
     cfg.tsm_scale = resolve_tsm_scale(cfg.tsm_scale, system)
-    changed = _resume_changes(out, cfg) if resume else {}
+    changed = resume_changes(out, cfg) if resume else {}
     gen = torch.Generator().manual_seed(cfg.seed)
     data = training_data(target, cfg.data, cfg.n_data, gen)
     particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")
@@ -293,7 +294,7 @@ def train(
         gen.set_state(ck["gen"])
         step, wall_prev = ck["step"], ck.get("wall_s", 0.0)
         log.info("resuming %s at step %d", out, step)
-        _truncate_metrics(out / "metrics.jsonl", step)
+        truncate_metrics(out / "metrics.jsonl", step)
         if changed:  # settings that may change on resume: the run directory says what it now runs with
             log.info("--resume: %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
             atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -338,7 +339,7 @@ def train(
     bar = progress_of(total=cfg.steps, initial=step, enabled=progress, desc=f"train {cfg.loss}")
     metrics_fh = open(out / "metrics.jsonl", "a")
     n_bad = 0
-    stop = _StopOnInterrupt()
+    stop = StopOnInterrupt()
     try:
         while step < cfg.steps:
             if stop.requested:  # Ctrl-C: the last step is complete, so the checkpoint is consistent
@@ -392,73 +393,6 @@ def train(
     summary = dict(steps=step, wall_s=wall, sec_per_step=wall / max(1, step), n_data=n, sigma_data=sigma_d)
     atomic_write_json(out / "train_summary.json", summary)
     return TrainResult(out, ema.model, step, wall, wall / max(1, step))
-
-
-#: TrainConfig fields that may differ when a run is resumed; any other change is refused
-RESUME_MAY_CHANGE = frozenset({"steps", "checkpoint_every", "num_threads", "device"})
-
-
-def _resume_changes(out: Path, cfg: TrainConfig) -> dict[str, tuple]:
-    """``{field: (saved, now)}`` for the fields of ``out/config.yaml`` that ``cfg`` changes; a change outside
-    :data:`RESUME_MAY_CHANGE` (the recipe, the data, the model) is a one-line error: the checkpoint was made
-    with the saved settings, so continuing it with others would mix two runs under one name."""
-    from boltzdiff.io import load_yaml_mapping
-
-    saved = load_yaml_mapping(out / "config.yaml", "the config.yaml that `boltzdiff train` wrote")
-    now = cfg.to_dict()
-    diff = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
-    refused = {k: v for k, v in diff.items() if k not in RESUME_MAY_CHANGE}
-    if refused:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:3])
-        raise ConfigError(
-            f"--resume: {out} was started with other settings ({shown}); resume with the settings in "
-            f"{out / 'config.yaml'} (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change) or train into a new --out"
-        )
-    return diff
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the checkpoint at ``step`` was written to ``ckpt``."""
-
-    def __init__(self, step: int, ckpt: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint written to {ckpt}")
-        self.step, self.ckpt = step, ckpt
-
-
-class _StopOnInterrupt:
-    """The first SIGINT only asks the training loop to stop after its current step (which then writes a
-    checkpoint); a second one interrupts at once. Only in the main thread, where signal handlers can be set."""
-
-    def __init__(self):
-        import signal
-        import threading
-
-        self.requested = False
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.requested:
-            signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 # -- loading a trained run ------------------------------------------------------------------------------

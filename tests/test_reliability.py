@@ -14,7 +14,8 @@ from boltzdiff import train as train_mod
 from boltzdiff.cli import main
 from boltzdiff.config import TrainConfig
 from boltzdiff.errors import ConfigError
-from boltzdiff.train import TrainingInterrupted, load_run, train
+from boltzdiff.train import load_run, train
+from boltzdiff.train_resume import TrainingInterrupted
 
 SMALL = dict(
     system="gmm2_unbalanced",

@@ -120,7 +120,7 @@ def read_start_structure(system: System, start: str) -> np.ndarray:
         raise ConfigError(f"reference.starts: structure file {p} does not exist")
     import openmm.unit as unit
 
-    from boltzdiff.targets.openmm import read_pdb
+    from boltzdiff.targets.openmm_files import read_pdb
 
     pdb = read_pdb(p)
     n_sys = system.topology.n_atoms if system.topology is not None else None

@@ -253,7 +253,8 @@ def build_openmm(spec: dict, path: Path) -> System:
     optionally ``platform`` (default ``Reference``), ``n_workers`` (default 0), ``energy_cap`` (kT), ``cvs``
     (name -> 4 atom indices), ``chiral_quads`` (list of ``[centre, a, b, c]`` atom indices of chiral centres).
     """
-    from boltzdiff.targets.openmm import DEFAULT_ENERGY_CAP, check_atom_fields, openmm_parts, openmm_system_from_spec
+    from boltzdiff.targets.openmm import DEFAULT_ENERGY_CAP
+    from boltzdiff.targets.openmm_files import check_atom_fields, openmm_parts, openmm_system_from_spec
 
     where = str(path)
     temperature = get_number(spec, "temperature", where, gt=0)
@@ -303,7 +304,8 @@ def from_openmm(
     The result has no ``path``: code that reloads a system from its ``system.yaml`` (pipeline jobs) needs a spec;
     write one with ``system_xml:`` + ``pdb:`` for that.
     """
-    from boltzdiff.targets.openmm import DEFAULT_ENERGY_CAP, check_atom_fields, openmm_parts
+    from boltzdiff.targets.openmm import DEFAULT_ENERGY_CAP
+    from boltzdiff.targets.openmm_files import check_atom_fields, openmm_parts
 
     where = f"from_openmm({name!r})"
     cap = DEFAULT_ENERGY_CAP if energy_cap is None else float(energy_cap)
