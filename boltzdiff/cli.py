@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"boltzdiff {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt as e:
         words = list(sys.argv[1:] if argv is None else argv)
         if args.command == "train" and "--resume" not in words:  # train refuses a used --out without it

@@ -158,3 +158,47 @@ def test_typos_in_run_yaml_are_refused_before_anything_runs(tmp_path, capsys, ru
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and match in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_degenerate_run_is_flagged_and_fails_unless_allowed(tmp_path, capsys):
+    """One ancestor for every particle, weights collapsed before the final resampling and a mean energy of
+    2.5e5 kT against a reference near -20: `ess` alone would read 1. The analysis flags it, the report says so
+    and `boltzdiff run` exits 3 unless --allow-degenerate."""
+    import numpy as np
+    from _recipes import TINY_TRAIN, make_system
+
+    sysdir = make_system(
+        tmp_path,
+        "dw4",
+        {
+            "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
+            "presets": {
+                "quick": {
+                    "reference": {"n_steps": 300, "n_chains": 8, "burn_in": 100, "save_every": 10, "step_size": 0.05},
+                    "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0},
+                }
+            },
+        },
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
+    healthy = json.loads((out / "analysis.json").read_text())
+    assert healthy["sanity"] == {"ok": True, "flags": []}
+    # the same run, degenerate: every particle one exploded copy of the first, from one lineage
+    with np.load(out / "samples.npz") as z:
+        x = np.repeat(z["x"][:1] * 60.0, len(z["x"]), axis=0)
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(x=x, log_w=np.zeros(len(x)), lineage=np.zeros(len(x), dtype=np.int64))
+    np.savez(out / "samples.npz", **arrays)
+    summ = json.loads((out / "samples.json").read_text())
+    summ.update(n_lineages=1, ess_trace=[*summ["ess_trace"][:-1], 1e-4], ess=1.0)
+    (out / "samples.json").write_text(json.dumps(summ))
+    rc = main(["run", str(sysdir), "--out", str(out), "--redo", "analyze", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and "degenerate run" in err[-1] and "--allow-degenerate" in err[-1]
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["sanity"]["ok"] is False and len(res["sanity"]["flags"]) == 3, res["sanity"]
+    assert res["mean_energy_kT"] > 1e4
+    assert "Degenerate run" in (out / "report.md").read_text()
+    rc = main(["run", str(sysdir), "--out", str(out), "--redo", "analyze", "--allow-degenerate", "--no-progress"])
+    assert rc == 0

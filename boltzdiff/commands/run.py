@@ -37,6 +37,12 @@ def register(sub) -> None:
         "train.n_models > 1 models, side by side; default: one per CPU core (1 on a GPU). The SMC runs' results "
         "do not depend on it",
     )
+    p.add_argument(
+        "--allow-degenerate",
+        action="store_true",
+        help="exit 0 even when the analysis flags the run as degenerate (one SMC lineage, a collapsed ESS, a mean "
+        "energy far outside the reference's); the flags stay in analysis.json and report.md",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -61,6 +67,7 @@ def run(args) -> int:
         progress=not args.no_progress,
         loss=args.loss,
         redo=args.redo,
+        allow_degenerate=args.allow_degenerate,
         workers=args.workers,
     )
     keys = [

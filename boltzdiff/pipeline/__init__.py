@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from boltzdiff.errors import ConfigError
+from boltzdiff.errors import ConfigError, DegenerateRunError
 from boltzdiff.pipeline.analyze import analyze_run, load_samples
 from boltzdiff.pipeline.reference import (
     run_md_replicas,
@@ -73,6 +73,7 @@ def run_pipeline(
     loss: str | None = None,
     redo: str | None = None,
     workers: int | None = None,
+    allow_degenerate: bool = False,
 ) -> dict:
     """Run (or resume) every stage; returns analysis.json's contents. ``loss='dsm'`` trains DSM-only;
     ``workers``: processes for the sample stage's independent SMC runs and, with ``train.n_models`` > 1, for
@@ -138,6 +139,12 @@ def run_pipeline(
     result = {}
     if "analyze" in stages:
         result = analyze_run(out, system=system, progress=bool(progress))
+        flags = (result.get("sanity") or {}).get("flags") or []
+        if flags and not allow_degenerate:
+            raise DegenerateRunError(
+                f"{out}: degenerate run, its estimates are not to be used ({flags[0]}; see report.md); "
+                f"--allow-degenerate accepts it"
+            )
     log.info("pipeline finished in %.0f s; see %s", time.time() - t0, out / "report.md")
     return result
 

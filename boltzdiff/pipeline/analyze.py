@@ -21,6 +21,7 @@ from boltzdiff.analysis.report import (
     write_json_atomic,
     write_report_md,
 )
+from boltzdiff.analysis.sanity import energy_range, sanity_flags
 from boltzdiff.analysis.weights import clean_log_weights, pool_runs, weighted_mean
 from boltzdiff.errors import ConfigError
 from boltzdiff.pipeline.analyze_molecule import analyze_molecule, states_note
@@ -138,18 +139,14 @@ def analyze_run(
             mode_weight_error=rep["max_abs_error"],
             mode_weight_tv=rep["tv"],
         )
+        u_exact = target_energies(target, target.sample(len(x), torch.Generator().manual_seed(7)).double().numpy())
+        res["reference_energy_range_kT"] = list(energy_range(u_exact))
         figs.append(
             (
                 "energy histograms: exact samples, reweighted SMC",
                 plot_energy_histograms(
                     {
-                        "exact": (
-                            target_energies(
-                                target,
-                                target.sample(len(x), torch.Generator().manual_seed(7)).double().numpy(),
-                            ),
-                            None,
-                        ),
+                        "exact": (u_exact, None),
                         "model (unweighted)": (u, None),
                         "reweighted": (u, log_w),
                     },
@@ -176,6 +173,7 @@ def analyze_run(
             ref_u = None if ref_u is None else ref_u * ref_t / system.temperature
         if ref_u is not None:
             res["reference_mean_energy_kT"] = float(np.mean(ref_u))
+            res["reference_energy_range_kT"] = list(energy_range(ref_u))
             if not (hot or seeded):
                 res["energy_w1_reweighted"] = wasserstein_1(u[finite], ref_u, log_w[finite])
                 res["energy_w1_unweighted"] = wasserstein_1(u[finite], ref_u)
@@ -223,12 +221,18 @@ def analyze_run(
             if ref_x is not None:
                 hists["reference"] = distance_histogram(ref_x.reshape(-1, n, sd), None, bins=h_s.edges)
             figs.append(("interatomic distances", plot_distance_histograms(hists, out / "distances.png")))
+    flags = sanity_flags(res)
+    res["sanity"] = {"ok": not flags, "flags": flags}
+    if flags:
+        log.warning("analyze: degenerate run (%s)", "; ".join(flags))
     write_json_atomic(out / "analysis.json", res)
     numbers = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
     notes = (
         "Weighted quantities use the SMC importance weights of particles annealed to the exact "
         "target energy; `ess` is the normalised Kish ESS."
     )
+    if flags:
+        notes = "**Degenerate run: do not use these numbers.** " + " ".join(f"{f}." for f in flags) + "\n\n" + notes
     if res.get("delta_f_state"):
         notes += " " + states_note(system, res["delta_f_state"], res["delta_f_against"])
     if res.get("n_final_mcmc"):
