@@ -199,13 +199,13 @@ def run_chains(
             },
         )
 
-    from tqdm.auto import tqdm
+    from boltzdiff.progress import progress as progress_of
 
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     total = cfg.n_steps + cfg.burn_in
-    bar = tqdm(total=total, initial=it, unit="step", disable=not progress, desc=f"MCMC {system.name}")
+    bar = progress_of(total=total, initial=it, enabled=progress, desc=f"MCMC {system.name}")
     t0, start = time.perf_counter(), it
     log_step = math.log(step_size)
     try:

@@ -87,7 +87,7 @@ def run_md(system: System, out_dir: str | Path, config: MDConfig | None = None, 
         Run folder; rerunning on the same folder resumes (extend with a larger ``ns``).
     config : MDConfig
     progress : bool
-        Show a tqdm bar with ns/day.
+        Report progress (a bar with ns/day on a terminal, periodic log lines elsewhere).
 
     Returns
     -------

@@ -196,10 +196,10 @@ def run_metad_2d(
         v = ctx.getState(getEnergy=True, groups={group}).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         return float(a), float(b), float(v)
 
-    from tqdm.auto import tqdm
+    from boltzdiff.progress import progress as progress_of
 
     total = n_build + n_prod
-    bar = tqdm(total=total, desc="metad strides", disable=not progress)
+    bar = progress_of(total=total, desc="metad strides", enabled=progress)
     done = len(state["heights"]) + len(state["phi"])
     bar.update(done)
     centers, heights = list(map(tuple, state["centers"])), list(state["heights"])

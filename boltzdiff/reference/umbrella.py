@@ -219,9 +219,9 @@ def run_umbrella_2d(
         ctx.setPositions(pos0)
     ctx.setVelocitiesToTemperature(temperature * unit.kelvin, int(cfg.seed) % (2**31 - 1) or 1)
 
-    from tqdm.auto import tqdm
+    from boltzdiff.progress import progress as progress_of
 
-    bar = tqdm(total=n_win, initial=int(done.sum()), desc="umbrella windows", disable=not progress)
+    bar = progress_of(total=n_win, initial=int(done.sum()), desc="umbrella windows", enabled=progress)
     for w in range(n_win):
         if done[w]:
             continue
