@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         what = f" {e}" if str(e) else ""
         print(f"boltzdiff {args.command}: interrupted{what}; resume with: {again}", file=sys.stderr)
         return 130
+    finally:
+        set_mode("auto")  # the flags hold for this command only (main may be called again in one process)
     return int(rc or 0)
 
 
