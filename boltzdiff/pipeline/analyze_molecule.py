@@ -22,6 +22,7 @@ from boltzdiff.analysis.pipeline_analysis import PROFILE_EDGES, delta_f_over_mod
 from boltzdiff.analysis.report import plot_free_energy_profiles, plot_ramachandran
 from boltzdiff.analysis.states import as_two_state, delta_f_states, free_energy_spec, state_mask
 from boltzdiff.analysis.weights import jackknife_se, leave_one_run_out, top_lineage_share
+from boltzdiff.io import save_npy
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,7 @@ def analyze_molecule(
         member, prof_prob = _state_rao_blackwell(system, x, fe, cv_of, rb_angles, u, r, progress)
         # kept beside samples.npz (same order) so that pooled estimates over run directories
         # (`boltzdiff pool`) reuse it instead of paying the energies again
-        tmp = out / "basin_probability.tmp.npy"
-        np.save(tmp, member)
-        tmp.replace(out / "basin_probability.npy")
+        save_npy(out / "basin_probability.npy", member)
         r["delta_f_indicator_kT"] = float(delta_f_states(in_a, in_b, log_w, n_bootstrap=0).delta_f)
     elif fe.against is None:
         r["delta_f_estimator"] = "weighted count of the particles in the basin"
@@ -208,9 +207,7 @@ def analyze_molecule(
         prof = free_energy_profile_from_probabilities(prof_prob, PROFILE_EDGES, log_w, n_bootstrap, rng)
         profiles = {f"reweighted model ({c} integrated)": prof, "reweighted model (count)": prof_count}
         r[f"f_{c}_estimator"] = f"each particle's {c} distribution over its rotation about the {c} bond"
-        tmp = out / f"{c}_profile_probability.tmp.npy"
-        np.save(tmp, prof_prob.astype(np.float32))
-        tmp.replace(out / f"{c}_profile_probability.npy")
+        save_npy(out / f"{c}_profile_probability.npy", prof_prob.astype(np.float32))
     else:
         prof = prof_count
         profiles = {"reweighted model": prof}

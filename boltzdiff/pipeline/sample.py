@@ -15,7 +15,7 @@ import torch
 
 from boltzdiff.config import SampleConfig
 from boltzdiff.errors import ConfigError
-from boltzdiff.io import atomic_save, atomic_write_json, torch_load
+from boltzdiff.io import atomic_save, atomic_write_json, save_npz, torch_load
 from boltzdiff.pipeline.rundir import model_dir, model_of_run
 from boltzdiff.pipeline.settings import kind_of, n_models
 from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, usable_cores
@@ -403,17 +403,13 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
         if n_m > 1:
             summary["n_models"] = n_m
 
-    def save(p):
-        with open(p, "wb") as fh:
-            extra = dict(run=run_of) if n_runs > 1 else {}
-            if n_m > 1:
-                extra["model"] = np.asarray(models_of)[run_of]
-            if all(res.lineage is not None for res in results):  # distinct labels across runs
-                m = n // n_runs
-                extra["lineage"] = np.concatenate([res.lineage.numpy() + k * m for k, res in enumerate(results)])
-            np.savez(fh, x=x.numpy(), log_w=log_w.numpy(), **extra)
-
-    atomic_save(f, save)
+    extra = dict(run=run_of) if n_runs > 1 else {}
+    if n_m > 1:
+        extra["model"] = np.asarray(models_of)[run_of]
+    if all(res.lineage is not None for res in results):  # distinct labels across runs
+        m = n // n_runs
+        extra["lineage"] = np.concatenate([res.lineage.numpy() + k * m for k, res in enumerate(results)])
+    save_npz(f, dict(x=x.numpy(), log_w=log_w.numpy(), **extra))
     atomic_write_json(out / "samples.json", summary)
     if part_dir.is_dir():
         import shutil
