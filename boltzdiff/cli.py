@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``boltzdiff/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` (called with the parsed ``argparse.Namespace``; returns an exit status or None).
-User errors (:class:`~boltzdiff.errors.BoltzdiffError`) print one line and exit with status 2.
+User errors (:class:`~boltzdiff.errors.BoltzdiffError`) and bad flags print one line and exit with status 2;
+``--debug`` re-raises them with the full traceback instead.
 """
 
 from __future__ import annotations
@@ -20,18 +21,31 @@ from boltzdiff.errors import BoltzdiffError
 COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze", "pool"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line (``boltzdiff CMD: error: ...``) like every other user error, not usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="boltzdiff",
         description="Energy-based diffusion models (DSM + DiffCLF) as Boltzmann generators.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks (implies --debug)")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="re-raise user errors with the full traceback instead of the one-line message",
+    )
     p.add_argument(
         "--progress",
         action="store_true",
         help="progress bars even when stderr is no terminal (default: bars on a terminal, else a log line every ~30 s)",
     )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"boltzdiff.commands.{name}").register(sub)
     return p
@@ -43,7 +57,14 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, one line printed)
+        return e.code if isinstance(e.code, int) else 2
+    if extra:
+        prog = f"boltzdiff {args.command}" if getattr(args, "command", None) else "boltzdiff"
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     warnings.formatwarning = _format_warning
     if not getattr(args, "func", None):
@@ -55,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except BoltzdiffError as e:
-        if args.verbose:
+        if args.debug or args.verbose:
             raise
         print(f"boltzdiff {args.command}: error: {e}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what C libraries print on file descriptor 1 to stderr while the block runs (mdtraj's DCD reader, the
+    VMD dcdplugin, prints "dcdplugin) detected ..." with printf), so that stdout holds only the energies."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1: nothing to guard
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
     """Positions ``(F, n, d)`` of a frames file, checked against the system's atom count (and units)."""
     path = Path(path)
@@ -36,25 +58,25 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
         raise ConfigError(f"frames: file {path} does not exist")
     shape = tuple(system.target.event_shape)
     n = shape[0]
+    if top is not None and not Path(top).is_file():
+        raise ConfigError(f"--top: file {top} does not exist (expected a topology such as a .pdb)")
     if path.suffix == ".npy":
-        try:
-            x = np.load(path)
-        except (ValueError, OSError) as e:
-            raise ConfigError(f"{path}: cannot read .npy ({e})") from None
+        from boltzdiff.io import load_npy
+
+        x = load_npy(path, "frames: an array of positions (F, n, d) or (F, n*d) in nm")
     elif path.suffix in (".h5", ".hdf5"):
         x = _read_mdtraj_h5(path)
     else:
         import mdtraj
 
+        if path.suffix != ".pdb" and top is None and system.topology is None:
+            raise ConfigError(f"{path}: needs --top (system {system.name} has no topology)")
         try:
-            if path.suffix == ".pdb":
-                traj = mdtraj.load(str(path))
-            elif top is not None:
-                traj = mdtraj.load(str(path), top=top)
-            elif system.topology is not None:
-                traj = mdtraj.load(str(path), top=system.topology)
-            else:
-                raise ConfigError(f"{path}: needs --top (system {system.name} has no topology)")
+            with stdout_to_stderr():
+                if path.suffix == ".pdb":
+                    traj = mdtraj.load(str(path))
+                else:
+                    traj = mdtraj.load(str(path), top=top if top is not None else system.topology)
         except ConfigError:
             raise
         except ImportError as e:
@@ -69,10 +91,9 @@ def load_frames(path: str | Path, system, top: str | None = None) -> np.ndarray:
         x = x[None]
     if x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
         x = x.reshape(-1, *shape)
-    if x.ndim != 3 or x.shape[1:] != shape:
+    if x.ndim != 1 + len(shape) or x.shape[1:] != shape:
         raise ConfigError(
-            f"{path}: frames have shape {x.shape[1:] if x.ndim == 3 else x.shape}; system "
-            f"{system.name} expects (F, {', '.join(map(str, shape))})"
+            f"{path}: frames have shape {x.shape}; system {system.name} expects (F, {', '.join(map(str, shape))})"
         )
     if system.kind == "openmm":
         from boltzdiff.targets.openmm import check_positions
@@ -103,14 +124,19 @@ def _read_mdtraj_h5(path: Path) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from boltzdiff.commands._common import check_count, check_out_file
     from boltzdiff.io import atomic_save, save_npy
     from boltzdiff.systems import load_system
 
+    check_count(args.batch, "--batch")
+    check_count(args.workers, "--workers", minimum=0)
+    if args.out:
+        check_out_file(args.out)
     system = load_system(args.system, args.variant)
     try:
         if args.workers is not None and hasattr(system.target, "bridge"):
             system.target.bridge.close()
-            system.target.bridge.n_workers = max(0, int(args.workers))
+            system.target.bridge.n_workers = int(args.workers)
         x = load_frames(args.frames, system, args.top)
         out = []
         with torch.no_grad():

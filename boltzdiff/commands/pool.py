@@ -11,7 +11,6 @@ analyze`` left it (``basin_probability.npy``, as analysis.json's ΔF), else as i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +46,25 @@ def state_membership(system, x) -> tuple[np.ndarray, np.ndarray | None]:
 def _read_run_dir(d: Path):
     """``(x, log_w, run, model, log_Z per run, basin probability or None)`` of one finished run directory."""
     from boltzdiff.errors import ConfigError
+    from boltzdiff.io import load_json, load_npy, load_npz
+    from boltzdiff.pipeline import read_pipeline_json
 
     for name in ("pipeline.json", "samples.npz", "samples.json"):
         if not (d / name).exists():
             raise ConfigError(f"pool: {d} has no {name} (not a finished `boltzdiff run` directory)")
-    with np.load(d / "samples.npz") as z:
-        x, lw = z["x"], z["log_w"]
-        run = z["run"] if "run" in z.files else np.zeros(len(x), dtype=int)
-        model = z["model"] if "model" in z.files else np.zeros(len(x), dtype=int)
-    summ = json.loads((d / "samples.json").read_text())
+    read_pipeline_json(d)
+    z = load_npz(d / "samples.npz", "the sample stage's particles (x, log_w)")
+    if "x" not in z or "log_w" not in z:
+        raise ConfigError(f"{d / 'samples.npz'}: has arrays {sorted(z)}; expected x and log_w")
+    x, lw = z["x"], z["log_w"]
+    run = z["run"] if "run" in z else np.zeros(len(x), dtype=int)
+    model = z["model"] if "model" in z else np.zeros(len(x), dtype=int)
+    summ = load_json(d / "samples.json", "the sample stage's summary (a JSON object with log_Z)")
+    if not isinstance(summ, dict) or not ("runs" in summ or "log_Z" in summ):
+        raise ConfigError(f"{d / 'samples.json'}: no 'log_Z' or 'runs'; expected the sample stage's summary")
     log_z = [r["log_Z"] for r in summ["runs"]] if "runs" in summ else [summ["log_Z"]]
     bp = d / "basin_probability.npy"
-    p = np.load(bp) if bp.exists() else None
+    p = load_npy(bp, "the analysis's per-particle basin probabilities") if bp.exists() else None
     if p is not None and len(p) != len(x):
         p = None
     return x, lw, run.astype(int), model.astype(int), log_z, p
@@ -95,9 +101,10 @@ def pooled_delta_f(dirs, state_of=None) -> dict:
             how.append("rotation integrated")
         else:
             if state_of is None:
+                from boltzdiff.pipeline import read_pipeline_json
                 from boltzdiff.systems import load_system
 
-                meta = json.loads((d / "pipeline.json").read_text())
+                meta = read_pipeline_json(d) or {}
                 system = load_system(meta["system_path"], meta.get("variant"))
 
                 def state_of(y, _system=system):
@@ -135,11 +142,14 @@ def pooled_delta_f(dirs, state_of=None) -> dict:
 
 
 def run(args) -> int:
+    from boltzdiff.commands._common import check_out_file
     from boltzdiff.errors import ConfigError
 
     for d in args.run_dirs:
         if not Path(d).is_dir():
             raise ConfigError(f"pool: run dir {d} does not exist")
+    if args.out:
+        check_out_file(args.out)
     res = pooled_delta_f(args.run_dirs)
     print(
         f"{res['n_runs']} SMC runs of {res['n_models']} models: ΔF {res['delta_f_kT']:.3f} ± "

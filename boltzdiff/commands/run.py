@@ -51,12 +51,16 @@ def run(args) -> int:
     import logging
     from pathlib import Path
 
+    from boltzdiff.commands._common import check_count, check_device, check_out_dir
     from boltzdiff.pipeline import run_pipeline
 
+    check_count(args.workers, "--workers")
+    check_device(args.device)
     out = args.out or str(
         Path("runs")
         / f"{Path(args.system).stem if args.system.endswith('.yaml') else Path(args.system).name}_{args.preset}"
     )
+    check_out_dir(out)
     res = run_pipeline(
         args.system,
         out,

@@ -67,15 +67,20 @@ def check_sampling_args(args) -> None:
         raise ConfigError(f"--ess-threshold: expected a number in [0, 1], got {args.ess_threshold}")
     if not str(args.out).endswith(".npz"):
         raise ConfigError(f"--out: expected a file name ending in .npz, got {args.out!r}")
+    from boltzdiff.commands._common import check_out_file
+
+    check_out_file(args.out)
+    check_out_file(Path(args.out).with_suffix(".json"))
 
 
-def load_model(run_dir: str, ema: bool = True):
-    """``load_run`` from the training module, with a one-line error for a missing run directory."""
+def load_model(run_dir: str, ema: bool = True, device: str = "cpu"):
+    """``load_run`` from the training module, with one-line errors for a missing run directory or a malformed
+    config.yaml, on ``device``."""
+    from boltzdiff.commands._common import check_train_run_dir
     from boltzdiff.train import load_run
 
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run dir {run_dir} does not exist")
-    return load_run(run_dir, ema=ema)
+    check_train_run_dir(run_dir)
+    return load_run(run_dir, ema=ema, device=device)
 
 
 def write_outputs(out: str, x, log_w, summary: dict) -> tuple[Path, Path]:
@@ -141,6 +146,7 @@ def register(sub) -> None:
         default=1,
         help="(smc) run through REFINE - 1 untrained levels between every two trained ones (default 1: none)",
     )
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the model and the particles live")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -161,7 +167,10 @@ def run(args) -> int:
         raise ConfigError(f"--refine: expected an integer >= 1, got {args.refine}")
     if args.sampler != "smc" and (args.refine != 1 or args.kernel_variance != "fisher"):
         raise ConfigError("--refine and --kernel-variance are settings of --sampler smc")
-    run_ = load_model(args.run_dir, ema=not args.no_ema)
+    from boltzdiff.commands._common import check_device
+
+    check_device(args.device)
+    run_ = load_model(args.run_dir, ema=not args.no_ema, device=args.device)
     model, target = run_.model, run_.system.target
     if args.refine > 1:
         from boltzdiff.models.energy import refine_levels
@@ -200,9 +209,10 @@ def run(args) -> int:
         seed=int(args.seed),
         **res.summary(),
     )
+    x, log_w = res.x.detach().cpu(), res.log_w.detach().cpu()  # the particles live on --device
     if isinstance(target, GaussianMixture):
-        summary["modes"] = mode_report(target, res.x, res.log_w)
-    out, js = write_outputs(args.out, res.x, res.log_w, summary)
+        summary["modes"] = mode_report(target, x, log_w)
+    out, js = write_outputs(args.out, x, log_w, summary)
     log.info(
         "%s: %d samples, ESS %.3f, %d model / %d target evaluations, %.1f s -> %s (+ %s)",
         args.sampler,

@@ -55,16 +55,57 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace, engine: str) -> None:
+    """The flags of ``engine`` ('md' or 'mcmc'): positive lengths and counts, and at least one saved frame (a
+    run that would save none is an error, not a 'completed' run)."""
+    import math
+
+    from boltzdiff.commands._common import check_count, check_out_dir
+
+    check_out_dir(args.out)
+    if engine == "md":
+        for flag, v in (
+            ("--ns", args.ns),
+            ("--save-every-ps", args.save_every_ps),
+            ("--timestep-fs", args.timestep_fs),
+            ("--friction", args.friction),
+        ):
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"simulate {flag}: expected a positive number, got {v}")
+        if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+            raise ConfigError(f"simulate --temperature: expected a positive number of kelvin, got {args.temperature}")
+        check_count(args.checkpoint_every, "simulate --checkpoint-every")
+        if round(args.ns * 1000.0 / args.save_every_ps) < 1:
+            raise ConfigError(
+                f"simulate --ns {args.ns}: shorter than one --save-every-ps {args.save_every_ps} interval, so 0 "
+                "frames would be saved; expected --ns >= --save-every-ps / 1000"
+            )
+    else:
+        for flag, v in (("--steps", args.steps), ("--chains", args.chains), ("--save-every", args.save_every)):
+            check_count(v, f"simulate {flag}")
+        check_count(args.burn_in, "simulate --burn-in", minimum=0)
+        if not (math.isfinite(args.step_size) and args.step_size > 0):
+            raise ConfigError(f"simulate --step-size: expected a positive number, got {args.step_size}")
+        if args.steps // args.save_every < 1:
+            raise ConfigError(
+                f"simulate --steps {args.steps}: fewer than one --save-every {args.save_every} interval, so 0 "
+                "frames would be saved; expected --steps >= --save-every"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from boltzdiff.reference.chains import ChainConfig, run_chains
     from boltzdiff.reference.md import MDConfig, run_md
     from boltzdiff.systems import load_system
 
+    if args.engine != "auto":
+        check_args(args, args.engine)
     system = load_system(args.system, args.variant)
     try:
         engine = args.engine
         if engine == "auto":
             engine = "md" if system.kind == "openmm" else "mcmc"
+            check_args(args, engine)
         if engine == "mcmc" and system.kind == "openmm":
             raise ConfigError(
                 f"simulate: --engine mcmc needs a torch target; {system.name} is an OpenMM system"

@@ -47,13 +47,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from boltzdiff.commands._common import check_device, check_out_dir
     from boltzdiff.errors import ConfigError
+    from boltzdiff.io import load_yaml_mapping
     from boltzdiff.train import train
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: expected a positive integer, got {args.steps}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    out = check_out_dir(args.out)
+    if args.resume and (out / "ckpt.pt").exists():  # what --resume compares the settings with
+        load_yaml_mapping(out / "config.yaml", "the config.yaml that `boltzdiff train` wrote (a mapping of settings)")
     over = dict(
         loss=args.loss,
         steps=args.steps,
@@ -66,6 +71,7 @@ def run(args) -> int:
         variant=args.variant,
     )
     cfg = resolve_train_config(args.system, args.config, over)
+    check_device(cfg.device, "--device" if args.device else f"{args.config or 'config'}: device")
     res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     log.info(
         "trained %d steps in %.1f s (%.3f s/step); model in %s",

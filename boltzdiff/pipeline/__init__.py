@@ -26,6 +26,7 @@ from boltzdiff.pipeline.rundir import (
     STAGES,
     _check_run_dir,
     _remove_stage_outputs,
+    check_run_outputs,
     model_dir,
     model_of_run,
     read_pipeline_json,
@@ -103,6 +104,7 @@ def run_pipeline(
                 f"directory; choose another --out"
             )
     _check_run_dir(out, system, preset, loss)
+    check_run_outputs(out, kept_before=redo)
     old = read_pipeline_json(out)
     if loss is None and old is not None:  # resuming: keep the loss the run started with
         loss = old.get("settings", {}).get("train", {}).get("loss")
@@ -157,6 +159,7 @@ __all__ = [
     "SamplerInputs",
     "analyze_run",
     "build_sampler",
+    "check_run_outputs",
     "check_settings",
     "cv_strata",
     "exit_with_parent",

@@ -31,9 +31,8 @@ STAGE_OUTPUTS = {
 
 
 def _check_run_dir(out: Path, system: System, preset: str, loss: str | None = None) -> None:
-    f = out / "pipeline.json"
-    if f.exists():
-        old = json.loads(f.read_text())
+    old = read_pipeline_json(out)
+    if old is not None:
         old_path = old.get("system_path")
         same = old_path is not None and (
             old_path == str(system.path) or (system.path is not None and Path(old_path).resolve() == system.path)
@@ -108,8 +107,34 @@ def model_of_run(r: int, n_runs: int, n_m: int) -> int:
 
 def read_pipeline_json(out: Path) -> dict | None:
     """The run directory's ``pipeline.json`` (system, variant, preset, seed, settings), or None if it has none."""
+    from boltzdiff.io import load_json
+
     f = Path(out) / "pipeline.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    if not f.exists():
+        return None
+    what = "the JSON object that `boltzdiff run` wrote (system, variant, preset, settings)"
+    meta = load_json(f, what)
+    if not isinstance(meta, dict) or not isinstance(meta.get("settings", {}), dict):
+        raise ConfigError(f"{f}: holds a {type(meta).__name__} without a 'settings' mapping; expected {what}")
+    return meta
+
+
+def check_run_outputs(out: Path, kept_before: str | None = None) -> None:
+    """The arrays that later stages read back from a run directory (``samples.npz``, ``reference/positions.npy``,
+    ``reference/train_positions.npy``) load, so a truncated or garbage file is a one-line error naming it before
+    any stage runs (or any output is removed), not a traceback from the stage that reads it. ``kept_before``: the
+    stage a ``--redo`` starts at; only the outputs of the stages before it, which are kept, are checked."""
+    from boltzdiff.io import load_npy, load_npz
+
+    out = Path(out)
+    last = STAGES.index(kept_before) if kept_before is not None else len(STAGES)
+    if STAGES.index("sample") < last and (out / "samples.npz").exists():
+        load_npz(out / "samples.npz", "the sample stage's particles (x, log_w); `--redo sample` writes them anew")
+    for name in ("positions.npy", "train_positions.npy") if last > 0 else ():
+        f = out / "reference" / name
+        if f.exists():
+            arr = load_npy(f, "the reference stage's frames; `--redo reference` writes them anew", mmap_mode="r")
+            del arr
 
 
 def write_pipeline_json(out: Path, meta: dict) -> None:

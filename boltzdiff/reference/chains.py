@@ -126,6 +126,11 @@ def run_chains(
     for name in ("n_steps", "n_chains", "save_every"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"simulate: {name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.n_steps // cfg.save_every < 1:
+        raise ConfigError(
+            f"simulate: n_steps {cfg.n_steps} is fewer than one save interval ({cfg.save_every} steps), so 0 frames "
+            "would be saved; expected n_steps >= save_every"
+        )
     if not cfg.step_size > 0:
         raise ConfigError(f"simulate: step size must be > 0, got {cfg.step_size}")
     out = Path(out_dir)

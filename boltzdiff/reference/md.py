@@ -126,6 +126,11 @@ def run_md(system: System, out_dir: str | Path, config: MDConfig | None = None, 
     if steps_per_frame < 1:
         raise ConfigError(f"simulate: save interval {cfg.save_every_ps} ps is shorter than the time step")
     n_total = round(cfg.ns * 1000.0 / cfg.save_every_ps)
+    if n_total < 1:
+        raise ConfigError(
+            f"simulate: ns {cfg.ns} is shorter than one save interval ({cfg.save_every_ps} ps), so 0 frames would "
+            "be saved; expected ns >= save_every_ps / 1000"
+        )
     kT = float(unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin) * temperature)
     settings = {
         "system": system.name,

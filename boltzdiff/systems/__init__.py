@@ -55,8 +55,10 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
     if f.is_file():
         return f
     avail = ", ".join(available_systems()) or "(none)"
+    near = suggest(str(name_or_path), available_systems())
+    hint = f"did you mean {near!r}? " if near else ""
     raise ConfigError(
-        f"system: unknown system {str(name_or_path)!r}; expected one of: {avail}, or a path to a system.yaml"
+        f"system: unknown system {str(name_or_path)!r}; {hint}expected one of: {avail}, or a path to a system.yaml"
     )
 
 
