@@ -22,7 +22,7 @@ import yaml
 from boltzdiff.config import TrainConfig
 from boltzdiff.data import training_data
 from boltzdiff.errors import ConfigError
-from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text, torch_load
+from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text, load_yaml_mapping, torch_load
 from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
 from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
 from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
@@ -241,7 +241,7 @@ def train(
         log.info("no checkpoint in %s; starting a new run", out)
         resume = False
     if resume:
-        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved = load_yaml_mapping(out / "config.yaml", "the config.yaml that `boltzdiff train` wrote")
         if saved.get("system") != cfg.system or saved.get("loss") != cfg.loss:
             raise ConfigError(
                 f"--resume: {out} was trained on system {saved.get('system')!r} with loss "
@@ -415,7 +415,7 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu") -> Load
         raise ConfigError(
             f"run dir {rd} has no trained model (expected config.yaml and model.pt; run `boltzdiff train`)"
         )
-    raw = yaml.safe_load(cfg_file.read_text()) or {}
+    raw = load_yaml_mapping(cfg_file, "the config.yaml that `boltzdiff train` wrote (a mapping of settings)")
     # runs written before input Fourier features existed had none
     raw.setdefault("input_fourier", 0)
     # ... and before the MLP's scalar head existed, none

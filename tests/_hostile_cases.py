@@ -184,7 +184,6 @@ CASES: list[Case] = [
         ops(TRUN, put("trun/config.yaml", "steps: [4,\n")),
         "evaluate {t}/trun",
         "config.yaml",
-        xfail="fixed at merge",
     ),
     _e("evaluate-missing-run-dir", nothing, "evaluate {t}/nope", "does not exist"),
     # ---- train

@@ -24,6 +24,7 @@ from boltzdiff.analysis.report import (
 from boltzdiff.analysis.sanity import energy_range, sanity_flags
 from boltzdiff.analysis.weights import clean_log_weights, pool_runs, weighted_mean
 from boltzdiff.errors import ConfigError
+from boltzdiff.io import load_json, load_npy, load_npz
 from boltzdiff.pipeline.analyze_molecule import analyze_molecule, states_note
 from boltzdiff.pipeline.rundir import read_pipeline_json, reference_starts, reference_temperature
 from boltzdiff.pipeline.settings import kind_of
@@ -39,10 +40,11 @@ def load_samples(out: Path):
     (``sample.n_runs``) the weights are pooled, run ``r`` weighted by its normalising-constant estimate, and
     ``run_of`` labels each particle's run (else None)."""
     out = Path(out)
-    with np.load(out / "samples.npz") as z:
-        x, log_w_raw = z["x"], z["log_w"]
-        run_of = z["run"] if "run" in z.files else None
-    summ = json.loads((out / "samples.json").read_text())
+    z = load_npz(out / "samples.npz", "the sample stage's particles (x, log_w)")
+    if "x" not in z or "log_w" not in z:
+        raise ConfigError(f"{out / 'samples.npz'}: expected arrays 'x' and 'log_w', found {sorted(z)}")
+    x, log_w_raw, run_of = z["x"], z["log_w"], z.get("run")
+    summ = load_json(out / "samples.json", "the sample stage's summary")
     cw = clean_log_weights(log_w_raw)
     log_w = cw.log_w_n
     if run_of is not None:
@@ -156,8 +158,9 @@ def analyze_run(
         )
     else:
         ref_pos = out / "reference" / "positions.npy"
-        ref_x = np.load(ref_pos).reshape(-1, target.dim) if ref_pos.exists() else None
-        ref_u = np.load(out / "reference" / "energies.npy") if (out / "reference" / "energies.npy").exists() else None
+        ref_x = load_npy(ref_pos, "the reference positions").reshape(-1, target.dim) if ref_pos.exists() else None
+        ref_e = out / "reference" / "energies.npy"
+        ref_u = load_npy(ref_e, "the reference energies") if ref_e.exists() else None
         ref_t = reference_temperature(out)
         hot = ref_t is not None and system.temperature is not None and abs(ref_t - system.temperature) > 1e-6
         # MD replicas from several start structures (reference.starts): their populations are set by the
@@ -257,11 +260,11 @@ def analyze_run(
 
 def _model_labels(out: Path) -> np.ndarray | None:
     """Which trained model each particle was sampled from (``samples.npz`` ``model``; None with one model)."""
-    with np.load(out / "samples.npz") as z:
-        return np.asarray(z["model"]) if "model" in z.files else None
+    z = load_npz(out / "samples.npz", "the sample stage's particles")
+    return np.asarray(z["model"]) if "model" in z else None
 
 
 def _lineage(out: Path) -> np.ndarray | None:
     """The SMC lineage label of each particle (``samples.npz`` ``lineage``), or None for older runs."""
-    with np.load(out / "samples.npz") as z:
-        return np.asarray(z["lineage"]) if "lineage" in z.files else None
+    z = load_npz(out / "samples.npz", "the sample stage's particles")
+    return np.asarray(z["lineage"]) if "lineage" in z else None
