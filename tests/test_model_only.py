@@ -248,3 +248,24 @@ def test_evaluate_writes_the_model_only_block_for_a_molecule(tmp_path):
     mo = json.loads((rd / "eval.json").read_text())["model_only"]
     assert mo["estimator"] == "chains" and mo["n_chains"] == 8 and mo["region_offset_kT"] is None
     assert sum(mo["bin_ess"]) == 8 * 3  # the last half's states of every chain
+
+
+def test_the_state_comes_from_the_spec_first_then_the_flag():
+    from types import SimpleNamespace
+
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.evaluate_molecule import dihedral_cvs, require_dihedral_cv, resolve_state
+
+    cvs = {"phi": [4, 6, 8, 14], "psi": [6, 8, 14, 16], "d": [1, 2]}
+    with_states = SimpleNamespace(name="m", spec={"cvs": cvs, "states": {"phi_pos": {"phi": [0.0, 2.0]}}})
+    plain = SimpleNamespace(name="m", spec={"cvs": cvs})
+    assert list(dihedral_cvs(plain)) == ["phi", "psi"]  # a distance is no dihedral
+    assert resolve_state(with_states, "psi:-1:1") == ("phi_pos", "phi", 0.0, 2.0)
+    assert resolve_state(plain, "psi:-1:1") == ("psi:-1:1", "psi", -1.0, 1.0)
+    assert resolve_state(plain, None) is None
+    assert require_dihedral_cv(plain) == ("phi", [4, 6, 8, 14])
+    for bad in ("phi:0", "phi:a:b", "phi:1:1"):
+        with pytest.raises(ConfigError, match="--state"):
+            resolve_state(plain, bad)
+    with pytest.raises(ConfigError, match="no dihedral cv 'omega'"):
+        require_dihedral_cv(plain, "omega")

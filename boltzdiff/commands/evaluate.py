@@ -152,6 +152,12 @@ def run_model_only(args, rd: Path, system) -> int:
         else f"; ΔF({block['state']['name']}) model {block['delta_f_model_kT']:.3f} kT, reference "
         f"{block['delta_f_reference_kT']:.3f} kT, offset {block['region_offset_kT']:+.3f} kT",
     )
+    if block.get("ess_fraction") is not None:
+        log.info(
+            "the frames' weights toward the model keep a Kish ESS of %.3g of %d frames (per bin: bin_ess)",
+            block["ess_fraction"],
+            block["n_frames"],
+        )
     log.info("wrote %s and %s", rd / "eval.json", png)
     return 0
 
