@@ -185,7 +185,8 @@ def model_only_block(
     dict
         ``estimator, cv, n_frames, phi_grid_rad (72), f_phi_model_kT, f_phi_reference_kT, rmse_kT,
         rmse_n_bins, delta_f_model_kT, delta_f_reference_kT, region_offset_kT, state, bin_ess,
-        half_split_rms_kT, half_split_per_split_kT, ess_fraction`` (profiles: minimum 0, None where empty).
+        half_split_rms_kT, half_split_per_split_kT``, and for A ``ess_fraction, log_weight_std`` (profiles:
+        minimum 0, None where empty).
     """
     from boltzdiff.analysis.pipeline_analysis import target_energies
 
@@ -240,6 +241,10 @@ def model_only_block(
         f_model, bin_ess, hs = prof.f_model, prof.bin_ess, prof.half_split
         df_model = state_delta_f(state_cv, lv, st[2], st[3]) if st is not None else None
         block["ess_fraction"] = float(prof.ess_fraction)
+        # spread of u - E_theta over the frames: 0 for a model exact up to a constant; the ESS falls like
+        # exp(-std^2) for Gaussian log-weights
+        fin = np.isfinite(lv)
+        block["log_weight_std"] = float(np.std(lv[fin])) if fin.any() else None
     else:
         gen = torch.Generator().manual_seed(int(seed))
         rng = np.random.default_rng(seed)

@@ -239,6 +239,7 @@ def test_evaluate_writes_the_model_only_block_for_a_molecule(tmp_path):
     ):
         assert key in mo, key
     assert mo["estimator"] == "reweight" and mo["n_frames"] == 96 and mo["cv"] == "phi"
+    assert mo["log_weight_std"] >= 0 and 0 < mo["ess_fraction"] <= 1
     assert len(mo["phi_grid_rad"]) == 72 and mo["phi_grid_rad"][0] == pytest.approx(-np.pi + np.pi / 72)
     assert len(mo["f_phi_model_kT"]) == len(mo["bin_ess"]) == 72
     assert mo["state"]["cv"] == "phi" and mo["state"]["lo"] == 0.0
