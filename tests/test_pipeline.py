@@ -203,8 +203,13 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
         },
     )
     out = tmp_path / "run"
-    assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(sysdir), "--out", str(out), "--no-progress", "--allow-degenerate"]) == 0
     res = json.loads((out / "analysis.json").read_text())
+    # the learned energy alone, scored against the reference frames on the 72-bin grid, with its own figure
+    mo = res["model_only"]
+    assert len(mo["phi_grid_rad"]) == 72 and mo["state"]["name"] == "phi_pos" and np.isfinite(mo["rmse_kT"])
+    assert res["model_only_rmse_kT"] == mo["rmse_kT"] and (out / "model_only.png").is_file()
+    assert res["sanity"]["ok"] is False  # 16 particles per run are flagged as degenerate (--allow-degenerate)
     # two independent SMC runs of 16 particles, pooled; ΔF's error bar from the runs
     smc = json.loads((out / "samples.json").read_text())
     assert smc["n_runs"] == 2 and len(smc["runs"]) == 2 and smc["n"] == 32
@@ -280,7 +285,7 @@ def test_alanine_dipeptide_hot_reference_pairmlp_tsm_adaptive_bridge(tmp_path):
         },
     )
     out = tmp_path / "run"
-    assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(sysdir), "--out", str(out), "--no-progress", "--allow-degenerate"]) == 0
     cfg = yaml.safe_load((out / "train" / "config.yaml").read_text())
     assert cfg["data_temperature"] == 500.0 and cfg["tsm_scale"] == 0.005
     res = json.loads((out / "analysis.json").read_text())

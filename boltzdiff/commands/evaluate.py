@@ -1,4 +1,5 @@
-"""``boltzdiff evaluate RUN_DIR``: energy quality against exact answers (analytic targets)."""
+"""``boltzdiff evaluate RUN_DIR``: energy quality against exact answers (analytic targets), or the model-only
+F(CV) against reference frames for systems with a dihedral CV (molecules; docs/method.md#model-only)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="score a trained model against exact answers (mixtures)",
-        description="Writes RUN_DIR/eval.json and RUN_DIR/eval.png.",
+        help="score a trained model: exact answers (mixtures) or model-only F(CV) (molecules)",
+        description="Mixtures: writes RUN_DIR/eval.json and RUN_DIR/eval.png. Systems with a dihedral CV: "
+        "writes RUN_DIR/eval.json (its model_only block) and RUN_DIR/eval_model_only.png, from the reference "
+        "frames of a `boltzdiff run` directory or --reference FRAMES.npy for a `boltzdiff train` directory.",
     )
     p.add_argument("run_dir")
     p.add_argument("--n-chains", type=int, default=32, help="noising chains for the classification loss")
@@ -30,10 +33,135 @@ def register(sub) -> None:
         default=2000,
         help="also report the mode weights of diffusion-SMC samples (0 to skip)",
     )
+    g = p.add_argument_group("model-only F(CV) (systems with a dihedral CV)")
+    g.add_argument("--reference", default=None, help="reference frames .npy (F, n, 3) for a `boltzdiff train` dir")
+    g.add_argument(
+        "--reference-energies",
+        default=None,
+        dest="reference_energies",
+        help="their reduced energies .npy (F,) (default: computed with the system's target)",
+    )
+    g.add_argument("--cv", default=None, help="the dihedral CV to profile (default: phi, else the first declared)")
+    g.add_argument(
+        "--state",
+        default=None,
+        help="CV:LO:HI, the state for ΔF (radians) when the system.yaml declares no states",
+    )
+    g.add_argument(
+        "--estimator",
+        choices=["reweight", "chains"],
+        default="reweight",
+        help="reweight (default): reference frames reweighted to the model; chains: MALA on the model alone",
+    )
+    g.add_argument("--chains", type=int, default=256, help="(chains) independent chains")
+    g.add_argument("--chain-steps", type=int, default=200, dest="chain_steps", help="(chains) steps per chain")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from boltzdiff.errors import ConfigError
+
+    rd = Path(args.run_dir)
+    if not rd.is_dir():
+        raise ConfigError(f"run dir {rd} does not exist")
+    system = _system_of(rd)
+    if system is not None and type(system.target).__name__ != "GaussianMixture":
+        return run_model_only(args, rd, system)
+    return run_mixture(args)
+
+
+def _system_of(rd: Path):
+    """The system of a ``boltzdiff run`` directory (pipeline.json) or ``boltzdiff train`` one (config.yaml), or
+    None when neither says (the mixture path then reports what is missing)."""
+    from boltzdiff.io import load_yaml_mapping
+    from boltzdiff.pipeline.rundir import read_pipeline_json
+    from boltzdiff.systems import load_system
+
+    meta = read_pipeline_json(rd)
+    if meta is not None:
+        return load_system(meta["system_path"], meta.get("variant"))
+    cfg = rd / "config.yaml"
+    if cfg.is_file():
+        raw = load_yaml_mapping(cfg, "the config.yaml that `boltzdiff train` wrote (a mapping of settings)")
+        if raw.get("system"):
+            return load_system(raw["system"], raw.get("variant"))
+    return None
+
+
+def run_model_only(args, rd: Path, system) -> int:
+    """The model-only F(CV) of a run on a system with a dihedral CV: ``eval.json`` ``model_only``."""
+    import numpy as np
+
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.evaluate_molecule import (
+        model_only_block,
+        plot_model_only,
+        reference_from_run_dir,
+        require_dihedral_cv,
+    )
+    from boltzdiff.io import atomic_write_json
+
+    require_dihedral_cv(system, args.cv)
+    if args.chains < 1 or args.chain_steps < 2:
+        raise ConfigError("--chains must be >= 1 and --chain-steps >= 2")
+    u_target = None
+    if args.reference is not None:
+        f = Path(args.reference)
+        if not f.is_file():
+            raise ConfigError(f"--reference: {f} does not exist")
+        ref_x = np.load(f).reshape(-1, system.target.dim)
+        ref_u = None
+        if args.reference_energies is not None:
+            fe = Path(args.reference_energies)
+            if not fe.is_file():
+                raise ConfigError(f"--reference-energies: {fe} does not exist")
+            ref_u = np.load(fe).reshape(-1)
+    elif (rd / "pipeline.json").is_file():
+        ref_x, ref_u, u_target = reference_from_run_dir(rd, system)
+    else:
+        raise ConfigError(
+            f"{rd}: a `boltzdiff train` directory needs --reference FRAMES.npy (Boltzmann frames of {system.name})"
+        )
+    block = model_only_block(
+        system,
+        rd,
+        ref_x,
+        ref_u,
+        u_target=u_target,
+        cv=args.cv,
+        state=args.state,
+        estimator=args.estimator,
+        n_chains=args.chains,
+        n_steps=args.chain_steps,
+        seed=args.seed,
+    )
+    ev = dict(system=system.name, model_only=block)
+    atomic_write_json(rd / "eval.json", ev)
+    png = plot_model_only(block, rd / "eval_model_only.png", title=f"{system.name}: model-only F({block['cv']})")
+    log.info(
+        "model-only F(%s) (%s, %d frames): RMSE %.3f kT over %d bins, half-split RMS %.3f kT%s",
+        block["cv"],
+        block["estimator"],
+        block["n_frames"],
+        block["rmse_kT"],
+        block["rmse_n_bins"],
+        float("nan") if block["half_split_rms_kT"] is None else block["half_split_rms_kT"],
+        ""
+        if block["region_offset_kT"] is None
+        else f"; ΔF({block['state']['name']}) model {block['delta_f_model_kT']:.3f} kT, reference "
+        f"{block['delta_f_reference_kT']:.3f} kT, offset {block['region_offset_kT']:+.3f} kT",
+    )
+    if block.get("ess_fraction") is not None:
+        log.info(
+            "the frames' weights toward the model keep a Kish ESS of %.3g of %d frames (per bin: bin_ess)",
+            block["ess_fraction"],
+            block["n_frames"],
+        )
+    log.info("wrote %s and %s", rd / "eval.json", png)
+    return 0
+
+
+def run_mixture(args) -> int:
     from boltzdiff.errors import ConfigError
     from boltzdiff.evaluate import evaluate_mixture, plot_mixture_eval
     from boltzdiff.io import atomic_write_json

@@ -217,6 +217,8 @@ def analyze_run(
                 )
             )
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
+            if ref_x is not None and not seeded:
+                res.update(_model_only(system, out, figs))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -256,6 +258,31 @@ def analyze_run(
         notes="\n\n".join(t for t in (notes, runs_table_md(res)) if t),
     )
     return res
+
+
+def _model_only(system, out: Path, figs: list) -> dict:
+    """The learned energy alone (no target energy, no importance weights to it): the reference frames
+    reweighted to the first model's lowest level, F(CV) and ΔF against the reference's
+    (:func:`boltzdiff.evaluate_molecule.model_only_block`, docs/method.md#model-only); {} for a system without
+    a dihedral CV."""
+    from boltzdiff.evaluate_molecule import dihedral_cvs, model_only_block, plot_model_only, reference_from_run_dir
+
+    if not dihedral_cvs(system):
+        return {}
+    ref_x, ref_u, u_target = reference_from_run_dir(out, system)
+    mo = model_only_block(system, out, ref_x, ref_u, u_target=u_target)
+    figs.append(
+        (
+            f"model-only F({mo['cv']}): the learned energy alone (reference frames reweighted to it) vs the reference",
+            plot_model_only(mo, out / "model_only.png"),
+        )
+    )
+    return dict(
+        model_only=mo,
+        model_only_rmse_kT=mo["rmse_kT"],
+        model_only_delta_f_kT=mo.get("delta_f_model_kT"),
+        model_only_region_offset_kT=mo.get("region_offset_kT"),
+    )
 
 
 def _model_labels(out: Path) -> np.ndarray | None:
