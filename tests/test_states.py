@@ -250,9 +250,13 @@ def test_glycine_dipeptide_runs_end_to_end_with_its_own_states(tmp_path):
 
     d = _glycine_dipeptide_system(tmp_path)
     out = tmp_path / "run"
-    assert main(["run", str(d), "--preset", "quick", "--out", str(out), "--no-progress"]) == 0
+    # a test-sized run (a few hundred particles) may rest on one SMC lineage: the sanity gates flag it, and the
+    # test is about the mechanics, so it allows that
+    argv = ["run", str(d), "--preset", "quick", "--out", str(out), "--no-progress", "--allow-degenerate"]
+    assert main(argv) == 0
     res = json.loads((out / "analysis.json").read_text())
-    assert res["system"] == "glycine_dipeptide"
+    assert res["system"] == "glycine_dipeptide" and "sanity" in res
+    assert "model_only" in res and len(res["model_only"]["phi_grid_rad"]) == 72  # the learned energy alone, too
     assert res["delta_f_state"] == "alpha_l" and res["delta_f_against"] == "alpha_r"
     assert math.isfinite(res["delta_f_kT"]), res["delta_f_kT"]
     assert "no rotation integral" in res["delta_f_estimator"] and "rao_blackwell_angles" not in res
