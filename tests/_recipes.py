@@ -15,6 +15,31 @@ ALDP_CHIRAL_QUADS = ((8, 6, 14, 10),)
 
 TINY_TRAIN = dict(steps=20, batch_size=16, n_levels=12, k=2, warmup_steps=5, checkpoint_every=10, lr_warmup=2)
 
+#: a `boltzdiff train` of the two-mode mixture in a few seconds (checkpoints every 4 of its 12 steps)
+SMALL_GMM_TRAIN = dict(
+    system="gmm2_unbalanced",
+    steps=12,
+    batch_size=16,
+    n_levels=16,
+    width=16,
+    depth=1,
+    k=3,
+    n_data=500,
+    checkpoint_every=4,
+    lr_warmup=2,
+)
+
+#: run.yaml of a DW4 `boltzdiff run` in miniature (tiny EGNN, short MCMC reference, 64 particles)
+TINY_DW4_RUN = {
+    "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
+    "presets": {
+        "quick": {
+            "reference": {"n_steps": 300, "n_chains": 8, "burn_in": 100, "save_every": 10, "step_size": 0.05},
+            "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0},
+        }
+    },
+}
+
 # the alanine-dipeptide recipe in miniature: pair-distance model with target score matching, 500 K MD data
 ALDP_PAIRMLP_TRAIN = {
     **TINY_TRAIN,

@@ -7,32 +7,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_TRAIN, make_system
+from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_DW4_RUN, TINY_TRAIN, make_system
 
 from boltzdiff.cli import main
 from boltzdiff.systems import SYSTEMS_DIR
 
 
 def test_dw4_end_to_end_and_resume(tmp_path):
-    sysdir = make_system(
-        tmp_path,
-        "dw4",
-        {
-            "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
-            "presets": {
-                "quick": {
-                    "reference": {
-                        "n_steps": 300,
-                        "n_chains": 8,
-                        "burn_in": 100,
-                        "save_every": 10,
-                        "step_size": 0.05,
-                    },
-                    "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0},
-                }
-            },
-        },
-    )
+    sysdir = make_system(tmp_path, "dw4", TINY_DW4_RUN)
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "analysis.json").read_text())

@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 import yaml
+from _recipes import SMALL_GMM_TRAIN, TINY_DW4_RUN, make_system
 
 from boltzdiff import train as train_mod
 from boltzdiff.cli import main
@@ -17,18 +18,7 @@ from boltzdiff.errors import ConfigError
 from boltzdiff.train import load_run, train
 from boltzdiff.train_resume import TrainingInterrupted
 
-SMALL = dict(
-    system="gmm2_unbalanced",
-    steps=12,
-    batch_size=16,
-    n_levels=16,
-    width=16,
-    depth=1,
-    k=3,
-    n_data=500,
-    checkpoint_every=4,
-    lr_warmup=2,
-)
+SMALL = SMALL_GMM_TRAIN
 
 
 class _RunsCode:
@@ -165,21 +155,8 @@ def test_a_degenerate_run_is_flagged_and_fails_unless_allowed(tmp_path, capsys):
     2.5e5 kT against a reference near -20: `ess` alone would read 1. The analysis flags it, the report says so
     and `boltzdiff run` exits 3 unless --allow-degenerate."""
     import numpy as np
-    from _recipes import TINY_TRAIN, make_system
 
-    sysdir = make_system(
-        tmp_path,
-        "dw4",
-        {
-            "train": {**TINY_TRAIN, "network": "egnn", "egnn": {"hidden": 8, "n_layers": 1}},
-            "presets": {
-                "quick": {
-                    "reference": {"n_steps": 300, "n_chains": 8, "burn_in": 100, "save_every": 10, "step_size": 0.05},
-                    "sample": {"n": 64, "n_bridge": 2, "mcmc_steps": 0},
-                }
-            },
-        },
-    )
+    sysdir = make_system(tmp_path, "dw4", TINY_DW4_RUN)
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress"]) == 0
     healthy = json.loads((out / "analysis.json").read_text())

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 import yaml
+from _recipes import SMALL_GMM_TRAIN
 
 from boltzdiff import train as train_mod
 from boltzdiff.cli import main
@@ -13,18 +14,7 @@ from boltzdiff.config import TrainConfig
 from boltzdiff.errors import ConfigError
 from boltzdiff.train import load_run, train
 
-SMALL = dict(
-    system="gmm2_unbalanced",
-    steps=12,
-    batch_size=16,
-    n_levels=16,
-    width=16,
-    depth=1,
-    k=3,
-    n_data=500,
-    checkpoint_every=4,
-    lr_warmup=2,
-)
+SMALL = SMALL_GMM_TRAIN
 
 
 def small_cfg(**kw):
