@@ -37,25 +37,12 @@ _FILE_MODE = _umask_mode()
 # atomic writes
 
 
-def _fsync_path(path: str | Path) -> None:
-    """``fsync`` a file that ``save_fn`` wrote and closed (no-op where the platform refuses)."""
+def _fsync(path: str | Path, folder: bool = False) -> None:
+    """``fsync`` a file that was written and closed, or (``folder``) a folder so that a rename in it is durable;
+    a no-op where the platform refuses (e.g. folders on Windows)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: str | Path) -> None:
-    """``fsync`` a folder so that a rename in it is durable (POSIX; skipped where unsupported, e.g. Windows)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(folder, flags)
+        fd = os.open(path, flags)
     except OSError:
         return
     try:
@@ -79,13 +66,13 @@ def atomic_save(path: str | Path, save_fn: Callable[[str], Any]) -> None:
     try:
         save_fn(tmp)
         os.chmod(tmp, _FILE_MODE)
-        _fsync_path(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent, folder=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
