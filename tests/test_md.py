@@ -205,3 +205,26 @@ def test_md_on_the_lj_openmm_system(tmp_path):
     assert np.load(out / "positions.npy").shape == (4, 13, 3)
     bad = ["simulate", "alanine_dipeptide", "--engine", "mcmc", "--out", str(tmp_path / "x"), "--no-progress"]
     assert main(bad) == 2
+
+
+def test_md_checkpoints_on_time_as_well_as_frames(aldp, tmp_path, monkeypatch):
+    """A run shorter than one checkpoint interval in frames still checkpoints when the time interval passes
+    (here 0 s: after every frame), so a crash loses at most that much."""
+    import boltzdiff.reference.md as md_mod
+
+    real, calls = md_mod.kinetic_temperature, {"n": 0}
+
+    def crash_on_fourth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(md_mod, "kinetic_temperature", crash_on_fourth)
+    cfg = MDConfig(ns=0.002, save_every_ps=0.1, seed=3, checkpoint_every=1000, checkpoint_every_s=0.0)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_md(aldp, tmp_path / "md", cfg, progress=False)
+    prog = json.loads((tmp_path / "md" / "progress.json").read_text())
+    assert prog["checkpoint_frame"] == 3 and not prog["completed"]
+    monkeypatch.setattr(md_mod, "kinetic_temperature", real)
+    assert run_md(aldp, tmp_path / "md", cfg, progress=False).n_frames == 20
