@@ -168,22 +168,22 @@ def _fmt(v, nd=2) -> str:
 def table(records: list[dict]) -> str:
     """Markdown table: per row the median (and per-seed values) of the model-only figures."""
     lines = [
-        "| row | seeds | ΔF model (kT) | offset (kT) | F(φ) RMSE (kT) | ESS frac | half-split (kT) |",
+        "| row | ΔF model (kT) | offset (kT) | F(φ) RMSE (kT) | half-split (kT) | log-w std | ESS frac |",
         "|---|---|---|---|---|---|---|",
     ]
     ref = [r["delta_f_reference_kT"] for r in records if r.get("delta_f_reference_kT") is not None]
     for name in dict.fromkeys(r["name"] for r in records):
         rs = sorted((r for r in records if r["name"] == name), key=lambda r: r["seed"])
 
-        def cell(key, rs=rs):
+        def cell(key, nd=2, rs=rs):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if not vals:
                 return "—"
-            return f"**{statistics.median(vals):.2f}** ({', '.join(_fmt(v) for v in vals)})"
+            return f"**{statistics.median(vals):.{nd}f}** ({', '.join(_fmt(v, nd) for v in vals)})"
 
-        cols = [name, ",".join(str(r["seed"]) for r in rs)]
-        cols += [cell("delta_f_model_kT"), cell("region_offset_kT"), cell("rmse_kT"), cell("ess_fraction")]
-        cols += [cell("half_split_rms_kT")]
+        cols = [f"{name} (seeds {','.join(str(r['seed']) for r in rs)})"]
+        cols += [cell("delta_f_model_kT"), cell("region_offset_kT"), cell("rmse_kT"), cell("half_split_rms_kT")]
+        cols += [cell("log_weight_std"), cell("ess_fraction", 3)]
         lines.append("| " + " | ".join(cols) + " |")
     if ref:
         lines.append(f"\nReference ΔF of the frames: {statistics.median(ref):.2f} kT.")
