@@ -1,0 +1,226 @@
+"""Is the learned alanine-dipeptide energy right on its own, without the exact target's weights?
+
+Trains models with ``boltzdiff train`` on Boltzmann frames of alanine dipeptide at 300 K (the quick preset's
+recipe, from a ``boltzdiff run`` directory's ``pipeline.json``, plus each row's overrides), scores each with
+``boltzdiff evaluate DIR --reference FRAMES --reference-energies ENERGIES`` and collects ``eval.json``'s
+``model_only`` block (docs/method.md#model-only): the frames reweighted to the model's cleanest level, F(φ) on
+72 bins against the frames' own, its RMSE where the reference F <= 6 kT, the model-only ΔF of the φ > 0 state
+and the region offset (model ΔF minus reference ΔF).
+
+    python benchmarks/aldp_model_fidelity.py --frames /tmp/aldp_ref/positions.npy \\
+        --energies /tmp/aldp_ref/energies.npy --pipeline /tmp/aldp_ref/pipeline.json \\
+        [--rows diffclf,dsm] [--seeds 0,1,2] [--jobs 2] [--dry-run]
+
+Work directories: ``benchmarks/_work/model_fidelity/<row>_s<seed>/`` (a run whose ``eval.json`` exists is kept;
+one with only ``ckpt.pt`` resumes). Writes ``benchmarks/results/aldp_model_fidelity.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work" / "model_fidelity"
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: (name, overrides of the recipe), in priority order
+ROWS: list[tuple[str, dict]] = [
+    ("diffclf", {}),
+    ("dsm", {"loss": "dsm"}),
+    ("diffclf_lclf1", {"lambda_clf": 1.0}),
+    ("diffclf_precond1", {"precond_scale": 1.0}),
+    ("diffclf_1500", {"steps": 1500}),
+]
+ROW_NAMES = [n for n, _ in ROWS]
+
+#: the model_only fields copied into each run's record
+FIELDS = (
+    "phi_grid_rad",
+    "f_phi_model_kT",
+    "rmse_kT",
+    "delta_f_model_kT",
+    "delta_f_reference_kT",
+    "region_offset_kT",
+    "half_split_rms_kT",
+    "ess_fraction",
+    "log_weight_std",
+)
+
+
+def cli_prefix() -> list[str]:
+    """The ``boltzdiff`` command line through this interpreter (works without an installed entry point)."""
+    return [sys.executable, "-c", "from boltzdiff.cli import main; raise SystemExit(main())"]
+
+
+def recipe(pipeline: Path) -> dict:
+    """The training settings of a ``boltzdiff run`` directory's ``pipeline.json`` (its ``settings.train``),
+    without the per-run fields (seed, device, n_models) that each row sets itself."""
+    settings = json.loads(Path(pipeline).read_text())
+    train = dict(settings["settings"]["train"])
+    for k in ("seed", "device", "n_models"):
+        train.pop(k, None)
+    variant = settings.get("variant")
+    return dict(train=train, variant=variant)
+
+
+def row_config(base: dict, overrides: dict, data: Path, data_temperature: float, threads: int | None) -> dict:
+    """The ``--config`` YAML mapping of one row: the recipe, the row's overrides, the frames and their
+    temperature (for target score matching)."""
+    train = dict(base["train"])
+    train.update(overrides)
+    train["data"] = str(data)
+    train["data_temperature"] = float(data_temperature)
+    train["device"] = "cpu"
+    if threads:
+        train["num_threads"] = int(threads)
+    out = dict(system="alanine_dipeptide", train=train)
+    if base.get("variant"):
+        out["variant"] = base["variant"]
+    return out
+
+
+def plan(args) -> list[dict]:
+    """One job per (row, seed): its directory, config and the two commands."""
+    base = recipe(args.pipeline)
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in ROW_NAMES]
+    if unknown:
+        raise SystemExit(f"--rows: unknown row(s) {unknown}; known: {ROW_NAMES}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    jobs = []
+    for name in wanted:  # priority order as given
+        over = dict(ROWS[ROW_NAMES.index(name)][1])
+        for seed in seeds:
+            d = Path(args.work) / f"{name}_s{seed}"
+            cfg = row_config(base, over, Path(args.frames), args.data_temperature, threads)
+            train = [*cli_prefix(), "train", "--system", "alanine_dipeptide", "--data", str(args.frames)]
+            train += ["--config", str(d / "cfg.yaml"), "--seed", str(seed), "--out", str(d / "train"), "--no-progress"]
+            if (d / "train" / "ckpt.pt").exists() and not (d / "train" / "model.pt").exists():
+                train.append("--resume")
+            ev = [*cli_prefix(), "evaluate", str(d / "train"), "--reference", str(args.frames)]
+            ev += ["--reference-energies", str(args.energies)]
+            jobs.append(dict(name=name, seed=seed, overrides=over, dir=d, config=cfg, train=train, evaluate=ev))
+    return jobs
+
+
+def write_config(job: dict) -> Path:
+    job["dir"].mkdir(parents=True, exist_ok=True)
+    p = job["dir"] / "cfg.yaml"
+    p.write_text(yaml.safe_dump(job["config"], sort_keys=False))
+    return p
+
+
+def run_job(job: dict) -> dict | None:
+    """Train (unless model.pt exists) and evaluate (unless eval.json exists) one job; its record or None."""
+    d, tdir = job["dir"], job["dir"] / "train"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = d / "log.txt"
+    if not (tdir / "eval.json").exists():
+        write_config(job)
+        with open(log, "a") as fh:
+            if not (tdir / "model.pt").exists():
+                t0 = time.time()
+                r = subprocess.run(job["train"], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                print(f"  {job['name']} seed {job['seed']}: trained (rc {r.returncode}, {time.time() - t0:.0f} s)")
+                if r.returncode != 0:
+                    return None
+            r = subprocess.run(job["evaluate"], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            if r.returncode != 0:
+                print(f"  {job['name']} seed {job['seed']}: evaluate failed (rc {r.returncode}), see {log}")
+                return None
+    return record(job)
+
+
+def record(job: dict) -> dict:
+    tdir = job["dir"] / "train"
+    mo = json.loads((tdir / "eval.json").read_text())["model_only"]
+    summ = json.loads((tdir / "train_summary.json").read_text())
+    loss = job["config"]["train"].get("loss", "diffclf")
+    rec = dict(
+        name=job["name"],
+        loss=loss,
+        seed=job["seed"],
+        preset="quick-data",
+        overrides=job["overrides"],
+        steps=int(summ["steps"]),
+    )
+    rec.update({k: mo.get(k) for k in FIELDS})
+    rec["train_wall_s"] = round(float(summ["wall_s"]), 1)
+    return rec
+
+
+def _fmt(v, nd=2) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table: per row the median (and per-seed values) of the model-only figures."""
+    lines = [
+        "| row | ΔF model (kT) | offset (kT) | F(φ) RMSE (kT) | half-split (kT) | log-w std | ESS frac |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ref = [r["delta_f_reference_kT"] for r in records if r.get("delta_f_reference_kT") is not None]
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = sorted((r for r in records if r["name"] == name), key=lambda r: r["seed"])
+
+        def cell(key, nd=2, rs=rs):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if not vals:
+                return "—"
+            return f"**{statistics.median(vals):.{nd}f}** ({', '.join(_fmt(v, nd) for v in vals)})"
+
+        cols = [f"{name} (seeds {','.join(str(r['seed']) for r in rs)})"]
+        cols += [cell("delta_f_model_kT"), cell("region_offset_kT"), cell("rmse_kT"), cell("half_split_rms_kT")]
+        cols += [cell("log_weight_std"), cell("ess_fraction", 3)]
+        lines.append("| " + " | ".join(cols) + " |")
+    if ref:
+        lines.append(f"\nReference ΔF of the frames: {statistics.median(ref):.2f} kT.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", default="/tmp/aldp_ref/positions.npy", help="Boltzmann frames (F, 22, 3) nm")
+    p.add_argument("--energies", default="/tmp/aldp_ref/energies.npy", help="their reduced energies (F,)")
+    p.add_argument("--pipeline", default="/tmp/aldp_ref/pipeline.json", help="pipeline.json with the recipe")
+    p.add_argument("--data-temperature", type=float, default=300.0, help="K the frames were sampled at")
+    p.add_argument("--rows", default=",".join(ROW_NAMES), help=f"comma list, in priority order, of {ROW_NAMES}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once (subprocesses)")
+    p.add_argument("--work", default=str(WORK))
+    p.add_argument("--out", default=str(RESULTS / "aldp_model_fidelity.json"))
+    p.add_argument("--dry-run", action="store_true", help="write the configs and print the commands only")
+    args = p.parse_args(argv)
+
+    jobs = plan(args)
+    if args.dry_run:
+        for job in jobs:
+            cfg = write_config(job)
+            print(f"# {job['name']} seed {job['seed']} ({cfg})")
+            print(shlex.join(job["train"]))
+            print(shlex.join(job["evaluate"]))
+        return 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        recs = [r for r in pool.map(run_job, jobs) if r is not None]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(recs, indent=1) + "\n")
+    print(table(recs))
+    print(f"wrote {out} ({len(recs)} of {len(jobs)} runs)")
+    return 0 if len(recs) == len(jobs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
