@@ -41,6 +41,8 @@ ROWS: list[tuple[str, dict]] = [
     ("diffclf_lclf1", {"lambda_clf": 1.0}),
     ("diffclf_precond1", {"precond_scale": 1.0}),
     ("diffclf_1500", {"steps": 1500}),
+    ("diffclf_avg05", {"average_from": 0.5}),
+    ("diffclf_lr5e-4", {"lr": 5.0e-4}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 
