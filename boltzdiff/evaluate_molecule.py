@@ -24,20 +24,11 @@ from boltzdiff.analysis.model_only import (
     state_delta_f,
 )
 from boltzdiff.errors import ConfigError
+from boltzdiff.systems import dihedral_cvs
 
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("reweight", "chains")
-
-
-def dihedral_cvs(system) -> dict[str, list[int]]:
-    """The CVs of a system spec that are dihedrals (four atom indices), in declaration order."""
-    cvs = (system.spec or {}).get("cvs") or {}
-    out = {}
-    for name, idx in cvs.items():
-        if isinstance(idx, (list, tuple)) and len(idx) == 4 and all(isinstance(i, int) for i in idx):
-            out[str(name)] = [int(i) for i in idx]
-    return out
 
 
 def require_dihedral_cv(system, cv: str | None = None) -> tuple[str, list[int]]:

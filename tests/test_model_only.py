@@ -255,7 +255,8 @@ def test_the_state_comes_from_the_spec_first_then_the_flag():
     from types import SimpleNamespace
 
     from boltzdiff.errors import ConfigError
-    from boltzdiff.evaluate_molecule import dihedral_cvs, require_dihedral_cv, resolve_state
+    from boltzdiff.evaluate_molecule import require_dihedral_cv, resolve_state
+    from boltzdiff.systems import dihedral_cvs
 
     cvs = {"phi": [4, 6, 8, 14], "psi": [6, 8, 14, 16], "d": [1, 2]}
     with_states = SimpleNamespace(name="m", spec={"cvs": cvs, "states": {"phi_pos": {"phi": [0.0, 2.0]}}})

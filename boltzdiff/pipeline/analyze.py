@@ -265,7 +265,8 @@ def _model_only(system, out: Path, figs: list) -> dict:
     reweighted to the first model's lowest level, F(CV) and ΔF against the reference's
     (:func:`boltzdiff.evaluate_molecule.model_only_block`, docs/method.md#model-only); {} for a system without
     a dihedral CV."""
-    from boltzdiff.evaluate_molecule import dihedral_cvs, model_only_block, plot_model_only, reference_from_run_dir
+    from boltzdiff.evaluate_molecule import model_only_block, plot_model_only, reference_from_run_dir
+    from boltzdiff.systems import dihedral_cvs
 
     if not dihedral_cvs(system):
         return {}

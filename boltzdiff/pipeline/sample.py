@@ -49,7 +49,9 @@ def torsion_spec(system: System, spec, final_steps):
     n_atoms = system.target.event_shape[0]
     which = spec.get("bonds", "cvs")
     if which == "cvs":
-        cvs = {k: v for k, v in (system.spec.get("cvs") or {}).items() if isinstance(v, list) and len(v) == 4}
+        from boltzdiff.systems import dihedral_cvs
+
+        cvs = dihedral_cvs(system)
         if not cvs:
             raise ConfigError(f"sample.torsion: bonds 'cvs', but system {system.name!r} declares no dihedral cvs")
         about = [(int(v[1]), int(v[2])) for v in cvs.values()]

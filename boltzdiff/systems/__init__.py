@@ -17,7 +17,7 @@ import yaml
 
 from boltzdiff.errors import ConfigError
 from boltzdiff.schema import short_repr, suggest
-from boltzdiff.systems.base import System, SystemCVs, chiral_quads_of, dihedral_of, system_cv_values
+from boltzdiff.systems.base import System, SystemCVs, chiral_quads_of, dihedral_cvs, dihedral_of, system_cv_values
 
 #: where the shipped systems live: this package's folder (``<name>/system.yaml`` in each)
 SYSTEMS_DIR = Path(__file__).resolve().parent
@@ -133,6 +133,7 @@ __all__ = [
     "System",
     "available_systems",
     "chiral_quads_of",
+    "dihedral_cvs",
     "dihedral_of",
     "system_cv_values",
     "SystemCVs",

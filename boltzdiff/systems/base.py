@@ -78,6 +78,16 @@ class SystemCVs:
     n_mirrored: int | None
 
 
+def dihedral_cvs(system: System) -> dict[str, list[int]]:
+    """The CVs of a system spec that are dihedrals (four atom indices), in declaration order."""
+    cvs = (system.spec or {}).get("cvs") or {}
+    out = {}
+    for name, idx in cvs.items():
+        if isinstance(idx, (list, tuple)) and len(idx) == 4 and all(isinstance(i, int) for i in idx):
+            out[str(name)] = [int(i) for i in idx]
+    return out
+
+
 def system_cv_values(system, x, names: Sequence[str] | None = None, reference=None, mirror: bool = True) -> SystemCVs:
     """The dihedral CVs ``cvs: {NAME: [i, j, k, l]}`` of a system's spec for configurations ``x`` (``(F, 3n)``
     or ``(F, n, 3)`` nm, numpy or torch).
@@ -126,4 +136,4 @@ def dihedral_of(system: System, x: Any, name: str, *, mirror: bool = True) -> np
     return wrap_angle(system_cv_values(system, xs, [name], mirror=mirror).values[name])
 
 
-__all__ = ["System", "SystemCVs", "chiral_quads_of", "dihedral_of", "system_cv_values"]
+__all__ = ["System", "SystemCVs", "chiral_quads_of", "dihedral_cvs", "dihedral_of", "system_cv_values"]
