@@ -56,7 +56,8 @@ def _merge(a: dict, b: dict) -> dict:
 
 def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "cpu", loss: str | None = None) -> dict:
     """Stage settings: built-in preset < the system's run.yaml (``train:`` then ``presets.<preset>``) <
-    ``loss`` (``dsm`` for the DSM-only comparison)."""
+    ``loss`` (``dsm`` for the DSM-only comparison). ``seed`` seeds the training and the sampling and is added to
+    the reference's seed."""
     if loss not in (None, "diffclf", "dsm"):
         raise ConfigError(f"--loss: expected 'diffclf' or 'dsm', got {loss!r}")
     if preset not in PRESETS:
@@ -66,6 +67,10 @@ def resolve_settings(system: System, preset: str, seed: int = 0, device: str = "
     s = _merge(PRESETS[preset], {"train": rd.get("train", {})})
     s = _merge(s, (rd.get("presets") or {}).get(preset, {}))
     s["train"] = {**s["train"], "seed": seed, "device": device}
+    if seed and isinstance(s.get("reference"), dict):
+        # --seed S draws new reference data too (the preset's reference seed + S), so runs with different seeds
+        # are independent end to end; seed 0 keeps the preset's data (docs/decisions.md#run-seed)
+        s["reference"] = {**s["reference"], "seed": int(s["reference"].get("seed", 0)) + int(seed)}
     if loss is not None:
         s["train"]["loss"] = loss
     return s

@@ -1,0 +1,187 @@
+"""The README's main job, repeated: ``boltzdiff run --seed S`` for several seeds, one after the other.
+
+Each seed draws its own metadynamics training data (the preset's reference seed + S), trains and samples: the
+runs are independent end to end. Per run the table lists ΔF of the system's state against the reference (from
+``benchmarks/results/aldp_reference_implicit_metad.json``), the reweighted mean reduced energy against the
+training frames', the bridge's final ESS, the model-alone figures and the cost in target-energy evaluations,
+counting the metadynamics steps that made the training data.
+
+    python benchmarks/aldp_repeats.py [--seeds 0-9] [--loss diffclf|dsm] [--preset quick]
+
+Work directories: ``benchmarks/_work/repeats/<loss>_s<S>/``
+(finished runs are kept, interrupted ones resume). Writes ``benchmarks/results/aldp_repeats_<loss>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work" / "repeats"
+RESULTS = ROOT / "benchmarks" / "results"
+REFERENCE = RESULTS / "aldp_reference_implicit_metad.json"
+
+
+def cli() -> list[str]:
+    return [sys.executable, "-c", "from boltzdiff.cli import main; raise SystemExit(main())"]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-9`` or ``0,3,5``."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def data_evals(run: Path) -> int:
+    """Target-energy evaluations that made the run's training data: every metadynamics (or MD) step, plus the
+    energies of the kept frames."""
+    p = json.loads((run / "pipeline.json").read_text())
+    ref = p["settings"].get("reference") or {}
+    step_fs = float(ref.get("timestep_fs", 1.0))
+    ps = 1000.0 * (float(ref.get("build_ns", 0.0)) + float(ref.get("ns", 0.0)))
+    if ref.get("method", "md") == "md":
+        ps *= max(1, len(ref.get("starts") or [None]))
+    n_frames = 0
+    pos = run / "reference" / "positions.npy"
+    if pos.exists():
+        import numpy as np
+
+        n_frames = int(np.load(pos, mmap_mode="r").shape[0])
+    return int(round(ps * 1000.0 / step_fs)) + n_frames
+
+
+def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> dict:
+    a = json.loads((run / "analysis.json").read_text())
+    mo = a.get("model_only") or {}
+    dfe = a.get("delta_f_kT")
+    rec = dict(
+        seed=seed,
+        loss=loss,
+        temperature_K=float(a.get("temperature_K", 300.0)),
+        delta_f_kT=dfe,
+        delta_f_se_kT=a.get("delta_f_se_kT"),
+        abs_error_kT=None if dfe is None else abs(dfe - ref["reference_delta_f_kT"]),
+        mean_energy_kT=a.get("mean_energy_kT"),
+        reference_mean_energy_kT=a.get("reference_mean_energy_kT"),
+        ess=a.get("ess"),
+        ess_bridge_end=a.get("ess_final_step"),
+        model_only_delta_f_kT=mo.get("delta_f_model_kT"),
+        model_only_offset_kT=mo.get("region_offset_kT"),
+        model_only_rmse_kT=mo.get("rmse_kT"),
+        data_delta_f_kT=a.get("md_delta_f_kT"),
+        n_sample_evals=int(a.get("n_target_evals", 0)),
+        n_data_evals=data_evals(run),
+        train_wall_s=a.get("train_wall_s"),
+        sample_wall_s=a.get("sample_wall_s"),
+        wall_s=wall_s,
+        sanity_ok=(a.get("sanity") or {}).get("ok"),
+    )
+    if rec["mean_energy_kT"] is not None and rec["reference_mean_energy_kT"] is not None:
+        rec["mean_energy_diff_kT"] = rec["mean_energy_kT"] - rec["reference_mean_energy_kT"]
+    rec["n_target_evals"] = rec["n_sample_evals"] + rec["n_data_evals"]
+    return rec
+
+
+def run_one(seed: int, args, ref: dict) -> dict | None:
+    d = Path(args.work) / f"{args.loss}_s{seed}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    wall = None
+    if not (d / "analysis.json").exists():
+        d.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [*cli(), "run", "--preset", args.preset, "--seed", str(seed), "--loss", args.loss, "--out", str(d)]
+        cmd += ["--no-progress", "--allow-degenerate"]
+        t0 = time.time()
+        with open(d.parent / f"{d.name}.log", "a") as fh:
+            r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        wall = time.time() - t0
+        print(f"  seed {seed}: rc {r.returncode}, {wall:.0f} s", flush=True)
+        if not (d / "analysis.json").exists():
+            return None
+    wall_file = d / "bench_wall_s.json"
+    if wall is not None:
+        wall_file.write_text(json.dumps(wall))
+    elif wall_file.exists():
+        wall = json.loads(wall_file.read_text())
+    return record(d, seed, args.loss, wall, ref)
+
+
+def _wall(w) -> str:
+    return "—" if w is None else f"{w // 60:.0f} min {w % 60:02.0f} s"
+
+
+def table(recs: list[dict], ref: dict) -> str:
+    lines = [
+        "| seed | ΔF (kT) | \\|err\\| | ⟨u⟩ − ⟨u⟩_ref | ESS (bridge end) | model alone ΔF / offset / RMSE | evals (data + sampling) | wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in recs:
+        lines.append(
+            f"| {r['seed']} | {r['delta_f_kT']:.2f} ± {r['delta_f_se_kT']:.2f} | {r['abs_error_kT']:.2f} | "
+            f"{r.get('mean_energy_diff_kT', float('nan')):+.2f} | {r['ess']:.2f} ({r['ess_bridge_end']:.2f}) | "
+            f"{r['model_only_delta_f_kT']:.2f} / {r['model_only_offset_kT']:+.2f} / {r['model_only_rmse_kT']:.2f} | "
+            f"{r['n_data_evals'] / 1e6:.2f} M + {r['n_sample_evals'] / 1e6:.2f} M | "
+            f"{_wall(r['wall_s'])} |"
+        )
+    dfs = [r["delta_f_kT"] for r in recs]
+    tol = 0.25
+    n_in = sum(r["abs_error_kT"] <= tol for r in recs)
+    n_e = sum(abs(r.get("mean_energy_diff_kT", 9.9)) <= 0.3 for r in recs)
+    lines.append(
+        f"\n{len(recs)} runs: mean ΔF {statistics.mean(dfs):.2f}, SD {statistics.stdev(dfs) if len(dfs) > 1 else 0:.2f}, "
+        f"RMS error {statistics.mean([(x - ref['reference_delta_f_kT']) ** 2 for x in dfs]) ** 0.5:.2f} kT "
+        f"(reference {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f}); "
+        f"{n_in}/{len(recs)} within {tol} kT, {n_e}/{len(recs)} with the mean energy within 0.3 kT."
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0-9")
+    p.add_argument("--loss", default="diffclf", choices=["diffclf", "dsm"])
+    p.add_argument("--preset", default="quick", choices=["quick", "full"])
+    p.add_argument("--work", default=str(WORK))
+    p.add_argument("--out", default=None, help="default: benchmarks/results/aldp_repeats_<loss>.json")
+    p.add_argument("--table-only", action="store_true", help="tabulate finished runs, start none")
+    args = p.parse_args(argv)
+    ref = json.loads(REFERENCE.read_text())
+    recs = []
+    for seed in parse_seeds(args.seeds):
+        d = Path(args.work) / f"{args.loss}_s{seed}"
+        if args.table_only and not (d / "analysis.json").exists():
+            continue
+        rec = run_one(seed, args, ref)
+        if rec is not None:
+            recs.append(rec)
+    if not recs:
+        print("no finished runs")
+        return 1
+    out = Path(args.out or RESULTS / f"aldp_repeats_{args.loss}.json")
+    payload = dict(
+        command="python benchmarks/" + Path(__file__).name + " " + " ".join(argv if argv is not None else sys.argv[1:]),
+        reference_delta_f_kT=ref["reference_delta_f_kT"],
+        reference_delta_f_se_kT=ref["reference_delta_f_se_kT"],
+        runs=recs,
+    )
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(table(recs, ref))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
