@@ -26,9 +26,10 @@ def _int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``sample`` and ``compose``."""
-    p.add_argument("--n", type=_int, required=True, help="number of samples / particles")
+def add_sampling_args(p: argparse.ArgumentParser, run_dirs: bool = False) -> None:
+    """Flags shared by ``sample`` and ``compose``; ``run_dirs``: ``--n`` and ``--out`` may be left out (a
+    ``boltzdiff run`` directory sampled at another temperature takes both from its recipe)."""
+    p.add_argument("--n", type=_int, required=not run_dirs, help="number of samples / particles")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--levels", type=_int, help="use a sub-grid of M levels evenly spaced in index (default: all)")
     p.add_argument("--mcmc", choices=["mala", "hmc"], default="mala", help="MCMC kernel for rejuvenation (smc)")
@@ -54,7 +55,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-ema", action="store_true", help="use the raw (not EMA) weights")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="output FILE.npz (the summary goes to FILE.json)")
+    p.add_argument(
+        "--out",
+        required=not run_dirs,
+        help="output FILE.npz (the summary goes to FILE.json)"
+        + ("; for a `boltzdiff run` directory with --temperature, a directory (default RUN_DIR/at_<T>K)" if run_dirs else ""),
+    )
 
 
 def check_sampling_args(args) -> None:
@@ -118,7 +124,12 @@ def register(sub) -> None:
         description="Draw samples from a trained energy model; SMC gives importance weights, "
         "and --to-target ends at the system's exact energy.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `boltzdiff train`")
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="run directory written by `boltzdiff train`, or by `boltzdiff run` with --temperature (its own "
+        "sample recipe and analysis at that temperature)",
+    )
     p.add_argument("--sampler", choices=["sde", "ode", "smc"], default="smc")
     p.add_argument(
         "--to-target",
@@ -156,8 +167,30 @@ def register(sub) -> None:
         "energy itself for mixtures) with the model trained at the system's temperature as the proposal; "
         "implies --to-target",
     )
-    add_sampling_args(p)
+    p.add_argument("--workers", type=_int, default=None, help="(a `boltzdiff run` directory) SMC runs side by side")
+    add_sampling_args(p, run_dirs=True)
     p.set_defaults(func=run)
+
+
+def run_at_temperature(args) -> int:
+    """``RUN_DIR`` is a ``boltzdiff run`` directory: its models, sample recipe and analysis at ``--temperature``
+    (:mod:`boltzdiff.pipeline.retemper`); the sampler flags belong to the recipe and are refused."""
+    from boltzdiff.pipeline.retemper import run_at_temperature as at_t
+
+    if args.temperature is None:
+        raise ConfigError(
+            f"{args.run_dir}: a `boltzdiff run` directory; give --temperature T to sample it at another "
+            f"temperature, or {Path(args.run_dir) / 'train'} to sample its model with these flags"
+        )
+    if args.n is not None:
+        raise ConfigError("--n: a `boltzdiff run` directory is sampled with its own recipe (sample.n)")
+    if args.out is not None and str(args.out).endswith(".npz"):
+        raise ConfigError(f"--out: expected a directory for a `boltzdiff run` directory, got {args.out!r}")
+    res = at_t(args.run_dir, args.temperature, args.out, args.seed, args.workers, progress=not args.no_progress)
+    dfe, se = res.get("delta_f_kT"), res.get("delta_f_se_kT")
+    if dfe is not None:
+        print(f"ΔF at {args.temperature:g} K: {dfe:.3f}" + ("" if se is None else f" ± {se:.3f}") + " kT")
+    return 0
 
 
 def run(args) -> int:
@@ -167,6 +200,13 @@ def run(args) -> int:
     from boltzdiff.samplers.diagnostics import mode_report
     from boltzdiff.targets.gmm import GaussianMixture
 
+    if (Path(args.run_dir) / "pipeline.json").is_file():
+        return run_at_temperature(args)
+    if args.n is None or args.out is None:
+        raise ConfigError(
+            f"{'--n' if args.n is None else '--out'}: required for a `boltzdiff train` directory "
+            "(only a `boltzdiff run` directory with --temperature takes it from its recipe)"
+        )
     check_sampling_args(args)
     beta = 1.0
     if args.temperature is not None:

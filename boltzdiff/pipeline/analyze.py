@@ -66,19 +66,26 @@ def analyze_run(
     if meta is None:
         raise ConfigError(f"analyze: {out} is not a `boltzdiff run` directory (no pipeline.json)")
     system = system or load_system(meta["system_path"], meta.get("variant"))
+    at_t = meta.get("temperature_K")  # a run re-sampled at another temperature (boltzdiff.pipeline.retemper)
+    if at_t is not None and system.temperature != at_t:
+        from boltzdiff.samplers.tempering import tempered_system
+
+        system = tempered_system(system, at_t)[0]
     if not (out / "samples.npz").exists() or not (out / "samples.json").exists():
         raise ConfigError(f"analyze: {out} has no samples.npz; run the sample stage first (`boltzdiff run` resumes)")
     x, log_w, run_of, summ, cw = load_samples(out)
     kind = kind_of(system)
     res: dict = dict(
         system=system.name,
+        temperature_K=system.temperature,
         variant=system.variant,
         preset=meta.get("preset"),
         kind=kind,
         n_samples=int(len(x)),
         ess=kish_ess(log_w),
         n_zero_weight=int(cw.n_zero + cw.n_invalid),
-        n_target_evals=int(summ.get("n_target_evals", 0)),
+        n_target_evals=int(summ.get("n_target_evals", 0))
+        + int((meta.get("reference_reweighting") or {}).get("n_target_evals", 0)),
         n_model_evals=int(summ.get("n_model_evals", 0)),
         sample_wall_s=summ.get("wall_s"),
         # the final ESS is measured after the last resampling (1 if SMC resampled at its last step);
@@ -217,7 +224,7 @@ def analyze_run(
                 )
             )
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
-            if ref_x is not None and not seeded:
+            if ref_x is not None and not seeded and at_t is None:  # the model learnt the source temperature
                 res.update(_model_only(system, out, figs))
         else:
             n, sd = target.event_shape
@@ -226,6 +233,8 @@ def analyze_run(
             if ref_x is not None:
                 hists["reference"] = distance_histogram(ref_x.reshape(-1, n, sd), None, bins=h_s.edges)
             figs.append(("interatomic distances", plot_distance_histograms(hists, out / "distances.png")))
+    if meta.get("source_run"):
+        res["source_run"] = meta["source_run"]
     flags = sanity_flags(res)
     res["sanity"] = {"ok": not flags, "flags": flags}
     if flags:
