@@ -11,6 +11,15 @@ and the region offset (model ΔF minus reference ΔF).
         --energies /tmp/aldp_ref/energies.npy --pipeline /tmp/aldp_ref/pipeline.json \\
         [--rows diffclf,dsm] [--seeds 0,1,2] [--jobs 2] [--dry-run]
 
+``--from-runs DIR ...`` scores finished ``boltzdiff run`` directories instead (their ``analysis.json``'s
+``model_only`` block) and adds **the plain sampler** to each: ``boltzdiff sample DIR/train --to-target`` with the
+run's kernel and level refinement but no basin strata, no torsion moves and no sweeps at the target, as
+``--plain-runs`` independent SMC runs of ``--plain-n`` particles; ΔF of the system's state from each run's
+weighted particles, their mean, the half-range as its error (the jackknife over two runs), and the normalised ESS
+at the end of the bridge (the lowest of the runs). Those records replace ones with the same name and seed.
+
+    python benchmarks/aldp_model_fidelity.py --from-runs benchmarks/_work/repeats/diffclf_s{0,1,2}
+
 Work directories: ``benchmarks/_work/model_fidelity/<row>_s<seed>/`` (a run whose ``eval.json`` exists is kept;
 one with only ``ckpt.pt`` resumes). Writes ``benchmarks/results/aldp_model_fidelity.json``.
 """
@@ -163,6 +172,67 @@ def record(job: dict) -> dict:
     return rec
 
 
+def plain_sampler(run: Path, n: int, n_runs: int, seed: int) -> dict:
+    """The plain sampler on a run directory's first model (see the module's doc); its fields of the record."""
+    import numpy as np
+
+    from boltzdiff.analysis.states import delta_f_states, free_energy_spec, state_mask
+    from boltzdiff.systems import load_system, system_cv_values
+
+    meta = json.loads((run / "pipeline.json").read_text())
+    s = meta["settings"]["sample"]
+    system = load_system(meta["system_path"], meta.get("variant"))
+    fe = free_energy_spec(system.spec)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    dfs, ess = [], []
+    for r in range(n_runs):
+        out = run / "plain_sampler" / f"run{r}.npz"
+        if not out.with_suffix(".json").exists():
+            out.parent.mkdir(exist_ok=True)
+            cmd = [*cli_prefix(), "sample", str(run / "train"), "--sampler", "smc", "--to-target", "--n", str(n)]
+            cmd += ["--seed", str(seed + 7919 * r + 1), "--refine", str(s.get("refine", 1))]
+            cmd += ["--kernel-variance", str(s.get("kernel_variance", "fisher")), "--mcmc-steps", str(s.get("mcmc_steps", 1))]
+            cmd += ["--out", str(out), "--no-progress"]
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        summ = json.loads(out.with_suffix(".json").read_text())
+        with np.load(out) as z:
+            x, log_w = z["x"], z["log_w"]
+        vals = system_cv_values(system, x, mirror=True).values
+        a = state_mask(vals, fe.state)
+        b = None if fe.against is None else state_mask(vals, fe.against)
+        dfs.append(float(delta_f_states(a, b, log_w, n_bootstrap=0).delta_f))
+        ess.append(float(summ["ess"]))  # no resampling after the final reweighting: the bridge end's ESS
+    finite = [d for d in dfs if np.isfinite(d)]
+    return dict(
+        delta_f_plain_sampler_kT=float(np.mean(finite)) if len(finite) == len(dfs) else None,
+        delta_f_plain_sampler_se_kT=(max(dfs) - min(dfs)) / 2 if len(finite) == len(dfs) and len(dfs) > 1 else None,
+        delta_f_plain_sampler_runs_kT=[d if np.isfinite(d) else None for d in dfs],
+        ess_bridge_end=min(ess),
+        plain_sampler=dict(n=n, runs=n_runs, refine=s.get("refine", 1), kernel_variance=s.get("kernel_variance")),
+    )
+
+
+def record_from_run(run: Path, n: int, n_runs: int) -> dict:
+    a = json.loads((run / "analysis.json").read_text())
+    meta = json.loads((run / "pipeline.json").read_text())
+    train = meta["settings"]["train"]
+    summ = json.loads((run / "train" / "train_summary.json").read_text())
+    mo = a["model_only"]
+    rec = dict(
+        name=f"run_{train.get('loss', 'diffclf')}",
+        loss=train.get("loss", "diffclf"),
+        seed=int(meta.get("seed", 0)),
+        preset=f"{meta.get('preset')} (boltzdiff run, its own training data)",
+        overrides={},
+        steps=int(summ["steps"]),
+    )
+    rec.update({k: mo.get(k) for k in FIELDS})
+    rec["train_wall_s"] = round(float(summ["wall_s"]), 1)
+    rec["delta_f_pipeline_kT"] = a.get("delta_f_kT")
+    rec.update(plain_sampler(run, n, n_runs, int(meta.get("seed", 0))))
+    return rec
+
+
 def _fmt(v, nd=2) -> str:
     return "—" if v is None else f"{v:.{nd}f}"
 
@@ -204,7 +274,24 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--out", default=str(RESULTS / "aldp_model_fidelity.json"))
     p.add_argument("--dry-run", action="store_true", help="write the configs and print the commands only")
+    p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="score `boltzdiff run` directories")
+    p.add_argument("--plain-n", type=int, default=2000, help="particles per plain-sampler SMC run")
+    p.add_argument("--plain-runs", type=int, default=2, help="independent plain-sampler SMC runs")
     args = p.parse_args(argv)
+    if args.from_runs:
+        out = Path(args.out)
+        old = json.loads(out.read_text()) if out.exists() else []
+        new = [record_from_run(Path(d), args.plain_n, args.plain_runs) for d in args.from_runs]
+        keys = {(r["name"], r["seed"]) for r in new}
+        recs = [r for r in old if (r["name"], r["seed"]) not in keys] + new
+        out.write_text(json.dumps(recs, indent=1) + "\n")
+        print(table(new))
+        for r in new:
+            print(f"{r['name']} seed {r['seed']}: plain sampler ΔF {_fmt(r['delta_f_plain_sampler_kT'])} ± "
+                  f"{_fmt(r['delta_f_plain_sampler_se_kT'])}, ESS at the bridge end {r['ess_bridge_end']:.3f}; "
+                  f"full sampler {_fmt(r['delta_f_pipeline_kT'])}")
+        print(f"wrote {out}")
+        return 0
 
     jobs = plan(args)
     if args.dry_run:

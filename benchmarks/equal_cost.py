@@ -1,0 +1,363 @@
+"""ΔF error against cost: the generator, metadynamics alone and plain MD on alanine dipeptide, counting every
+target-energy evaluation (the ones that made the training data included).
+
+Methods (temperature 300 K unless said):
+
+- **plain MD**: the block estimates of ``benchmarks/results/aldp_vs_md.json`` (26 ns; no block ever enters
+  0 < φ < 2, so no ΔF at any budget);
+- **metadynamics alone**: well-tempered metadynamics over (φ, ψ) with the bias frozen after its build phase and
+  the frames reweighted by exp(V/kT): the code that makes the training data (``stage_reference``), at several
+  lengths with the quick preset's build fraction, each repeat its own seed; ΔF from the weighted frames. The
+  quick length's repeats are the generator runs' own training data;
+- **generator (DiffCLF)**, **generator (DSM-only)**: ``boltzdiff run`` repeats from ``benchmarks/aldp_repeats.py``
+  (``aldp_repeats_diffclf.json``, ``aldp_repeats_dsm.json``), cost = metadynamics steps + frame energies +
+  sampling + the rotation integral;
+- **generator reused at T** (330, 360 K): the DiffCLF runs' models asked again, ``boltzdiff sample RUN_DIR
+  --temperature T``, counting only the new evaluations;
+- **metadynamics data reweighted to T**: each generator run's 300 K metadynamics frames reweighted by
+  exp((1 − T₀/T) u) — the other way to reuse what was paid for; new cost: the frames' energies.
+
+References: 300 K, the long metadynamics replicates of ``aldp_reference_implicit_metad.json``; at T, every
+metadynamics-alone run pooled (each run's normalised weights times its length) and reweighted to T, its error
+the jackknife over runs, checked at 300 K against the long replicates. The generator runs' own data are not in
+it.
+
+    python benchmarks/equal_cost.py metad [--ns 0.7,2.8] [--repeats 5]   # metadynamics-alone runs
+    python benchmarks/equal_cost.py reuse [--temperatures 330,360] [--runs 5]
+    python benchmarks/equal_cost.py report    # -> benchmarks/results/equal_cost.json and .png
+
+Work directories under ``benchmarks/_work/equal_cost/`` (finished runs are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "benchmarks" / "_work" / "equal_cost"
+REPEATS = ROOT / "benchmarks" / "_work" / "repeats"
+RESULTS = ROOT / "benchmarks" / "results"
+T0 = 300.0
+#: the quick preset's metadynamics: 0.4 ns of bias build-up in 1.4 ns
+BUILD_FRACTION = 0.4 / 1.4
+#: metadynamics-alone seeds start here (the generator runs use the preset's 21 + their --seed)
+METAD_SEED0 = 1000
+
+
+def _lse(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return -math.inf
+    m = a.max()
+    return float(m + np.log(np.exp(a - m).sum()))
+
+
+def system():
+    from boltzdiff.systems import load_system
+
+    return load_system("alanine_dipeptide")
+
+
+def state_log_masses(sys_, frames: np.ndarray, log_w: np.ndarray) -> tuple[float, float]:
+    """log of the weight in the system's ΔF state and in the rest."""
+    from boltzdiff.analysis.states import free_energy_spec, state_mask
+    from boltzdiff.systems import system_cv_values
+
+    fe = free_energy_spec(sys_.spec)
+    vals = system_cv_values(sys_, frames, mirror=False).values
+    a = state_mask(vals, fe.state)
+    b = ~a if fe.against is None else state_mask(vals, fe.against)
+    return _lse(log_w[a]), _lse(log_w[b])
+
+
+def energies(sys_, frames: np.ndarray, cache: Path) -> np.ndarray:
+    """The reduced energies (at the system's temperature) of ``frames``, cached in ``cache``."""
+    import torch
+
+    if cache.exists():
+        return np.load(cache)
+    x = torch.as_tensor(frames.reshape(len(frames), -1), dtype=torch.float64)
+    u = np.concatenate([sys_.target.energy(b).detach().cpu().numpy() for b in x.split(2048)])
+    np.save(cache, u)
+    return u
+
+
+def metad_run_dir(ns: float, seed: int) -> Path:
+    return WORK / f"metad_{ns:g}ns_s{seed}"
+
+
+def metad_settings(ns: float, seed: int) -> dict:
+    """The quick preset's metadynamics settings at ``ns`` in total (build + production)."""
+    from boltzdiff.pipeline import resolve_settings
+
+    ref = dict(resolve_settings(system(), "quick")["reference"])
+    ref.update(build_ns=round(ns * BUILD_FRACTION, 6), ns=round(ns * (1 - BUILD_FRACTION), 6), seed=int(seed))
+    return ref
+
+
+def cmd_metad(args) -> int:
+    from boltzdiff.pipeline import stage_reference
+
+    sys_ = system()
+    for ns in [float(v) for v in args.ns.split(",")]:
+        for i in range(args.repeats):
+            seed = METAD_SEED0 + 100 * i + int(round(ns * 10))
+            d = metad_run_dir(ns, seed)
+            if (d / "reference" / "progress.json").exists() and (d / "reference" / "positions.npy").exists():
+                continue
+            t0 = time.time()
+            stage_reference(sys_, d, {"reference": metad_settings(ns, seed)}, progress=not args.no_progress)
+            print(f"metad {ns:g} ns seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+def cmd_reuse(args) -> int:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = sorted(REPEATS.glob("diffclf_s*/analysis.json"), key=lambda p: int(p.parent.name.split("_s")[1]))
+    for a in runs[: args.runs]:
+        run = a.parent
+        seed = int(run.name.split("_s")[1])
+        for t in [float(v) for v in args.temperatures.split(",")]:
+            out = run / f"at_{t:g}K"
+            if (out / "analysis.json").exists():
+                continue
+            cmd = [sys.executable, "-c", "from boltzdiff.cli import main; raise SystemExit(main())", "sample", str(run)]
+            cmd += ["--temperature", f"{t:g}", "--seed", str(seed), "--no-progress"]
+            t0 = time.time()
+            with open(WORK / f"reuse_{run.name}_{t:g}K.log", "a") as fh:
+                r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            print(f"{run.name} at {t:g} K: rc {r.returncode}, {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+def metad_runs() -> list[dict]:
+    """Every finished metadynamics-alone run: its length, seed, raw frames, log-weights and cost."""
+    out = []
+    for d in sorted(WORK.glob("metad_*ns_s*")):
+        ref = d / "reference"
+        if not (ref / "metad" / "log_weights.npy").exists():
+            continue
+        ns = float(d.name.split("_")[1][:-2])
+        settings = json.loads((ref / "progress.json").read_text()).get("settings", {})
+        frames = np.load(ref / "metad" / "frames.npy")
+        out.append(
+            dict(
+                dir=d,
+                ns=ns,
+                seed=int(d.name.split("_s")[-1]),
+                frames=frames,
+                log_w=np.load(ref / "metad" / "log_weights.npy").astype(np.float64),
+                n_target_evals=int(round(ns * 1e6 / float(settings.get("timestep_fs", 1.0))))
+                + len(np.load(ref / "positions.npy", mmap_mode="r")),
+            )
+        )
+    return out
+
+
+def delta_f_at(sys_, run: dict, t: float) -> float:
+    """ΔF of one metadynamics run's weighted frames at temperature ``t``."""
+    lw = run["log_w"]
+    if t != T0:
+        u = energies(sys_, run["frames"], run["dir"] / "raw_energies.npy")
+        lw = lw + (1.0 - T0 / t) * u
+    la, lb = state_log_masses(sys_, run["frames"], lw)
+    return -(la - lb)
+
+
+def pooled_reference(sys_, runs: list[dict], t: float) -> tuple[float, float]:
+    """ΔF at ``t`` of all runs pooled (each run's normalised weights times its frame count) and its jackknife
+    error over the runs."""
+
+    def pooled(rs):
+        la_all, lb_all = [], []
+        for r in rs:
+            lw = r["log_w"]
+            if t != T0:
+                lw = lw + (1.0 - T0 / t) * energies(sys_, r["frames"], r["dir"] / "raw_energies.npy")
+            lw = lw - _lse(lw) + math.log(len(lw))
+            la, lb = state_log_masses(sys_, r["frames"], lw)
+            la_all.append(la)
+            lb_all.append(lb)
+        return -(_lse(np.array(la_all)) - _lse(np.array(lb_all)))
+
+    full = pooled(runs)
+    n = len(runs)
+    jk = np.array([pooled(runs[:i] + runs[i + 1 :]) for i in range(n)])
+    se = math.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2)) if n > 1 else math.nan
+    return full, se
+
+
+def row(method: str, t: float, evals: list[int], dfs: list[float | None], ref: float, **extra) -> dict:
+    ok = [d for d in dfs if d is not None and math.isfinite(d)]
+    return dict(
+        method=method,
+        temperature_K=t,
+        n_target_evals=int(np.median(evals)) if evals else None,
+        repeats=len(dfs),
+        rms_error_kT=None if not ok else float(math.sqrt(np.mean([(d - ref) ** 2 for d in ok]))),
+        mean_delta_f_kT=None if not ok else float(np.mean(ok)),
+        failed=len(dfs) - len(ok),
+        **extra,
+    )
+
+
+def cmd_report(args) -> int:
+    sys_ = system()
+    long_ref = json.loads((RESULTS / "aldp_reference_implicit_metad.json").read_text())
+    runs = metad_runs()
+    temps = [T0] + [float(v) for v in args.temperatures.split(",")]
+    refs = {}
+    for t in temps:
+        f, se = pooled_reference(sys_, runs, t) if runs else (math.nan, math.nan)
+        refs[t] = dict(pooled_delta_f_kT=f, pooled_se_kT=se)
+    refs[T0].update(delta_f_kT=long_ref["reference_delta_f_kT"], se_kT=long_ref["reference_delta_f_se_kT"])
+    for t in temps[1:]:
+        refs[t].update(delta_f_kT=refs[t]["pooled_delta_f_kT"], se_kT=refs[t]["pooled_se_kT"])
+    rows = []
+    md = json.loads((RESULTS / "aldp_vs_md.json").read_text())
+    for r in md["rows"]:
+        if r["method"].startswith("plain MD"):
+            rows.append(
+                dict(
+                    method="plain MD",
+                    temperature_K=T0,
+                    n_target_evals=r["n_target_evals"],
+                    repeats=r.get("n_blocks", 1),
+                    rms_error_kT=None,
+                    mean_delta_f_kT=None,
+                    failed=r.get("n_blocks", 1),
+                    note="no frame in 0 < phi < 2 (from aldp_vs_md.json)",
+                )
+            )
+    ref0 = refs[T0]["delta_f_kT"]
+    for ns in sorted({r["ns"] for r in runs}):
+        rs = [r for r in runs if r["ns"] == ns]
+        rows.append(row("metadynamics alone", T0, [r["n_target_evals"] for r in rs], [delta_f_at(sys_, r, T0) for r in rs], ref0, ns=ns))
+    gen = {}
+    for loss in ("diffclf", "dsm"):
+        f = RESULTS / f"aldp_repeats_{loss}.json"
+        if f.exists():
+            gen[loss] = json.loads(f.read_text())["runs"]
+    # the generator runs' own training data, as metadynamics alone at the quick length
+    data_runs = []
+    for rec in gen.get("diffclf", []) + gen.get("dsm", []):
+        d = REPEATS / f"{rec['loss']}_s{rec['seed']}" / "reference" / "metad"
+        if (d / "log_weights.npy").exists():
+            data_runs.append(
+                dict(dir=d.parent, frames=np.load(d / "frames.npy"), log_w=np.load(d / "log_weights.npy").astype(np.float64),
+                     n_target_evals=rec["n_data_evals"], seed=rec["seed"], loss=rec["loss"])
+            )
+    if data_runs:
+        rows.append(row("metadynamics alone (the generator runs' training data)", T0,
+                        [r["n_target_evals"] for r in data_runs], [delta_f_at(sys_, r, T0) for r in data_runs], ref0, ns=1.4))
+    names = {"diffclf": "generator (DiffCLF)", "dsm": "generator (DSM-only)"}
+    for loss, recs in gen.items():
+        rows.append(row(names[loss], T0, [r["n_target_evals"] for r in recs], [r["delta_f_kT"] for r in recs], ref0,
+                        seeds=[r["seed"] for r in recs]))
+    for t in temps[1:]:
+        ref_t = refs[t]["delta_f_kT"]
+        reuse = []
+        for rec in gen.get("diffclf", []):
+            a = REPEATS / f"diffclf_s{rec['seed']}" / f"at_{t:g}K" / "analysis.json"
+            if a.exists():
+                reuse.append(json.loads(a.read_text()))
+        if reuse:
+            rows.append(row("generator reused (DiffCLF)", t, [r["n_target_evals"] for r in reuse],
+                            [r.get("delta_f_kT") for r in reuse], ref_t))
+        dr = [r for r in data_runs if r.get("loss") == "diffclf"]
+        if dr:
+            rows.append(row("metadynamics data reweighted to T", t, [len(r["frames"]) for r in dr],
+                            [delta_f_at(sys_, r, t) for r in dr], ref_t))
+    payload = dict(
+        command="python benchmarks/equal_cost.py report",
+        machine=args.machine,
+        references={f"{t:g}": v for t, v in refs.items()},
+        reference_note="300 K: long metadynamics replicates; other T: every metadynamics-alone run pooled and "
+        "reweighted to T (jackknife over runs); pooled_* at 300 K checks that estimator against the replicates",
+        rows=rows,
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "equal_cost.json").write_text(json.dumps(payload, indent=1) + "\n")
+    plot(rows, refs, RESULTS / "equal_cost.png")
+    print(table(rows, refs))
+    print(f"wrote {RESULTS / 'equal_cost.json'} and .png")
+    return 0
+
+
+def table(rows: list[dict], refs: dict) -> str:
+    lines = ["| method | T (K) | target evals (median) | repeats | RMS error (kT) | mean ΔF (kT) | reference |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = refs[r["temperature_K"]]
+        rms = "no ΔF" if r["rms_error_kT"] is None else f"{r['rms_error_kT']:.2f}"
+        mean = "—" if r["mean_delta_f_kT"] is None else f"{r['mean_delta_f_kT']:.2f}"
+        lines.append(f"| {r['method']} | {r['temperature_K']:g} | {r['n_target_evals'] / 1e6:.2f} M | {r['repeats']} | "
+                     f"{rms} | {mean} | {ref['delta_f_kT']:.2f} ± {ref['se_kT']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], refs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = sorted({r["temperature_K"] for r in rows})
+    fig, axes = plt.subplots(1, len(temps), figsize=(4.6 * len(temps), 3.8), squeeze=False)
+    markers = {"metadynamics alone": "s", "generator (DiffCLF)": "o", "generator (DSM-only)": "^",
+               "generator reused (DiffCLF)": "o", "metadynamics data reweighted to T": "s",
+               "metadynamics alone (the generator runs' training data)": "s"}
+    for ax, t in zip(axes[0], temps):
+        for m in dict.fromkeys(r["method"] for r in rows if r["temperature_K"] == t):
+            rs = sorted((r for r in rows if r["temperature_K"] == t and r["method"] == m), key=lambda r: r["n_target_evals"])
+            xs = [r["n_target_evals"] for r in rs if r["rms_error_kT"] is not None]
+            ys = [r["rms_error_kT"] for r in rs if r["rms_error_kT"] is not None]
+            if xs:
+                ax.plot(xs, ys, marker=markers.get(m, "x"), label=m)
+            elif m == "plain MD":
+                ax.axvspan(min(r["n_target_evals"] for r in rs), max(r["n_target_evals"] for r in rs), color="0.9",
+                           label="plain MD: no ΔF (never enters φ > 0)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("target-energy evaluations")
+        ax.set_ylabel("ΔF RMS error (kT)")
+        ax.set_title(f"{t:g} K (reference {refs[t]['delta_f_kT']:.2f} kT)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("metad")
+    m.add_argument("--ns", default="0.7,2.8", help="total lengths (build + production), ns")
+    m.add_argument("--repeats", type=int, default=5)
+    m.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("reuse")
+    r.add_argument("--temperatures", default="330,360")
+    r.add_argument("--runs", type=int, default=5, help="how many DiffCLF repeat runs to ask again")
+    rp = sub.add_parser("report")
+    rp.add_argument("--temperatures", default="330,360")
+    rp.add_argument("--machine", default="2-core CPU (no GPU)")
+    args = p.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    return {"metad": cmd_metad, "reuse": cmd_reuse, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
