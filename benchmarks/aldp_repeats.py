@@ -6,7 +6,12 @@ runs are independent end to end. Per run the table lists ΔF of the system's sta
 training frames', the bridge's final ESS, the model-alone figures and the cost in target-energy evaluations,
 counting the metadynamics steps that made the training data.
 
-    python benchmarks/aldp_repeats.py [--seeds 0-9] [--loss diffclf|dsm] [--preset quick]
+    python benchmarks/aldp_repeats.py [--seeds 0-9] [--loss diffclf|dsm] [--preset quick] [--train-set lr=1e-3]
+
+``--train-set KEY=VALUE`` (repeatable) changes the preset's training settings: the runs use a copy of the shipped
+system whose run.yaml has them (``benchmarks/_work/repeats/systems/<tag>/``), and their directories and
+results file carry the tag (``<loss>_<tag>_s<S>``, ``aldp_repeats_<loss>_<tag>.json``). The reference data
+depend on the seed only, so rows with the same seeds are paired.
 
 Work directories: ``benchmarks/_work/repeats/<loss>_s<S>/``
 (finished runs are kept, interrupted ones resume). Writes ``benchmarks/results/aldp_repeats_<loss>.json``.
@@ -85,6 +90,7 @@ def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> 
         data_delta_f_kT=a.get("md_delta_f_kT"),
         n_sample_evals=int(a.get("n_target_evals", 0)),
         n_data_evals=data_evals(run),
+        lr=(json.loads((run / "pipeline.json").read_text())["settings"]["train"].get("lr")),
         train_wall_s=a.get("train_wall_s"),
         sample_wall_s=a.get("sample_wall_s"),
         wall_s=wall_s,
@@ -96,13 +102,49 @@ def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> 
     return rec
 
 
+def variant_system(args) -> tuple[str, str]:
+    """The system argument and the tag of ``--train-set`` (``("alanine_dipeptide", "")`` without it)."""
+    if not args.train_set:
+        return "alanine_dipeptide", ""
+    import shutil
+
+    import yaml
+
+    from boltzdiff.systems import SYSTEMS_DIR
+
+    over = {}
+    for item in args.train_set:
+        k, _, v = item.partition("=")
+        val = yaml.safe_load(v)
+        if isinstance(val, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        over[k.strip()] = val
+    tag = "_".join(f"{k}{v}" for k, v in over.items())
+    d = Path(args.work) / "systems" / tag / "alanine_dipeptide"
+    if not d.exists():
+        shutil.copytree(SYSTEMS_DIR / "alanine_dipeptide", d)
+        ry = yaml.safe_load((d / "run.yaml").read_text())
+        ry["presets"][args.preset]["train"].update(over)
+        (d / "run.yaml").write_text(yaml.safe_dump(ry, sort_keys=False))
+    return str(d), tag
+
+
+def run_dir_of(args, seed: int) -> Path:
+    tag = variant_system(args)[1]
+    return Path(args.work) / (f"{args.loss}_{tag}_s{seed}" if tag else f"{args.loss}_s{seed}")
+
+
 def run_one(seed: int, args, ref: dict) -> dict | None:
-    d = Path(args.work) / f"{args.loss}_s{seed}"
+    d = run_dir_of(args, seed)
+    system_arg = variant_system(args)[0]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     wall = None
     if not (d / "analysis.json").exists():
         d.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [*cli(), "run", "--preset", args.preset, "--seed", str(seed), "--loss", args.loss, "--out", str(d)]
+        cmd = [*cli(), "run", system_arg, "--preset", args.preset, "--seed", str(seed), "--loss", args.loss, "--out", str(d)]
         cmd += ["--no-progress", "--allow-degenerate"]
         t0 = time.time()
         with open(d.parent / f"{d.name}.log", "a") as fh:
@@ -157,11 +199,12 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--out", default=None, help="default: benchmarks/results/aldp_repeats_<loss>.json")
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs, start none")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE", help="a training setting")
     args = p.parse_args(argv)
     ref = json.loads(REFERENCE.read_text())
     recs = []
     for seed in parse_seeds(args.seeds):
-        d = Path(args.work) / f"{args.loss}_s{seed}"
+        d = run_dir_of(args, seed)
         if args.table_only and not (d / "analysis.json").exists():
             continue
         rec = run_one(seed, args, ref)
@@ -170,7 +213,8 @@ def main(argv=None) -> int:
     if not recs:
         print("no finished runs")
         return 1
-    out = Path(args.out or RESULTS / f"aldp_repeats_{args.loss}.json")
+    tag = variant_system(args)[1]
+    out = Path(args.out or RESULTS / f"aldp_repeats_{args.loss}{'_' + tag if tag else ''}.json")
     payload = dict(
         command="python benchmarks/" + Path(__file__).name + " " + " ".join(argv if argv is not None else sys.argv[1:]),
         reference_delta_f_kT=ref["reference_delta_f_kT"],
