@@ -62,6 +62,8 @@ def test_a_run_sampled_at_another_temperature_ends_at_the_tempered_target(tiny_r
     meta = json.loads((at / "pipeline.json").read_text())
     assert meta["temperature_K"] == 360.0 and meta["source_run"] == str(run.resolve())
     assert abs(meta["beta"] - 300.0 / 360.0) < 1e-12 and meta["seed"] == 5
+    info_run = json.loads((at / "run_info.json").read_text())
+    assert info_run["seed"] == 5 and info_run["config"]["temperature_K"] == 360.0
     res = json.loads((at / "analysis.json").read_text())
     assert res["temperature_K"] == 360.0 and "model_only" not in res and "delta_f_kT" in res
     # the models are the source run's, copied without checkpoints
@@ -134,3 +136,19 @@ def test_an_out_dir_of_another_temperature_or_run_is_refused(tiny_run, tmp_path,
     # a run at a temperature is not itself re-tempered
     assert main(["sample", str(at), "--temperature", "330", "--no-progress"]) == 2
     assert "already a run at another temperature" in capsys.readouterr().err
+
+
+def test_worker_processes_rebuild_the_system_at_its_temperature(tmp_path):
+    """The sample stage's SMC runs rebuild the system in spawned processes from the job: a tempered system
+    must come back tempered (else the runs would sample the source temperature while the analysis weighs at T)."""
+    from boltzdiff.pipeline.workers import job_of, system_of
+    from boltzdiff.samplers.tempering import tempered_system
+
+    system = load_system("alanine_dipeptide")
+    tsys, beta = tempered_system(system, 345.0)
+    x = torch.as_tensor(np.asarray(system.positions).reshape(1, -1), dtype=torch.float64)
+    u = float(system.target.energy(x))
+    again = system_of(job_of(tsys, tmp_path, {}, 1))
+    assert again.temperature == 345.0 and float(again.target.energy(x)) == pytest.approx(beta * u, rel=1e-9)
+    plain = system_of(job_of(system, tmp_path, {}, 1))
+    assert plain.temperature == system.temperature and float(plain.target.energy(x)) == pytest.approx(u, rel=1e-9)

@@ -133,6 +133,9 @@ def run_at_temperature(
         new = dict(meta, seed=seed, temperature_K=t, system_temperature_K=system_temperature(system))
         new.update(source_run=str(src.resolve()), beta=beta, reference_reweighting=info)
         write_pipeline_json(dst, new)
+        from boltzdiff.runinfo import write_run_info
+
+        write_run_info(dst, dict(source_run=str(src.resolve()), temperature_K=t, settings=settings), seed)
     stage_sample(tsys, dst, settings, progress, seed, workers=workers)
     res = analyze_run(dst, system=tsys, progress=progress)
     log.info("at %g K: ΔF %s -> %s", t, res.get("delta_f_kT"), dst / "analysis.json")

@@ -18,9 +18,9 @@ from boltzdiff.errors import ConfigError
 from boltzdiff.io import atomic_save, atomic_write_json, save_npz, torch_load
 from boltzdiff.pipeline.rundir import model_dir, model_of_run
 from boltzdiff.pipeline.settings import kind_of, n_models
-from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, usable_cores
+from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, system_of, usable_cores
 from boltzdiff.samplers.config import SMCConfig
-from boltzdiff.systems import System, load_system
+from boltzdiff.systems import System
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _smc_worker(job: dict) -> int:
     torch.set_num_threads(int(job["threads"]))
     if job.get("parent_pid"):
         exit_with_parent(int(job["parent_pid"]))
-    system = load_system(job["system_path"], job["variant"])
+    system = system_of(job)
     out = Path(job["out"])
     inputs = build_sampler(system, out, job["settings"], model=int(job.get("model", 0)))
     done = run_smc(inputs, job["r"], job["seed"], progress=False)

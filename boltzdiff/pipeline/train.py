@@ -12,8 +12,8 @@ from boltzdiff.config import TrainConfig, merge_config
 from boltzdiff.errors import ConfigError
 from boltzdiff.pipeline.rundir import model_dir, reference_temperature
 from boltzdiff.pipeline.settings import n_models
-from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, usable_cores
-from boltzdiff.systems import System, load_system
+from boltzdiff.pipeline.workers import exit_with_parent, in_processes, job_of, system_of, usable_cores
+from boltzdiff.systems import System
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _train_worker(job: dict) -> int:
     torch.set_num_threads(int(job["threads"]))
     if job.get("parent_pid"):
         exit_with_parent(int(job["parent_pid"]))
-    system = load_system(job["system_path"], job["variant"])
+    system = system_of(job)
     out, m = Path(job["out"]), int(job["m"])
     cfg = _train_config(system, out, job["settings"], None if job["data"] is None else Path(job["data"]), m)
     cfg.num_threads = None  # the worker's thread count is set above

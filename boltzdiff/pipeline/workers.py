@@ -37,16 +37,33 @@ def exit_with_parent(parent_pid: int, every_s: float = 2.0) -> None:
 
 
 def job_of(system: System, out: Path, settings: dict, threads: int, **extra) -> dict:
-    """What a worker process needs to rebuild the system and the run directory's settings, plus ``extra``."""
+    """What a worker process needs to rebuild the system (at its temperature, for a tempered one) and the run
+    directory's settings, plus ``extra``; :func:`system_of` rebuilds it."""
+    from boltzdiff.samplers.tempering import TemperedTarget
+
     return dict(
         system_path=str(system.path or system.name),
         variant=system.variant,
+        temperature=system.temperature if isinstance(system.target, TemperedTarget) else None,
         out=str(out),
         settings=settings,
         threads=threads,
         parent_pid=os.getpid(),
         **extra,
     )
+
+
+def system_of(job: dict) -> System:
+    """The system of a :func:`job_of` job, in the worker: loaded from its path and, when the parent's was the
+    exact target at another temperature, tempered the same way."""
+    from boltzdiff.systems import load_system
+
+    system = load_system(job["system_path"], job["variant"])
+    if job.get("temperature") is not None:
+        from boltzdiff.samplers.tempering import tempered_system
+
+        system = tempered_system(system, job["temperature"])[0]
+    return system
 
 
 def in_processes(fn, jobs: list, workers: int, desc: str, done_msg: str, progress: bool) -> None:
