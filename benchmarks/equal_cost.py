@@ -10,8 +10,9 @@ Methods (temperature 300 K unless said):
   lengths with the quick preset's build fraction, each repeat its own seed; ΔF from the weighted frames. The
   quick length's repeats are the generator runs' own training data;
 - **generator (DiffCLF)**, **generator (DSM-only)**: ``boltzdiff run`` repeats from ``benchmarks/aldp_repeats.py``
-  (``aldp_repeats_diffclf.json``, ``aldp_repeats_dsm.json``), cost = metadynamics steps + frame energies +
-  sampling + the rotation integral;
+  (``aldp_repeats_diffclf.json``, ``aldp_repeats_dsm.json`` where they exist), cost = metadynamics steps + frame
+  energies + sampling + the rotation integral; and the full preset's single runs of each loss from
+  ``aldp_vs_md.json``;
 - **generator reused at T** (330, 360 K): the DiffCLF runs' models asked again, ``boltzdiff sample RUN_DIR
   --temperature T``, counting only the new evaluations;
 - **metadynamics data reweighted to T**: each generator run's 300 K metadynamics frames reweighted by
@@ -241,30 +242,52 @@ def cmd_report(args) -> int:
                 )
             )
     ref0 = refs[T0]["delta_f_kT"]
+    reps = long_ref.get("replicates") or []
+    if len(reps) > 2:  # the long replicates, each against the mean of the others (leave-one-out)
+        dfs = [r["delta_f_kT"] for r in reps]
+        loo = [np.mean(dfs[:i] + dfs[i + 1 :]) for i in range(len(dfs))]
+        errs = [d - m for d, m in zip(dfs, loo)]
+        rows.append(
+            dict(
+                method="metadynamics alone, long (reference replicates, each against the mean of the others)",
+                temperature_K=T0,
+                n_target_evals=int(np.median([r["md_steps"] + r["n_frames"] for r in reps])),
+                repeats=len(reps),
+                rms_error_kT=float(math.sqrt(np.mean(np.square(errs)))),
+                mean_delta_f_kT=float(np.mean(dfs)),
+                failed=0,
+            )
+        )
+    for r in md["rows"]:  # the full preset's single runs (their cost counts the 10 ns of metadynamics)
+        if "full preset" in r["method"]:
+            name = "generator (DiffCLF)" if r["method"].startswith("DiffCLF") else "generator (DSM-only)"
+            rows.append(row(f"{name}, full preset, one run", T0, [r["n_target_evals"]], [r["delta_f_kT"]], ref0))
     for ns in sorted({r["ns"] for r in runs}):
         rs = [r for r in runs if r["ns"] == ns]
         rows.append(row("metadynamics alone", T0, [r["n_target_evals"] for r in rs], [delta_f_at(sys_, r, T0) for r in rs], ref0, ns=ns))
-    gen = {}
-    for loss in ("diffclf", "dsm"):
-        f = RESULTS / f"aldp_repeats_{loss}.json"
-        if f.exists():
-            gen[loss] = json.loads(f.read_text())["runs"]
+    gen = {}  # results file stem -> runs; "diffclf" / "dsm" for the default recipe, "<loss>_<tag>" for variants
+    for f in sorted(RESULTS.glob("aldp_repeats_*.json")):
+        gen[f.stem[len("aldp_repeats_") :]] = json.loads(f.read_text())["runs"]
     # the generator runs' own training data, as metadynamics alone at the quick length
-    data_runs = []
-    for rec in gen.get("diffclf", []) + gen.get("dsm", []):
-        d = REPEATS / f"{rec['loss']}_s{rec['seed']}" / "reference" / "metad"
-        if (d / "log_weights.npy").exists():
-            data_runs.append(
-                dict(dir=d.parent, frames=np.load(d / "frames.npy"), log_w=np.load(d / "log_weights.npy").astype(np.float64),
-                     n_target_evals=rec["n_data_evals"], seed=rec["seed"], loss=rec["loss"])
-            )
+    data_runs, seen = [], set()
+    for stem, recs in gen.items():
+        for rec in recs:
+            d = REPEATS / f"{stem}_s{rec['seed']}" / "reference" / "metad"
+            if rec["seed"] not in seen and (d / "log_weights.npy").exists():  # one per seed: the data are the seed's
+                seen.add(rec["seed"])
+                data_runs.append(
+                    dict(dir=d.parent, frames=np.load(d / "frames.npy"), log_w=np.load(d / "log_weights.npy").astype(np.float64),
+                         n_target_evals=rec["n_data_evals"], seed=rec["seed"], loss=rec["loss"])
+                )
     if data_runs:
         rows.append(row("metadynamics alone (the generator runs' training data)", T0,
                         [r["n_target_evals"] for r in data_runs], [delta_f_at(sys_, r, T0) for r in data_runs], ref0, ns=1.4))
     names = {"diffclf": "generator (DiffCLF)", "dsm": "generator (DSM-only)"}
-    for loss, recs in gen.items():
-        rows.append(row(names[loss], T0, [r["n_target_evals"] for r in recs], [r["delta_f_kT"] for r in recs], ref0,
-                        seeds=[r["seed"] for r in recs]))
+    for stem, recs in gen.items():
+        loss, _, tag = stem.partition("_")
+        name = names[loss] + (f", {tag}" if tag else "")
+        rows.append(row(name, T0, [r["n_target_evals"] for r in recs], [r["delta_f_kT"] for r in recs], ref0,
+                        seeds=[r["seed"] for r in recs], lr=recs[0].get("lr")))
     for t in temps[1:]:
         ref_t = refs[t]["delta_f_kT"]
         reuse = []
@@ -275,7 +298,7 @@ def cmd_report(args) -> int:
         if reuse:
             rows.append(row("generator reused (DiffCLF)", t, [r["n_target_evals"] for r in reuse],
                             [r.get("delta_f_kT") for r in reuse], ref_t))
-        dr = [r for r in data_runs if r.get("loss") == "diffclf"]
+        dr = data_runs
         if dr:
             rows.append(row("metadynamics data reweighted to T", t, [len(r["frames"]) for r in dr],
                             [delta_f_at(sys_, r, t) for r in dr], ref_t))
@@ -295,6 +318,10 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _evals(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.0f} k"
+
+
 def table(rows: list[dict], refs: dict) -> str:
     lines = ["| method | T (K) | target evals (median) | repeats | RMS error (kT) | mean ΔF (kT) | reference |",
              "|---|---|---|---|---|---|---|"]
@@ -302,7 +329,7 @@ def table(rows: list[dict], refs: dict) -> str:
         ref = refs[r["temperature_K"]]
         rms = "no ΔF" if r["rms_error_kT"] is None else f"{r['rms_error_kT']:.2f}"
         mean = "—" if r["mean_delta_f_kT"] is None else f"{r['mean_delta_f_kT']:.2f}"
-        lines.append(f"| {r['method']} | {r['temperature_K']:g} | {r['n_target_evals'] / 1e6:.2f} M | {r['repeats']} | "
+        lines.append(f"| {r['method']} | {r['temperature_K']:g} | {_evals(r['n_target_evals'])} | {r['repeats']} | "
                      f"{rms} | {mean} | {ref['delta_f_kT']:.2f} ± {ref['se_kT']:.2f} |")
     return "\n".join(lines)
 
@@ -314,7 +341,7 @@ def plot(rows: list[dict], refs: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     temps = sorted({r["temperature_K"] for r in rows})
-    fig, axes = plt.subplots(1, len(temps), figsize=(4.6 * len(temps), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(temps), figsize=(4.6 * len(temps), 5.2), squeeze=False, sharey=True)
     markers = {"metadynamics alone": "s", "generator (DiffCLF)": "o", "generator (DSM-only)": "^",
                "generator reused (DiffCLF)": "o", "metadynamics data reweighted to T": "s",
                "metadynamics alone (the generator runs' training data)": "s"}
@@ -328,12 +355,16 @@ def plot(rows: list[dict], refs: dict, path: Path) -> None:
             elif m == "plain MD":
                 ax.axvspan(min(r["n_target_evals"] for r in rs), max(r["n_target_evals"] for r in rs), color="0.9",
                            label="plain MD: no ΔF (never enters φ > 0)")
+        se = refs[t].get("se_kT")
+        if se is not None and math.isfinite(se):
+            ax.axhline(se, color="0.4", ls=":", lw=1, label="the reference's own error")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(0.005, 3.0)
         ax.set_xlabel("target-energy evaluations")
         ax.set_ylabel("ΔF RMS error (kT)")
-        ax.set_title(f"{t:g} K (reference {refs[t]['delta_f_kT']:.2f} kT)")
-        ax.legend(fontsize=6)
+        ax.set_title(f"{t:g} K (reference {refs[t]['delta_f_kT']:.2f} ± {refs[t]['se_kT']:.2f} kT)", fontsize=9)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
