@@ -759,3 +759,21 @@ def test_torsion_moves_of_a_system_and_bad_specs_are_one_line_errors():
             torsion_spec(system, bad, final)
     with pytest.raises(ConfigError, match="not a molecule with a topology"):
         torsion_spec(load_system("dw4"), {"bonds": "auto"}, 0)
+
+
+def test_run_seed_redraws_the_reference_data_and_seed_zero_keeps_the_presets():
+    """`boltzdiff run --seed S` adds S to the preset's reference seed (independent repeats draw their own data);
+    seed 0 leaves the settings as the preset wrote them (no seed key added where there was none)."""
+    from boltzdiff.pipeline import resolve_settings
+    from boltzdiff.systems import load_system
+
+    aldp = load_system("alanine_dipeptide")
+    assert resolve_settings(aldp, "quick")["reference"]["seed"] == 21
+    s3 = resolve_settings(aldp, "quick", seed=3)
+    assert s3["reference"]["seed"] == 24 and s3["train"]["seed"] == 3
+    dw4 = load_system("dw4")
+    base = resolve_settings(dw4, "quick")["reference"]
+    assert resolve_settings(dw4, "quick", seed=5)["reference"]["seed"] == int(base.get("seed", 0)) + 5
+    # everything but the reference seed is the same as with seed 0
+    s5 = resolve_settings(dw4, "quick", seed=5)
+    assert {k: v for k, v in s5["reference"].items() if k != "seed"} == {k: v for k, v in base.items() if k != "seed"}
