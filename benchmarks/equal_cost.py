@@ -13,8 +13,8 @@ Methods (temperature 300 K unless said):
   (``aldp_repeats_diffclf.json``, ``aldp_repeats_dsm.json`` where they exist), cost = metadynamics steps + frame
   energies + sampling + the rotation integral; and the full preset's single runs of each loss from
   ``aldp_vs_md.json``;
-- **generator reused at T** (330, 360 K): the DiffCLF runs' models asked again, ``boltzdiff sample RUN_DIR
-  --temperature T``, counting only the new evaluations;
+- **generator reused at T** (330, 360 K): repeat runs' models asked again (``--stem``: which repeats),
+  ``boltzdiff sample RUN_DIR --temperature T``, counting only the new evaluations;
 - **metadynamics data reweighted to T**: each generator run's 300 K metadynamics frames reweighted by
   exp((1 − T₀/T) u) — the other way to reuse what was paid for; new cost: the frames' energies.
 
@@ -24,7 +24,7 @@ the jackknife over runs, checked at 300 K against the long replicates. The gener
 it.
 
     python benchmarks/equal_cost.py metad [--ns 0.7,2.8] [--repeats 5]   # metadynamics-alone runs
-    python benchmarks/equal_cost.py reuse [--temperatures 330,360] [--runs 5]
+    python benchmarks/equal_cost.py reuse [--temperatures 330,360] [--runs 5] [--stem diffclf]
     python benchmarks/equal_cost.py report    # -> benchmarks/results/equal_cost.json and .png
 
 Work directories under ``benchmarks/_work/equal_cost/`` (finished runs are kept).
@@ -125,10 +125,10 @@ def cmd_metad(args) -> int:
 
 def cmd_reuse(args) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    runs = sorted(REPEATS.glob("diffclf_s*/analysis.json"), key=lambda p: int(p.parent.name.split("_s")[1]))
+    runs = sorted(REPEATS.glob(f"{args.stem}_s*/analysis.json"), key=lambda p: int(p.parent.name.rsplit("_s", 1)[1]))
     for a in runs[: args.runs]:
         run = a.parent
-        seed = int(run.name.split("_s")[1])
+        seed = int(run.name.rsplit("_s", 1)[1])
         for t in [float(v) for v in args.temperatures.split(",")]:
             out = run / f"at_{t:g}K"
             if (out / "analysis.json").exists():
@@ -290,14 +290,16 @@ def cmd_report(args) -> int:
                         seeds=[r["seed"] for r in recs], lr=recs[0].get("lr")))
     for t in temps[1:]:
         ref_t = refs[t]["delta_f_kT"]
-        reuse = []
-        for rec in gen.get("diffclf", []):
-            a = REPEATS / f"diffclf_s{rec['seed']}" / f"at_{t:g}K" / "analysis.json"
-            if a.exists():
-                reuse.append(json.loads(a.read_text()))
-        if reuse:
-            rows.append(row("generator reused (DiffCLF)", t, [r["n_target_evals"] for r in reuse],
-                            [r.get("delta_f_kT") for r in reuse], ref_t))
+        for stem, recs in gen.items():
+            reuse = []
+            for rec in recs:
+                a = REPEATS / f"{stem}_s{rec['seed']}" / f"at_{t:g}K" / "analysis.json"
+                if a.exists():
+                    reuse.append(json.loads(a.read_text()))
+            if reuse:
+                loss, _, tag = stem.partition("_")
+                name = "generator reused (" + ("DiffCLF" if loss == "diffclf" else "DSM-only") + (f", {tag})" if tag else ")")
+                rows.append(row(name, t, [r["n_target_evals"] for r in reuse], [r.get("delta_f_kT") for r in reuse], ref_t))
         dr = data_runs
         if dr:
             rows.append(row("metadynamics data reweighted to T", t, [len(r["frames"]) for r in dr],
@@ -342,16 +344,18 @@ def plot(rows: list[dict], refs: dict, path: Path) -> None:
 
     temps = sorted({r["temperature_K"] for r in rows})
     fig, axes = plt.subplots(1, len(temps), figsize=(4.6 * len(temps), 5.2), squeeze=False, sharey=True)
-    markers = {"metadynamics alone": "s", "generator (DiffCLF)": "o", "generator (DSM-only)": "^",
-               "generator reused (DiffCLF)": "o", "metadynamics data reweighted to T": "s",
-               "metadynamics alone (the generator runs' training data)": "s"}
+    def marker(m: str) -> str:
+        if "one run" in m:
+            return "x"
+        return "s" if m.startswith("metadynamics") else ("^" if "DSM" in m else ("D" if "lr" in m else "o"))
+
     for ax, t in zip(axes[0], temps):
         for m in dict.fromkeys(r["method"] for r in rows if r["temperature_K"] == t):
             rs = sorted((r for r in rows if r["temperature_K"] == t and r["method"] == m), key=lambda r: r["n_target_evals"])
             xs = [r["n_target_evals"] for r in rs if r["rms_error_kT"] is not None]
             ys = [r["rms_error_kT"] for r in rs if r["rms_error_kT"] is not None]
             if xs:
-                ax.plot(xs, ys, marker=markers.get(m, "x"), label=m)
+                ax.plot(xs, ys, marker=marker(m), label=m)
             elif m == "plain MD":
                 ax.axvspan(min(r["n_target_evals"] for r in rs), max(r["n_target_evals"] for r in rs), color="0.9",
                            label="plain MD: no ΔF (never enters φ > 0)")
@@ -381,7 +385,8 @@ def main(argv=None) -> int:
     m.add_argument("--no-progress", action="store_true")
     r = sub.add_parser("reuse")
     r.add_argument("--temperatures", default="330,360")
-    r.add_argument("--runs", type=int, default=5, help="how many DiffCLF repeat runs to ask again")
+    r.add_argument("--runs", type=int, default=5, help="how many repeat runs to ask again")
+    r.add_argument("--stem", default="diffclf", help="which repeats: benchmarks/_work/repeats/<stem>_s<S>/")
     rp = sub.add_parser("report")
     rp.add_argument("--temperatures", default="330,360")
     rp.add_argument("--machine", default="2-core CPU (no GPU)")
