@@ -191,7 +191,12 @@ def plain_sampler(run: Path, n: int, n_runs: int, seed: int) -> dict:
             out.parent.mkdir(exist_ok=True)
             cmd = [*cli_prefix(), "sample", str(run / "train"), "--sampler", "smc", "--to-target", "--n", str(n)]
             cmd += ["--seed", str(seed + 7919 * r + 1), "--refine", str(s.get("refine", 1))]
-            cmd += ["--kernel-variance", str(s.get("kernel_variance", "fisher")), "--mcmc-steps", str(s.get("mcmc_steps", 1))]
+            cmd += [
+                "--kernel-variance",
+                str(s.get("kernel_variance", "fisher")),
+                "--mcmc-steps",
+                str(s.get("mcmc_steps", 1)),
+            ]
             cmd += ["--out", str(out), "--no-progress"]
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         summ = json.loads(out.with_suffix(".json").read_text())
@@ -287,9 +292,11 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(recs, indent=1) + "\n")
         print(table(new))
         for r in new:
-            print(f"{r['name']} seed {r['seed']}: plain sampler ΔF {_fmt(r['delta_f_plain_sampler_kT'])} ± "
-                  f"{_fmt(r['delta_f_plain_sampler_se_kT'])}, ESS at the bridge end {r['ess_bridge_end']:.3f}; "
-                  f"full sampler {_fmt(r['delta_f_pipeline_kT'])}")
+            print(
+                f"{r['name']} seed {r['seed']}: plain sampler ΔF {_fmt(r['delta_f_plain_sampler_kT'])} ± "
+                f"{_fmt(r['delta_f_plain_sampler_se_kT'])}, ESS at the bridge end {r['ess_bridge_end']:.3f}; "
+                f"full sampler {_fmt(r['delta_f_pipeline_kT'])}"
+            )
         print(f"wrote {out}")
         return 0
 

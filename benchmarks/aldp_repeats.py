@@ -144,7 +144,19 @@ def run_one(seed: int, args, ref: dict) -> dict | None:
     wall = None
     if not (d / "analysis.json").exists():
         d.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [*cli(), "run", system_arg, "--preset", args.preset, "--seed", str(seed), "--loss", args.loss, "--out", str(d)]
+        cmd = [
+            *cli(),
+            "run",
+            system_arg,
+            "--preset",
+            args.preset,
+            "--seed",
+            str(seed),
+            "--loss",
+            args.loss,
+            "--out",
+            str(d),
+        ]
         cmd += ["--no-progress", "--allow-degenerate"]
         t0 = time.time()
         with open(d.parent / f"{d.name}.log", "a") as fh:
@@ -167,7 +179,8 @@ def _wall(w) -> str:
 
 def table(recs: list[dict], ref: dict) -> str:
     lines = [
-        "| seed | ΔF (kT) | \\|err\\| | ⟨u⟩ − ⟨u⟩_ref | ESS (bridge end) | model alone ΔF / offset / RMSE | evals (data + sampling) | wall |",
+        "| seed | ΔF (kT) | \\|err\\| | ⟨u⟩ − ⟨u⟩_ref | ESS (bridge end) | model alone ΔF / offset / RMSE "
+        "| evals (data + sampling) | wall |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
@@ -182,8 +195,9 @@ def table(recs: list[dict], ref: dict) -> str:
     tol = 0.25
     n_in = sum(r["abs_error_kT"] <= tol for r in recs)
     n_e = sum(abs(r.get("mean_energy_diff_kT", 9.9)) <= 0.3 for r in recs)
+    sd = statistics.stdev(dfs) if len(dfs) > 1 else 0.0
     lines.append(
-        f"\n{len(recs)} runs: mean ΔF {statistics.mean(dfs):.2f}, SD {statistics.stdev(dfs) if len(dfs) > 1 else 0:.2f}, "
+        f"\n{len(recs)} runs: mean ΔF {statistics.mean(dfs):.2f}, SD {sd:.2f}, "
         f"RMS error {statistics.mean([(x - ref['reference_delta_f_kT']) ** 2 for x in dfs]) ** 0.5:.2f} kT "
         f"(reference {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f}); "
         f"{n_in}/{len(recs)} within {tol} kT, {n_e}/{len(recs)} with the mean energy within 0.3 kT."

@@ -264,7 +264,16 @@ def cmd_report(args) -> int:
             rows.append(row(f"{name}, full preset, one run", T0, [r["n_target_evals"]], [r["delta_f_kT"]], ref0))
     for ns in sorted({r["ns"] for r in runs}):
         rs = [r for r in runs if r["ns"] == ns]
-        rows.append(row("metadynamics alone", T0, [r["n_target_evals"] for r in rs], [delta_f_at(sys_, r, T0) for r in rs], ref0, ns=ns))
+        rows.append(
+            row(
+                "metadynamics alone",
+                T0,
+                [r["n_target_evals"] for r in rs],
+                [delta_f_at(sys_, r, T0) for r in rs],
+                ref0,
+                ns=ns,
+            )
+        )
     gen = {}  # results file stem -> runs; "diffclf" / "dsm" for the default recipe, "<loss>_<tag>" for variants
     for f in sorted(RESULTS.glob("aldp_repeats_*.json")):
         gen[f.stem[len("aldp_repeats_") :]] = json.loads(f.read_text())["runs"]
@@ -276,18 +285,41 @@ def cmd_report(args) -> int:
             if rec["seed"] not in seen and (d / "log_weights.npy").exists():  # one per seed: the data are the seed's
                 seen.add(rec["seed"])
                 data_runs.append(
-                    dict(dir=d.parent, frames=np.load(d / "frames.npy"), log_w=np.load(d / "log_weights.npy").astype(np.float64),
-                         n_target_evals=rec["n_data_evals"], seed=rec["seed"], loss=rec["loss"])
+                    dict(
+                        dir=d.parent,
+                        frames=np.load(d / "frames.npy"),
+                        log_w=np.load(d / "log_weights.npy").astype(np.float64),
+                        n_target_evals=rec["n_data_evals"],
+                        seed=rec["seed"],
+                        loss=rec["loss"],
+                    )
                 )
     if data_runs:
-        rows.append(row("metadynamics alone (the generator runs' training data)", T0,
-                        [r["n_target_evals"] for r in data_runs], [delta_f_at(sys_, r, T0) for r in data_runs], ref0, ns=1.4))
+        rows.append(
+            row(
+                "metadynamics alone (the generator runs' training data)",
+                T0,
+                [r["n_target_evals"] for r in data_runs],
+                [delta_f_at(sys_, r, T0) for r in data_runs],
+                ref0,
+                ns=1.4,
+            )
+        )
     names = {"diffclf": "generator (DiffCLF)", "dsm": "generator (DSM-only)"}
     for stem, recs in gen.items():
         loss, _, tag = stem.partition("_")
         name = names[loss] + (f", {tag}" if tag else "")
-        rows.append(row(name, T0, [r["n_target_evals"] for r in recs], [r["delta_f_kT"] for r in recs], ref0,
-                        seeds=[r["seed"] for r in recs], lr=recs[0].get("lr")))
+        rows.append(
+            row(
+                name,
+                T0,
+                [r["n_target_evals"] for r in recs],
+                [r["delta_f_kT"] for r in recs],
+                ref0,
+                seeds=[r["seed"] for r in recs],
+                lr=recs[0].get("lr"),
+            )
+        )
     for t in temps[1:]:
         ref_t = refs[t]["delta_f_kT"]
         for stem, recs in gen.items():
@@ -298,12 +330,25 @@ def cmd_report(args) -> int:
                     reuse.append(json.loads(a.read_text()))
             if reuse:
                 loss, _, tag = stem.partition("_")
-                name = "generator reused (" + ("DiffCLF" if loss == "diffclf" else "DSM-only") + (f", {tag})" if tag else ")")
-                rows.append(row(name, t, [r["n_target_evals"] for r in reuse], [r.get("delta_f_kT") for r in reuse], ref_t))
+                name = (
+                    "generator reused ("
+                    + ("DiffCLF" if loss == "diffclf" else "DSM-only")
+                    + (f", {tag})" if tag else ")")
+                )
+                rows.append(
+                    row(name, t, [r["n_target_evals"] for r in reuse], [r.get("delta_f_kT") for r in reuse], ref_t)
+                )
         dr = data_runs
         if dr:
-            rows.append(row("metadynamics data reweighted to T", t, [len(r["frames"]) for r in dr],
-                            [delta_f_at(sys_, r, t) for r in dr], ref_t))
+            rows.append(
+                row(
+                    "metadynamics data reweighted to T",
+                    t,
+                    [len(r["frames"]) for r in dr],
+                    [delta_f_at(sys_, r, t) for r in dr],
+                    ref_t,
+                )
+            )
     payload = dict(
         command="python benchmarks/equal_cost.py report",
         machine=args.machine,
@@ -325,14 +370,18 @@ def _evals(n: int) -> str:
 
 
 def table(rows: list[dict], refs: dict) -> str:
-    lines = ["| method | T (K) | target evals (median) | repeats | RMS error (kT) | mean ΔF (kT) | reference |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | T (K) | target evals (median) | repeats | RMS error (kT) | mean ΔF (kT) | reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ref = refs[r["temperature_K"]]
         rms = "no ΔF" if r["rms_error_kT"] is None else f"{r['rms_error_kT']:.2f}"
         mean = "—" if r["mean_delta_f_kT"] is None else f"{r['mean_delta_f_kT']:.2f}"
-        lines.append(f"| {r['method']} | {r['temperature_K']:g} | {_evals(r['n_target_evals'])} | {r['repeats']} | "
-                     f"{rms} | {mean} | {ref['delta_f_kT']:.2f} ± {ref['se_kT']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['temperature_K']:g} | {_evals(r['n_target_evals'])} | {r['repeats']} | "
+            f"{rms} | {mean} | {ref['delta_f_kT']:.2f} ± {ref['se_kT']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -344,6 +393,7 @@ def plot(rows: list[dict], refs: dict, path: Path) -> None:
 
     temps = sorted({r["temperature_K"] for r in rows})
     fig, axes = plt.subplots(1, len(temps), figsize=(4.6 * len(temps), 5.2), squeeze=False, sharey=True)
+
     def marker(m: str) -> str:
         if "one run" in m:
             return "x"
@@ -351,14 +401,20 @@ def plot(rows: list[dict], refs: dict, path: Path) -> None:
 
     for ax, t in zip(axes[0], temps):
         for m in dict.fromkeys(r["method"] for r in rows if r["temperature_K"] == t):
-            rs = sorted((r for r in rows if r["temperature_K"] == t and r["method"] == m), key=lambda r: r["n_target_evals"])
+            rs = sorted(
+                (r for r in rows if r["temperature_K"] == t and r["method"] == m), key=lambda r: r["n_target_evals"]
+            )
             xs = [r["n_target_evals"] for r in rs if r["rms_error_kT"] is not None]
             ys = [r["rms_error_kT"] for r in rs if r["rms_error_kT"] is not None]
             if xs:
                 ax.plot(xs, ys, marker=marker(m), label=m)
             elif m == "plain MD":
-                ax.axvspan(min(r["n_target_evals"] for r in rs), max(r["n_target_evals"] for r in rs), color="0.9",
-                           label="plain MD: no ΔF (never enters φ > 0)")
+                ax.axvspan(
+                    min(r["n_target_evals"] for r in rs),
+                    max(r["n_target_evals"] for r in rs),
+                    color="0.9",
+                    label="plain MD: no ΔF (never enters φ > 0)",
+                )
         se = refs[t].get("se_kT")
         if se is not None and math.isfinite(se):
             ax.axhline(se, color="0.4", ls=":", lw=1, label="the reference's own error")

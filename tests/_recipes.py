@@ -55,6 +55,33 @@ ALDP_PAIRMLP_TRAIN = {
 ALDP_HOT_REFERENCE = {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0}
 
 
+def tiny_aldp_run(reference: dict, final_mcmc_steps: int) -> dict:
+    """run.yaml of an alanine-dipeptide `boltzdiff run` in seconds: a tiny EGNN, two SMC runs of 16 particles
+    with torsion + MALA sweeps after the bridge, and the given ``reference`` settings."""
+    return {
+        "train": {
+            **TINY_TRAIN,
+            "steps": 10,
+            "warmup_steps": 4,
+            "network": "egnn",
+            "egnn": {"hidden": 8, "n_layers": 1},
+        },
+        "presets": {
+            "quick": {
+                "reference": dict(reference),
+                "sample": {
+                    "n": 32,
+                    "n_bridge": 2,
+                    "mcmc_steps": 0,
+                    "n_runs": 2,
+                    "torsion": {"bonds": "cvs"},
+                    "final_mcmc_steps": final_mcmc_steps,
+                },
+            }
+        },
+    }
+
+
 def make_system(tmp_path, name, run_yaml):
     """A copy of the shipped system ``<name>`` (or an empty folder) under ``tmp_path``, ``run_yaml`` as its run.yaml."""
     d = tmp_path / name

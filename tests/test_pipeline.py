@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_DW4_RUN, TINY_TRAIN, make_system
+from _recipes import ALDP_HOT_REFERENCE, ALDP_PAIRMLP_TRAIN, TINY_DW4_RUN, TINY_TRAIN, make_system, tiny_aldp_run
 
 from boltzdiff.cli import main
 from boltzdiff.systems import SYSTEMS_DIR
@@ -159,30 +159,7 @@ def test_com_restraint_only_touches_the_centre_of_mass():
 def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     """MD -> EGNN (DSM warm-up + DiffCLF) -> SMC bridged to the OpenMM energy -> free-energy analysis."""
     sysdir = make_system(
-        tmp_path,
-        "alanine_dipeptide",
-        {
-            "train": {
-                **TINY_TRAIN,
-                "steps": 10,
-                "warmup_steps": 4,
-                "network": "egnn",
-                "egnn": {"hidden": 8, "n_layers": 1},
-            },
-            "presets": {
-                "quick": {
-                    "reference": {"ns": 0.004, "save_every_ps": 0.05},
-                    "sample": {
-                        "n": 32,
-                        "n_bridge": 2,
-                        "mcmc_steps": 0,
-                        "n_runs": 2,
-                        "torsion": {"bonds": "cvs"},
-                        "final_mcmc_steps": 3,
-                    },
-                }
-            },
-        },
+        tmp_path, "alanine_dipeptide", tiny_aldp_run({"ns": 0.004, "save_every_ps": 0.05}, final_mcmc_steps=3)
     )
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress", "--allow-degenerate"]) == 0

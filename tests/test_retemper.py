@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _recipes import TINY_TRAIN, make_system
+from _recipes import make_system, tiny_aldp_run
 
 from boltzdiff.cli import main
 from boltzdiff.systems import load_system
@@ -16,39 +16,8 @@ from boltzdiff.systems import load_system
 def tiny_run(tmp_path_factory):
     """A tiny alanine-dipeptide run with metadynamics training data (so the raw frames and weights exist)."""
     tmp = tmp_path_factory.mktemp("retemper")
-    sysdir = make_system(
-        tmp,
-        "alanine_dipeptide",
-        {
-            "train": {
-                **TINY_TRAIN,
-                "steps": 10,
-                "warmup_steps": 4,
-                "network": "egnn",
-                "egnn": {"hidden": 8, "n_layers": 1},
-            },
-            "presets": {
-                "quick": {
-                    "reference": {
-                        "method": "metad",
-                        "build_ns": 0.002,
-                        "ns": 0.004,
-                        "save_every_ps": 0.1,
-                        "segment_ps": 2,
-                        "seed": 3,
-                    },
-                    "sample": {
-                        "n": 32,
-                        "n_bridge": 2,
-                        "mcmc_steps": 0,
-                        "n_runs": 2,
-                        "torsion": {"bonds": "cvs"},
-                        "final_mcmc_steps": 2,
-                    },
-                }
-            },
-        },
-    )
+    metad = {"method": "metad", "build_ns": 0.002, "ns": 0.004, "save_every_ps": 0.1, "segment_ps": 2, "seed": 3}
+    sysdir = make_system(tmp, "alanine_dipeptide", tiny_aldp_run(metad, final_mcmc_steps=2))
     out = tmp / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress", "--allow-degenerate"]) == 0
     return sysdir, out

@@ -59,7 +59,11 @@ def add_sampling_args(p: argparse.ArgumentParser, run_dirs: bool = False) -> Non
         "--out",
         required=not run_dirs,
         help="output FILE.npz (the summary goes to FILE.json)"
-        + ("; for a `boltzdiff run` directory with --temperature, a directory (default RUN_DIR/at_<T>K)" if run_dirs else ""),
+        + (
+            "; for a `boltzdiff run` directory with --temperature, a directory (default RUN_DIR/at_<T>K)"
+            if run_dirs
+            else ""
+        ),
     )
 
 

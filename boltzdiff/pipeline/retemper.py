@@ -79,7 +79,9 @@ def tempered_reference(src: Path, dst: Path, system, beta: float, seed: int) -> 
         n_target_evals=int(n_evals),
     )
     # the analysis reads the reference's temperature here; these frames are at T
-    atomic_write_text(out / "progress.json", json.dumps({"settings": {"temperature": system.temperature / beta}}) + "\n")
+    atomic_write_text(
+        out / "progress.json", json.dumps({"settings": {"temperature": system.temperature / beta}}) + "\n"
+    )
     atomic_write_text(out / "tempered.json", json.dumps(info, indent=1) + "\n")
     return info
 
@@ -120,7 +122,8 @@ def run_at_temperature(
         raise ConfigError(f"--out: {dst} exists and is no run at a temperature; choose another --out")
     if old is not None and (old.get("temperature_K") != t or old.get("source_run") != str(src.resolve())):
         raise ConfigError(
-            f"--out: {dst} holds a run of {old.get('source_run')} at {old.get('temperature_K')} K, not of {src} at {t:g} K"
+            f"--out: {dst} holds a run of {old.get('source_run')} at {old.get('temperature_K')} K, "
+            f"not of {src} at {t:g} K"
         )
     settings = meta["settings"]
     typed_settings(settings, system)
