@@ -133,13 +133,13 @@ def variant_system(args) -> tuple[str, str]:
 
 
 def run_dir_of(args, seed: int) -> Path:
-    tag = variant_system(args)[1]
+    tag = args.tag
     return Path(args.work) / (f"{args.loss}_{tag}_s{seed}" if tag else f"{args.loss}_s{seed}")
 
 
 def run_one(seed: int, args, ref: dict) -> dict | None:
     d = run_dir_of(args, seed)
-    system_arg = variant_system(args)[0]
+    system_arg = args.system_arg
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     wall = None
     if not (d / "analysis.json").exists():
@@ -215,6 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs, start none")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE", help="a training setting")
     args = p.parse_args(argv)
+    args.system_arg, args.tag = variant_system(args)  # the system to run and the tag of --train-set
     ref = json.loads(REFERENCE.read_text())
     recs = []
     for seed in parse_seeds(args.seeds):
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     if not recs:
         print("no finished runs")
         return 1
-    tag = variant_system(args)[1]
+    tag = args.tag
     out = Path(args.out or RESULTS / f"aldp_repeats_{args.loss}{'_' + tag if tag else ''}.json")
     payload = dict(
         command="python benchmarks/" + Path(__file__).name + " " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -70,26 +70,28 @@ def system():
     return load_system("alanine_dipeptide")
 
 
-def state_log_masses(sys_, frames: np.ndarray, log_w: np.ndarray) -> tuple[float, float]:
-    """log of the weight in the system's ΔF state and in the rest."""
-    from boltzdiff.analysis.states import free_energy_spec, state_mask
-    from boltzdiff.systems import system_cv_values
+def state_masks(sys_, run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a run's frames lie in the system's ΔF state and in the state it is measured against (computed
+    once per run and kept in it)."""
+    if "masks" not in run:
+        from boltzdiff.analysis.states import free_energy_spec, state_mask
+        from boltzdiff.systems import system_cv_values
 
-    fe = free_energy_spec(sys_.spec)
-    vals = system_cv_values(sys_, frames, mirror=False).values
-    a = state_mask(vals, fe.state)
-    b = ~a if fe.against is None else state_mask(vals, fe.against)
-    return _lse(log_w[a]), _lse(log_w[b])
+        fe = free_energy_spec(sys_.spec)
+        vals = system_cv_values(sys_, run["frames"], mirror=False).values
+        a = state_mask(vals, fe.state)
+        run["masks"] = (a, ~a if fe.against is None else state_mask(vals, fe.against))
+    return run["masks"]
 
 
-def energies(sys_, frames: np.ndarray, cache: Path) -> np.ndarray:
-    """The reduced energies (at the system's temperature) of ``frames``, cached in ``cache``."""
-    import torch
+def energies(sys_, run: dict) -> np.ndarray:
+    """The reduced energies (at the system's temperature) of a run's frames, cached beside them."""
+    from boltzdiff.analysis.pipeline_analysis import target_energies
 
+    cache = run["dir"] / "raw_energies.npy"
     if cache.exists():
         return np.load(cache)
-    x = torch.as_tensor(frames.reshape(len(frames), -1), dtype=torch.float64)
-    u = np.concatenate([sys_.target.energy(b).detach().cpu().numpy() for b in x.split(2048)])
+    u = target_energies(sys_.target, run["frames"].reshape(len(run["frames"]), -1).astype(np.float64))
     np.save(cache, u)
     return u
 
@@ -166,35 +168,33 @@ def metad_runs() -> list[dict]:
     return out
 
 
-def delta_f_at(sys_, run: dict, t: float) -> float:
-    """ΔF of one metadynamics run's weighted frames at temperature ``t``."""
+def log_masses(sys_, run: dict, t: float) -> tuple[float, float, float]:
+    """log of a run's weight at temperature ``t`` in the ΔF state, in the state against it, and in all frames."""
     lw = run["log_w"]
     if t != T0:
-        u = energies(sys_, run["frames"], run["dir"] / "raw_energies.npy")
-        lw = lw + (1.0 - T0 / t) * u
-    la, lb = state_log_masses(sys_, run["frames"], lw)
+        lw = lw + (1.0 - T0 / t) * energies(sys_, run)
+    a, b = state_masks(sys_, run)
+    return _lse(lw[a]), _lse(lw[b]), _lse(lw)
+
+
+def delta_f_at(sys_, run: dict, t: float) -> float:
+    """ΔF of one metadynamics run's weighted frames at temperature ``t``."""
+    la, lb, _ = log_masses(sys_, run, t)
     return -(la - lb)
 
 
 def pooled_reference(sys_, runs: list[dict], t: float) -> tuple[float, float]:
     """ΔF at ``t`` of all runs pooled (each run's normalised weights times its frame count) and its jackknife
     error over the runs."""
+    m = np.array([log_masses(sys_, r, t) for r in runs])  # (runs, 3)
+    scale = np.log([len(r["log_w"]) for r in runs]) - m[:, 2]  # normalise each run, times its length
 
-    def pooled(rs):
-        la_all, lb_all = [], []
-        for r in rs:
-            lw = r["log_w"]
-            if t != T0:
-                lw = lw + (1.0 - T0 / t) * energies(sys_, r["frames"], r["dir"] / "raw_energies.npy")
-            lw = lw - _lse(lw) + math.log(len(lw))
-            la, lb = state_log_masses(sys_, r["frames"], lw)
-            la_all.append(la)
-            lb_all.append(lb)
-        return -(_lse(np.array(la_all)) - _lse(np.array(lb_all)))
+    def pooled(keep: np.ndarray) -> float:
+        return -(_lse((m[:, 0] + scale)[keep]) - _lse((m[:, 1] + scale)[keep]))
 
-    full = pooled(runs)
     n = len(runs)
-    jk = np.array([pooled(runs[:i] + runs[i + 1 :]) for i in range(n)])
+    full = pooled(np.ones(n, bool))
+    jk = np.array([pooled(np.arange(n) != i) for i in range(n)])
     se = math.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2)) if n > 1 else math.nan
     return full, se
 

@@ -43,6 +43,7 @@ def tempered_reference(src: Path, dst: Path, system, beta: float, seed: int) -> 
     Metadynamics runs keep their raw frames and bias log-weights (``reference/metad/``): those are used, with
     ``log w_T = log w + (1 - beta) u``; plain MD frames (Boltzmann at ``T_sys``) get ``(1 - beta) u``. The frames
     are resampled systematically to their number; energies are written in ``kT`` at ``T`` (``beta u``)."""
+    from boltzdiff.analysis.pipeline_analysis import target_energies
     from boltzdiff.reference.frames import write_frames
     from boltzdiff.samplers.resampling import kish_ess, systematic_resample
 
@@ -52,8 +53,7 @@ def tempered_reference(src: Path, dst: Path, system, beta: float, seed: int) -> 
     if raw.exists() and raw_w.exists():
         frames = load_npy(raw, "the source run's metadynamics frames")
         log_w = np.asarray(load_npy(raw_w, "their bias log-weights"), dtype=np.float64)
-        x = torch.as_tensor(frames.reshape(len(frames), -1), dtype=torch.float64)
-        u = np.concatenate([system.target.energy(b).detach().cpu().numpy() for b in x.split(2048)])
+        u = target_energies(system.target, np.asarray(frames, dtype=np.float64).reshape(len(frames), -1))
         n_evals = len(frames)
         source = "metadynamics frames with their bias weights"
     elif (ref / "positions.npy").exists() and (ref / "energies.npy").exists():
