@@ -18,7 +18,7 @@ import warnings
 from boltzdiff.errors import BoltzdiffError
 
 #: subcommand modules, in the order they are listed in ``--help``
-COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze", "pool"]
+COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze", "pool", "freeenergy"]
 
 
 class _Parser(argparse.ArgumentParser):
