@@ -8,10 +8,13 @@ counting the metadynamics steps that made the training data.
 
     python benchmarks/aldp_repeats.py [--seeds 0-9] [--loss diffclf|dsm] [--preset quick] [--train-set lr=1e-3]
 
-``--train-set KEY=VALUE`` (repeatable) changes the preset's training settings: the runs use a copy of the shipped
-system whose run.yaml has them (``benchmarks/_work/repeats/systems/<tag>/``), and their directories and
-results file carry the tag (``<loss>_<tag>_s<S>``, ``aldp_repeats_<loss>_<tag>.json``). The reference data
-depend on the seed only, so rows with the same seeds are paired.
+``--train-set KEY=VALUE`` and ``--sample-set KEY=VALUE`` (repeatable) change the preset's training or sampling
+settings: the runs use a copy of the shipped system whose run.yaml has them
+(``benchmarks/_work/repeats/systems/<tag>/``), and their directories and results file carry the tag
+(``<loss>_<tag>_s<S>``, ``aldp_repeats_<loss>_<tag>.json``). The reference data depend on the seed only, so rows
+with the same seeds are paired. ``--reuse-trained TAG`` (with ``--sample-set`` only) starts each seed from a copy
+of the finished run ``<loss>_<TAG>_s<S>`` (``-`` for the untagged one) and redoes its sample and analysis stages:
+the same data and models, sampled differently.
 
 Work directories: ``benchmarks/_work/repeats/<loss>_s<S>/``
 (finished runs are kept, interrupted ones resume). Writes ``benchmarks/results/aldp_repeats_<loss>.json``.
@@ -102,18 +105,11 @@ def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> 
     return rec
 
 
-def variant_system(args) -> tuple[str, str]:
-    """The system argument and the tag of ``--train-set`` (``("alanine_dipeptide", "")`` without it)."""
-    if not args.train_set:
-        return "alanine_dipeptide", ""
-    import shutil
-
+def _overrides(items: list[str]) -> dict:
     import yaml
 
-    from boltzdiff.systems import SYSTEMS_DIR
-
     over = {}
-    for item in args.train_set:
+    for item in items:
         k, _, v = item.partition("=")
         val = yaml.safe_load(v)
         if isinstance(val, str):  # YAML 1.1 reads 1e-3 as a string
@@ -122,14 +118,53 @@ def variant_system(args) -> tuple[str, str]:
             except ValueError:
                 pass
         over[k.strip()] = val
-    tag = "_".join(f"{k}{v}" for k, v in over.items())
+    return over
+
+
+def variant_system(args) -> tuple[str, str]:
+    """The system argument and the tag of ``--train-set``/``--sample-set`` (``("alanine_dipeptide", "")``
+    without them)."""
+    if not args.train_set and not args.sample_set:
+        return "alanine_dipeptide", ""
+    import shutil
+
+    import yaml
+
+    from boltzdiff.systems import SYSTEMS_DIR
+
+    over = {"train": _overrides(args.train_set), "sample": _overrides(args.sample_set)}
+    tag = "_".join(f"{k}{v}" for stage in ("train", "sample") for k, v in over[stage].items())
     d = Path(args.work) / "systems" / tag / "alanine_dipeptide"
     if not d.exists():
         shutil.copytree(SYSTEMS_DIR / "alanine_dipeptide", d)
         ry = yaml.safe_load((d / "run.yaml").read_text())
-        ry["presets"][args.preset]["train"].update(over)
+        for stage in ("train", "sample"):
+            ry["presets"][args.preset].setdefault(stage, {}).update(over[stage])
         (d / "run.yaml").write_text(yaml.safe_dump(ry, sort_keys=False))
     return str(d), tag
+
+
+def seed_from_trained(d: Path, seed: int, args) -> bool:
+    """Copy the finished run of ``--reuse-trained`` for ``seed`` into ``d`` without its sample and analysis
+    outputs, pointed at this variant's system; True when ``d`` must then be run with ``--redo sample``."""
+    if not args.reuse_trained or d.exists():
+        return bool(args.reuse_trained) and not (d / "analysis.json").exists()
+    import shutil
+
+    src_tag = "" if args.reuse_trained == "-" else args.reuse_trained
+    src = Path(args.work) / (f"{args.loss}_{src_tag}_s{seed}" if src_tag else f"{args.loss}_s{seed}")
+    if not (src / "train").exists():
+        raise SystemExit(f"--reuse-trained: {src} has no finished train stage")
+    d.mkdir(parents=True)
+    for name in ("reference", "train", "train_models", "pipeline.json", "run_info.json"):
+        if (src / name).is_dir():
+            shutil.copytree(src / name, d / name)
+        elif (src / name).exists():
+            shutil.copy2(src / name, d / name)
+    p = json.loads((d / "pipeline.json").read_text())
+    p["system_path"] = str((Path(args.system_arg) / "system.yaml").resolve())
+    (d / "pipeline.json").write_text(json.dumps(p, indent=1))
+    return True
 
 
 def run_dir_of(args, seed: int) -> Path:
@@ -142,6 +177,7 @@ def run_one(seed: int, args, ref: dict) -> dict | None:
     system_arg = args.system_arg
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     wall = None
+    redo = seed_from_trained(d, seed, args)
     if not (d / "analysis.json").exists():
         d.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -157,7 +193,7 @@ def run_one(seed: int, args, ref: dict) -> dict | None:
             "--out",
             str(d),
         ]
-        cmd += ["--no-progress", "--allow-degenerate"]
+        cmd += ["--no-progress", "--allow-degenerate"] + (["--redo", "sample"] if redo else [])
         t0 = time.time()
         with open(d.parent / f"{d.name}.log", "a") as fh:
             r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -214,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: benchmarks/results/aldp_repeats_<loss>.json")
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs, start none")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE", help="a training setting")
+    p.add_argument("--sample-set", action="append", default=[], metavar="KEY=VALUE", help="a sampling setting")
+    p.add_argument("--reuse-trained", default=None, metavar="TAG", help="redo only sampling on these runs' models")
     args = p.parse_args(argv)
     args.system_arg, args.tag = variant_system(args)  # the system to run and the tag of --train-set
     ref = json.loads(REFERENCE.read_text())
