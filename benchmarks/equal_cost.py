@@ -199,6 +199,26 @@ def pooled_reference(sys_, runs: list[dict], t: float) -> tuple[float, float]:
     return full, se
 
 
+def pooled_mean_energy(sys_, runs: list[dict], t: float) -> tuple[float, float]:
+    """The reduced energy's mean at ``t`` (in kT at ``t``: (T0/t) u) over all runs pooled like
+    :func:`pooled_reference`, and its jackknife error over the runs."""
+    parts = []
+    for r in runs:
+        u = energies(sys_, r)
+        lw = r["log_w"] + ((1.0 - T0 / t) * u if t != T0 else 0.0)
+        w = np.exp(lw - lw.max())
+        parts.append((len(u), float((w * u).sum() / w.sum()) * T0 / t))
+    n_frames = np.array([p[0] for p in parts], float)
+    means = np.array([p[1] for p in parts])
+    full = float((n_frames * means).sum() / n_frames.sum())
+    n = len(parts)
+    jk = np.array(
+        [(np.delete(n_frames, i) * np.delete(means, i)).sum() / np.delete(n_frames, i).sum() for i in range(n)]
+    )
+    se = math.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2)) if n > 1 else math.nan
+    return full, se
+
+
 def row(method: str, t: float, evals: list[int], dfs: list[float | None], ref: float, **extra) -> dict:
     ok = [d for d in dfs if d is not None and math.isfinite(d)]
     return dict(
@@ -222,6 +242,9 @@ def cmd_report(args) -> int:
     for t in temps:
         f, se = pooled_reference(sys_, runs, t) if runs else (math.nan, math.nan)
         refs[t] = dict(pooled_delta_f_kT=f, pooled_se_kT=se)
+        if runs:
+            e, e_se = pooled_mean_energy(sys_, runs, t)
+            refs[t].update(mean_energy_kT=e, mean_energy_se_kT=e_se)
     refs[T0].update(delta_f_kT=long_ref["reference_delta_f_kT"], se_kT=long_ref["reference_delta_f_se_kT"])
     for t in temps[1:]:
         refs[t].update(delta_f_kT=refs[t]["pooled_delta_f_kT"], se_kT=refs[t]["pooled_se_kT"])

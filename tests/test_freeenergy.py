@@ -202,3 +202,20 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     s2 = train_interpolant(m2, xa, xb, cfg, checkpoint=str(ck), checkpoint_every=10)
     assert torch.equal(m1.f, m2.f) and s1["trace"] == s2["trace"]
     assert m2.n_target_evals == m1.n_target_evals
+
+
+def test_states_with_the_same_atom_count_but_another_atom_order_are_refused(tmp_path, capsys):
+    import shutil
+
+    from boltzdiff.systems import SYSTEMS_DIR
+
+    d = tmp_path / "reordered"
+    shutil.copytree(SYSTEMS_DIR / "alanine_dipeptide", d)
+    pdb = d / "alanine-dipeptide.pdb"
+    lines = pdb.read_text().splitlines()
+    i3 = next(i for i, line in enumerate(lines) if line[12:16].strip() == "H2")
+    lines[i3], lines[i3 + 1] = lines[i3 + 1], lines[i3]  # H2 and H3 of the acetyl cap change places
+    pdb.write_text("\n".join(lines) + "\n")
+    rc = main(["freeenergy", "alanine_dipeptide:vacuum", str(d), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "different topologies" in err and len(err.strip().splitlines()) == 1

@@ -103,3 +103,26 @@ def check_train_run_dir(run_dir: str | Path) -> Path:
     if (rd / "config.yaml").exists():
         load_yaml_mapping(rd / "config.yaml", "the config.yaml that `boltzdiff train` wrote (a mapping of settings)")
     return rd
+
+
+def parse_key_values(items: list[str], flag: str = "--set") -> dict:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: value}`` with YAML values (numbers in exponent form too: YAML 1.1
+    reads ``1e-3`` as a string); a malformed item is a one-line error naming ``flag``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            val = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML") from None
+        if isinstance(val, str):
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        out[k.strip()] = val
+    return out

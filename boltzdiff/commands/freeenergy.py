@@ -28,27 +28,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    from boltzdiff.errors import ConfigError
-
-    out = {}
-    for item in items:
-        k, eq, v = item.partition("=")
-        if not eq or not k.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        val = yaml.safe_load(v)
-        if isinstance(val, str):
-            try:
-                val = float(val)
-            except ValueError:
-                pass
-        out[k.strip()] = val
-    return out
-
-
 def run(args) -> int:
+    from boltzdiff.commands._common import parse_key_values
     from boltzdiff.freeenergy.pipeline import run_free_energy
 
     est = run_free_energy(
@@ -59,7 +40,7 @@ def run(args) -> int:
         seed=args.seed,
         loss=args.loss,
         progress=not args.no_progress,
-        overrides=_overrides(args.overrides),
+        overrides=parse_key_values(args.overrides),
     )
     ais = est["ais"]
     c = est["classifier"]["delta_f_kT"]

@@ -158,7 +158,7 @@ def train_interpolant(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, cfg.steps) / cfg.steps)) * 0.95 + 0.05
     )
-    start, trace = 0, []
+    start, trace, n_skipped = 0, [], 0
     if not (checkpoint and Path(checkpoint).exists()) and cfg.loss == "diffclf" and cfg.init_samples > 0:
         # start f at the normaliser equations' answer for the untrained energies (g = 0: the linear path),
         # so that the classification only has to correct it; an Adam step moves f by ~lr_f, too little to
@@ -179,9 +179,12 @@ def train_interpolant(
         levels = _levels(cfg.batch_size, cfg.k, model.path.n_levels, gen)
         out = interpolant_loss(model, x0, x1, levels, cfg, gen)
         opt.zero_grad()
-        out["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
-        opt.step()
+        if torch.isfinite(out["total"]):
+            out["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
+            opt.step()
+        else:  # a non-finite loss (overflowing denoising targets) leaves the parameters as they were
+            n_skipped += 1
         sched.step()
         model.apply_gauge()
         if step % 20 == 0 or step == cfg.steps - 1:
@@ -206,6 +209,7 @@ def train_interpolant(
         trace=trace,
         f_trained=model.f.detach().tolist(),
         delta_f_trained_kT=model.delta_f(),
+        n_skipped_steps=n_skipped,
         wall_s=time.time() - t0,
     )
 
