@@ -18,6 +18,7 @@ import torch
 
 from boltzdiff.freeenergy.model import InterpolantEnergy
 from boltzdiff.samplers.mcmc import LevelDensity, MCMCConfig, run_mcmc
+from boltzdiff.samplers.resampling import kish_ess
 
 
 def _log_mean_exp(a: np.ndarray) -> tuple[float, float]:
@@ -60,8 +61,7 @@ def anneal(
         with torch.no_grad():
             e_new = model.energy(x, lvl)
         log_w += (e_prev - e_new).double()
-        lw = log_w - log_w.max()
-        ess.append(float(torch.exp(lw).sum() ** 2 / torch.exp(2 * lw).sum() / n))
+        ess.append(kish_ess(log_w))
         if mcmc_steps > 0 and i < len(levels) - 1:
             fixed = step_sizes is not None
             cfg = MCMCConfig("mala", n_steps=mcmc_steps, step_size=step_sizes[lvl] if fixed else h, adapt=not fixed)
@@ -106,14 +106,14 @@ def ais_estimates(
         forward=dict(
             delta_f_kT=-df_f,
             delta_f_se_kT=se_f,
-            ess=_ess(fwd["log_w"]),
+            ess=kish_ess(fwd["log_w"]),
             ess_trace=fwd["ess_trace"],
             acceptance=fwd["acceptance"],
         ),
         reverse=dict(
             delta_f_kT=df_r,
             delta_f_se_kT=se_r,
-            ess=_ess(rev["log_w"]),
+            ess=kish_ess(rev["log_w"]),
             ess_trace=rev["ess_trace"],
             acceptance=rev["acceptance"],
         ),
@@ -127,8 +127,3 @@ def ais_estimates(
     out["n_target_evals"] = int(model.n_target_evals - n0)
     return out
 
-
-def _ess(log_w: np.ndarray) -> float:
-    lw = log_w - np.max(log_w)
-    w = np.exp(lw)
-    return float(w.sum() ** 2 / (w**2).sum() / len(w))
