@@ -15,6 +15,7 @@ from boltzdiff.samplers.mcmc import (
     mala,
     run_mcmc,
 )
+from boltzdiff.samplers.replica import replica_exchange
 from boltzdiff.samplers.resampling import kish_ess, multinomial_resample, systematic_resample
 from boltzdiff.samplers.results import SamplerResult, SMCResult
 from boltzdiff.samplers.sde import noisiest_gaussian, probability_flow_ode, resolve_levels, reverse_sde
@@ -44,6 +45,7 @@ __all__ = [
     "multinomial_resample",
     "noisiest_gaussian",
     "probability_flow_ode",
+    "replica_exchange",
     "resolve_levels",
     "reverse_sde",
     "run_mcmc",
