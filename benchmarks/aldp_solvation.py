@@ -63,8 +63,10 @@ def mbar_row(seed: int, args) -> dict:
 
 
 def interpolant_rows(seed: int, args) -> list[dict]:
-    d = WORK / f"{args.loss}_s{seed}"
-    if not (d / "estimates.json").exists() and not args.table_only:
+    tag = f"_ns{args.state_ns:g}" if args.state_ns else ""
+    d = WORK / f"{args.loss}{tag}_s{seed}"
+    done = (d / "estimates.json").exists() and "endpoint_bar" in json.loads((d / "estimates.json").read_text())
+    if not done and not args.table_only:
         cmd = [
             sys.executable,
             "-m",
@@ -78,6 +80,7 @@ def interpolant_rows(seed: int, args) -> list[dict]:
             "--loss",
             args.loss,
             "--no-progress",
+            *(["--set", f"state_ns={args.state_ns}"] if args.state_ns else []),
         ]
         with open(WORK / f"{d.name}.log", "a") as fh:
             subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -87,11 +90,12 @@ def interpolant_rows(seed: int, args) -> list[dict]:
     n = e["n_target_evals"]
     states = n["state_a"] + n["state_b"]
     rows = []
+    label = f"interpolant_{args.loss}{tag}"
     c = e["classifier"]
     if c.get("delta_f_kT") is not None:
         rows.append(
             dict(
-                method=f"interpolant_{args.loss}_classifier",
+                method=f"{label}_classifier",
                 seed=seed,
                 delta_f_kT=c["delta_f_kT"],
                 delta_f_se_kT=None,
@@ -103,7 +107,7 @@ def interpolant_rows(seed: int, args) -> list[dict]:
         if k in ais:
             rows.append(
                 dict(
-                    method=f"interpolant_{args.loss}_ais_{k}",
+                    method=f"{label}_ais_{k}",
                     seed=seed,
                     delta_f_kT=ais[k]["delta_f_kT"],
                     delta_f_se_kT=ais[k]["delta_f_se_kT"],
@@ -111,6 +115,17 @@ def interpolant_rows(seed: int, args) -> list[dict]:
                     ess=ais[k].get("ess"),
                 )
             )
+    if "endpoint_bar" in e:  # the same end-state samples, BAR between them directly (no interpolant)
+        ep = e["endpoint_bar"]
+        rows.append(
+            dict(
+                method=f"endpoint_bar{tag}",
+                seed=seed,
+                delta_f_kT=ep["delta_f_kT"],
+                delta_f_se_kT=ep["delta_f_se_kT"],
+                n_target_evals=states + ep["n_target_evals"],
+            )
+        )
     return rows
 
 
@@ -168,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=12)
     p.add_argument("--loss", default="diffclf", choices=["diffclf", "dsm"])
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--state-ns", type=float, default=None, help="ns of each state's sampling (default: the preset's)")
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []

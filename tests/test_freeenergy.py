@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from boltzdiff.cli import main
-from boltzdiff.freeenergy.estimate import ais_estimates
+from boltzdiff.freeenergy.estimate import ais_estimates, endpoint_bar
 from boltzdiff.freeenergy.interpolant import InterpolantPath, couple, ot_pairs
 from boltzdiff.freeenergy.model import InterpolantEnergy
 from boltzdiff.freeenergy.states import OffsetMixture
@@ -120,6 +120,18 @@ def test_annealing_both_ways_is_exact_with_an_untrained_path(case):
     assert r["n_target_evals"] > 0
 
 
+@pytest.mark.parametrize("case", ["gaussians", "mixtures"])
+def test_endpoint_bar_is_the_closed_form_where_the_states_overlap(case):
+    """BAR between the end states' own samples (no interpolant): within 4 SE (+0.01) of the closed form; the
+    mean work on each side brackets the answer (Gibbs-Bogoliubov: E_B[u_B - u_A] <= ΔF <= E_A[u_B - u_A])."""
+    a, b, exact = (gaussians if case == "gaussians" else mixtures)()
+    xa, xb = samples(a, 4000, 0), samples(b, 4000, 1)
+    r = endpoint_bar(a, b, xa, xb)
+    assert abs(r["delta_f_kT"] - exact) < 4 * r["delta_f_se_kT"] + 0.01, r
+    assert r["n_target_evals"] == 16000 and r["n_nonfinite"] == 0
+    assert r["du_a_mean_kT"] >= exact - 1e-9 >= r["du_b_mean_kT"] - 2e-9  # Gibbs-Bogoliubov bounds (Jensen)
+
+
 def test_diffclf_learns_the_normalisers_and_dsm_alone_does_not():
     a, b, exact = gaussians()
     xa, xb = samples(a, 3000, 0), samples(b, 3000, 1)
@@ -174,6 +186,8 @@ def test_cli_resumes_and_refuses_changed_settings(tmp_path, capsys):
     est = json.loads((out / "estimates.json").read_text())
     assert est["classifier"]["delta_f_kT"] == pytest.approx(0.0, abs=1e-9)  # the same state twice
     assert abs(est["ais"]["bar"]["delta_f_kT"]) < 4 * est["ais"]["bar"]["delta_f_se_kT"] + 0.01
+    assert est["endpoint_bar"]["delta_f_kT"] == pytest.approx(0.0, abs=1e-9)
+    assert est["endpoint_bar"]["n_target_evals"] == 2 * (500 + 500)
     assert (out / "report.md").exists() and (out / "profile.png").exists()
     mtime = (out / "estimates.json").stat().st_mtime_ns
     assert main(args) == 0  # resumes: nothing recomputed
