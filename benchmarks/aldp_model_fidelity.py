@@ -52,6 +52,9 @@ ROWS: list[tuple[str, dict]] = [
     ("diffclf_1500", {"steps": 1500}),
     ("diffclf_avg05", {"average_from": 0.5}),
     ("diffclf_lr5e-4", {"lr": 5.0e-4}),
+    ("diffclf_torsions", {"pairmlp": {"stiffness_init": 1.0, "torsions": "cvs"}}),
+    ("diffclf_k4", {"k": 4}),
+    ("diffclf_levels64", {"n_levels": 64}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 

@@ -287,3 +287,41 @@ def test_refine_rejects_bad_factors_and_other_energies():
     exact = ExactMixtureEnergy(GaussianMixture([1.0], [[0.0, 0.0]], [1.0]), make_grid(make_schedule(None), 8))
     with pytest.raises(ConfigError, match="refine: needs a trained Gaussian-preconditioned energy"):
         refine_levels(exact, 2)
+
+
+def test_torsion_features_are_the_dihedral_and_rotation_invariant():
+    """sin/cos inputs equal mdtraj-convention dihedrals (boltzdiff.geometry.dihedral), are invariant under rigid
+    motions, flip the sine under reflection, and stay finite (with finite gradients) for collinear atoms."""
+    from boltzdiff.geometry import dihedral
+    from boltzdiff.models.pairmlp import torsion_features
+    from boltzdiff.systems import load_system
+    from boltzdiff.train import build_grid, build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 5, 3, generator=g, dtype=torch.float64)
+    quads = [(0, 1, 2, 3), (1, 2, 3, 4)]
+    f = torsion_features(x, quads, eps=1e-12)
+    for k, q in enumerate(quads):
+        phi = dihedral(x, q)
+        torch.testing.assert_close(f[:, 2 * k], torch.sin(phi), atol=1e-9, rtol=0)
+        torch.testing.assert_close(f[:, 2 * k + 1], torch.cos(phi), atol=1e-9, rtol=0)
+    rot = random_rotations(16, 3, generator=g, dtype=torch.float64)
+    moved = x @ rot.transpose(-1, -2) + torch.randn(16, 1, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torsion_features(moved, quads), torsion_features(x, quads), atol=1e-9, rtol=0)
+    mirrored = torsion_features(-x, quads)
+    torch.testing.assert_close(mirrored[:, 0::2], -f[:, 0::2], atol=1e-6, rtol=0)
+    line = torch.zeros(1, 5, 3, dtype=torch.float64)
+    line[0, :, 0] = torch.arange(5.0)
+    line.requires_grad_(True)
+    torsion_features(line, quads).sum().backward()
+    assert torch.isfinite(line.grad).all()
+    aldp = load_system("alanine_dipeptide")
+    cfg = TrainConfig(system="alanine_dipeptide", network="pairmlp", width=16, depth=1, pairmlp={"torsions": "cvs"})
+    model = build_model(cfg.validate(), build_grid(cfg), torch.zeros(66), 0.2, aldp)
+    assert model.net.torsions == [(4, 6, 8, 14), (6, 8, 14, 16)]
+    for bad in ("phi", [[0, 1, 2]], [[0, 1, 2, 99]]):
+        with pytest.raises(ConfigError, match="pairmlp.torsions"):
+            build_model(
+                TrainConfig(system="alanine_dipeptide", network="pairmlp", pairmlp={"torsions": bad}),
+                build_grid(cfg), torch.zeros(66), 0.2, aldp,
+            )

@@ -57,6 +57,9 @@ class PairDistanceNet(nn.Module):
     chiral_quads : sequence of ``(center, a, b, c)`` or None
         Chiral centres (3-D only) whose signed volumes enter as pseudo-scalar inputs.
     chiral_scale : float
+    torsions : sequence of ``(i, j, k, l)`` or None
+        Dihedral angles whose sine and cosine enter as extra inputs (torsion features: the pair distances carry
+        a dihedral only through 1-4 distances, where it is a small part of their spread).
     chiral_norm : bool
         Standardise the signed volumes per level instead of dividing by ``chiral_scale``: with ``u, v, w`` the
         bond vectors from the centre, noised by ``x_t = alpha x + sigma eps`` (each vector's noise has variance
@@ -84,6 +87,7 @@ class PairDistanceNet(nn.Module):
         chiral_scale: float = 0.1,
         stiffness_init: float = 0.0,
         chiral_norm: bool = False,
+        torsions: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         if n_particles < 2:
@@ -104,6 +108,11 @@ class PairDistanceNet(nn.Module):
         if self.quads and (self.dim != 3 or any(len(q) != 4 or max(q) >= self.n or min(q) < 0 for q in self.quads)):
             raise ValueError(f"chiral_quads: expected (center, a, b, c) atom indices < {self.n} in 3-D")
         self.chiral_scale = float(chiral_scale)
+        self.torsions = [tuple(int(i) for i in q) for q in (torsions or ())]
+        if self.torsions and (
+            self.dim != 3 or any(len(q) != 4 or max(q) >= self.n or min(q) < 0 for q in self.torsions)
+        ):
+            raise ValueError(f"torsions: expected (i, j, k, l) atom indices < {self.n} in 3-D")
         self.chiral_norm = bool(chiral_norm) and bool(self.quads)
         if self.chiral_norm:  # data moments of each chiral centre (nm^6, nm^4, nm^2); set by set_pair_stats
             q = len(self.quads)
@@ -121,7 +130,7 @@ class PairDistanceNet(nn.Module):
             raise ValueError(f"stiffness_init: expected >= 0, got {stiffness_init}")
         b0 = math.log(math.expm1(self.stiffness_init)) if self.stiffness_init > 0 else 0.0
         nn.init.constant_(self.stiffness.bias, b0)
-        self.inp = nn.Linear(p + len(self.quads), width)
+        self.inp = nn.Linear(p + len(self.quads) + 2 * len(self.torsions), width)
         self.blocks = nn.ModuleList([ResBlock(width, width) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 1)
@@ -173,6 +182,9 @@ class PairDistanceNet(nn.Module):
             vol = torch.stack([signed_volume(x, *q) for q in self.quads], dim=-1)
             scale = self.chiral_sd(level) if self.chiral_norm else self.chiral_scale
             feats = torch.cat([feats, torch.tanh(vol / scale)], dim=-1)
+        if self.torsions:
+            x = x_flat.reshape(x_flat.shape[0], self.n, self.dim)
+            feats = torch.cat([feats, torsion_features(x, self.torsions)], dim=-1)
         levels, inv = torch.unique(c_noise, return_inverse=True)
         temb = self.temb_mlp(self.temb(levels))
         z = feats[:, : self.ii.numel()]
@@ -184,6 +196,24 @@ class PairDistanceNet(nn.Module):
         for b in self.blocks:
             h = b(h, b.emb(temb)[inv])
         return harmonic + self.out(torch.nn.functional.silu(self.out_norm(h)))[:, 0]
+
+
+def torsion_features(x: torch.Tensor, torsions: Sequence[Sequence[int]], eps: float = 1e-6) -> torch.Tensor:
+    """``(sin, cos)`` of each dihedral of ``x: (B, n, 3)``, ``(B, 2 T)``, smooth everywhere.
+
+    With the bond vectors b0, b1, b2 and n1 = b0 x b1, n2 = b1 x b2, the angle's cosine and sine are ``n1.n2``
+    and ``(b1/|b1| x n1).n2`` (the sign convention of boltzdiff.geometry.dihedral), divided by their norm plus
+    ``eps`` (nm^4), so that collinear atoms (possible at high noise) give a finite gradient, not atan2's 0/0.
+    """
+    out = []
+    for a, b, c, d in torsions:
+        b0, b1, b2 = x[:, b] - x[:, a], x[:, c] - x[:, b], x[:, d] - x[:, c]
+        n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
+        m1 = torch.linalg.cross(b1 / torch.sqrt((b1 * b1).sum(-1, keepdim=True) + eps**2), n1)
+        cos, sin = (n1 * n2).sum(-1), (m1 * n2).sum(-1)
+        r = torch.sqrt(cos * cos + sin * sin + eps**2)
+        out += [sin / r, cos / r]
+    return torch.stack(out, dim=-1)
 
 
 def build_pairmlp_energy(
