@@ -17,6 +17,9 @@ import warnings
 
 from boltzdiff.errors import BoltzdiffError
 
+#: subcommands that join a torch.distributed group under torchrun / srun (docs/method.md#distributed)
+DISTRIBUTED = ("train", "sample")
+
 #: subcommand modules, in the order they are listed in ``--help``
 COMMANDS = ["run", "train", "evaluate", "sample", "compose", "simulate", "energy", "analyze", "pool", "freeenergy"]
 
@@ -55,6 +58,22 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+def _refuse_undistributed(command: str) -> None:
+    """Under a launcher with several processes, only the distributed commands may run: the others would run one
+    independent copy per process into the same outputs."""
+    import os
+
+    from boltzdiff.errors import ConfigError
+
+    for var in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        n = os.environ.get(var, "1")
+        if command not in DISTRIBUTED and n.isdigit() and int(n) > 1:
+            raise ConfigError(
+                f"{var}={n}: 'boltzdiff {command}' runs in one process; only {' and '.join(DISTRIBUTED)} run under "
+                "torchrun/srun with several processes"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -74,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_mode(mode_from_flags(args.progress, bool(getattr(args, "no_progress", False))))
     try:
+        _refuse_undistributed(args.command)
         rc = args.func(args)
     except BoltzdiffError as e:
         if args.debug or args.verbose:

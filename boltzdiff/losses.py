@@ -132,10 +132,12 @@ def dsm_loss(
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
     tsm_weight: float = 0.0,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean DSM loss at the given levels, one noise draw per row. ``x0: (B, d)``, ``level: (B,)``;
-    ``score0``/``tsm_scale``: target score matching at low noise (see :func:`_dsm_terms`)."""
-    eps = torch.randn(x0.shape, generator=generator).to(x0)
+    ``score0``/``tsm_scale``: target score matching at low noise (see :func:`_dsm_terms`); ``eps``: the noise
+    ``(B, d)`` (default: drawn from ``generator``)."""
+    eps = (torch.randn(x0.shape, generator=generator) if eps is None else eps).to(x0)
     a = model.grid.alpha.to(x0)[level][:, None]
     s = model.grid.sigma.to(x0)[level][:, None]
     xt = (a * x0 + s * eps).requires_grad_(True)
@@ -173,15 +175,17 @@ def diffclf_loss(
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
     tsm_weight: float = 0.0,
+    eps: torch.Tensor | None = None,
 ) -> LossOutput:
     """DSM + lambda_clf * multi-level DiffCLF; the k diagonal energies are reused for DSM.
 
-    ``x0: (B, d)``, ``levels: (B, k)`` distinct per row. Costs ``B k`` DSM terms (energy + gradient with
-    ``create_graph``) and ``B k (k - 1)`` plain energy evaluations for the off-diagonal logits.
+    ``x0: (B, d)``, ``levels: (B, k)`` distinct per row; ``eps``: the noise ``(B, k, d)`` (default: drawn from
+    ``generator``). Costs ``B k`` DSM terms (energy + gradient with ``create_graph``) and ``B k (k - 1)`` plain
+    energy evaluations for the off-diagonal logits.
     """
     B, k = levels.shape
     d = x0.shape[-1]
-    eps = torch.randn((B, k, d), generator=generator).to(x0)
+    eps = (torch.randn((B, k, d), generator=generator) if eps is None else eps).to(x0)
     a = model.grid.alpha.to(x0)[levels][..., None]
     s = model.grid.sigma.to(x0)[levels][..., None]
     x = a * x0[:, None, :] + s * eps  # (B, k, d)
@@ -235,8 +239,10 @@ def dsm_only_loss(
     score0: torch.Tensor | None = None,
     tsm_scale: float | None = None,
     tsm_weight: float = 0.0,
+    eps: torch.Tensor | None = None,
 ) -> LossOutput:
-    """The DSM-only baseline at an equal number of DSM terms: ``x0`` repeated k times, levels ``(B, k)``."""
+    """The DSM-only baseline at an equal number of DSM terms: ``x0`` repeated k times, levels ``(B, k)``;
+    ``eps``: the noise ``(B, k, d)`` (default: drawn from ``generator``, the same draws as DiffCLF's)."""
     B, k = levels.shape
     g0 = None if score0 is None else score0.repeat_interleave(k, 0)
     dsm = dsm_loss(
@@ -248,5 +254,6 @@ def dsm_only_loss(
         score0=g0,
         tsm_scale=tsm_scale,
         tsm_weight=tsm_weight,
+        eps=None if eps is None else eps.reshape(B * k, -1),
     )
     return LossOutput(total=dsm, dsm=dsm.detach(), clf=None, n_dsm_terms=B * k, n_energy_evals=B * k)

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from boltzdiff import distributed as dist
 from boltzdiff.config import TrainConfig
 from boltzdiff.data import training_data
 from boltzdiff.errors import ConfigError
@@ -65,6 +67,28 @@ def resolve_input_fourier(value, dim: int) -> int:
     return int(value)
 
 
+def resolve_torsions(value, system: System) -> list[list[int]]:
+    """``pairmlp.torsions``: ``cvs`` (the system's dihedral CVs), ``none``, or a list of 4-atom index lists."""
+    from boltzdiff.systems.base import dihedral_cvs
+
+    if value in (None, "none", []):
+        return []
+    if value == "cvs":
+        quads = list(dihedral_cvs(system).values())
+        if not quads:
+            raise ConfigError(f"pairmlp.torsions: 'cvs' needs dihedral cvs in system {system.name!r}; it has none")
+        return quads
+    n = system.target.event_shape[0]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(q, (list, tuple)) and len(q) == 4 and all(isinstance(i, int) and 0 <= i < n for i in q)
+        for q in value
+    ):
+        raise ConfigError(
+            f"pairmlp.torsions: expected 'cvs', 'none' or a list of [i, j, k, l] atom indices < {n}, got {value!r}"
+        )
+    return [list(q) for q in value]
+
+
 def build_model(
     cfg: TrainConfig, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, system: System
 ) -> PreconditionedEnergy:
@@ -93,11 +117,14 @@ def build_model(
                 f"network: 'pairmlp' is for labelled molecules; system {system.name!r} has identical particles "
                 "(use 'egnn')"
             )
-        allowed = {"n_freq", "chiral_scale", "chiral_norm", "stiffness_init"}
+        allowed = {"n_freq", "chiral_scale", "chiral_norm", "stiffness_init", "torsions"}
         if not isinstance(cfg.pairmlp, dict) or set(cfg.pairmlp) - allowed:
             raise ConfigError(f"pairmlp: expected a mapping with keys among {sorted(allowed)}, got {cfg.pairmlp!r}")
         if not isinstance(cfg.pairmlp.get("chiral_norm", False), bool):
             raise ConfigError(f"pairmlp.chiral_norm: expected true or false, got {cfg.pairmlp['chiral_norm']!r}")
+        opts = dict(cfg.pairmlp)
+        if "torsions" in opts:
+            opts["torsions"] = resolve_torsions(opts["torsions"], system)
         return build_pairmlp_energy(
             grid,
             n,
@@ -107,7 +134,7 @@ def build_model(
             width=cfg.width,
             depth=cfg.depth,
             chiral_quads=chiral_quads_of(system),
-            **cfg.pairmlp,
+            **opts,
         )
     from boltzdiff.models.egnn import build_egnn_energy
 
@@ -249,7 +276,7 @@ def train(
             )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = torch.device(cfg.device)
+    device, main = dist.device_for(cfg.device), dist.is_main()  # torchrun: rank 0 writes (docs/method.md#distributed)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device: cuda was requested but no CUDA device is available")
 
@@ -282,7 +309,8 @@ def train(
         ]
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    step, wall_prev = 0, 0.0
+    step_fn = dist.LossStep(model, device, cfg.batch_size)  # DistributedDataParallel under torchrun
+    step, wall_prev, world_sizes = 0, 0.0, dist.world_history(None, 0)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         ck = torch_load(ckpt_path, f"the training checkpoint (or train into a new --out than {out})", device)
@@ -293,13 +321,15 @@ def train(
         sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
         step, wall_prev = ck["step"], ck.get("wall_s", 0.0)
+        world_sizes = dist.world_history(ck.get("world_sizes"), step)
         log.info("resuming %s at step %d", out, step)
-        truncate_metrics(out / "metrics.jsonl", step)
-        if changed:  # settings that may change on resume: the run directory says what it now runs with
+        if main:
+            truncate_metrics(out / "metrics.jsonl", step)
+        if changed and main:  # settings that may change on resume: the run directory says what it now runs with
             log.info("--resume: %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
             atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             write_run_info(out, cfg.to_dict(), cfg.seed, resumed_changes={k: list(v) for k, v in changed.items()})
-    else:
+    elif main:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "system.yaml", yaml.safe_dump(system.spec, sort_keys=False))
         write_run_info(out, cfg.to_dict(), cfg.seed)
@@ -318,6 +348,8 @@ def train(
     n = data.shape[0]
 
     def save(final: bool = False):
+        if not main:
+            return
         state = dict(
             model=model.state_dict(),
             ema=ema.model.state_dict(),
@@ -328,6 +360,7 @@ def train(
             step=step,
             wall_s=wall_prev + (time.time() - t0),
             config=cfg.to_dict(),
+            world_sizes=world_sizes,
         )
         atomic_save(ckpt_path, lambda p: torch.save(state, p))
         if final:
@@ -336,24 +369,27 @@ def train(
     from boltzdiff.progress import progress as progress_of
 
     t0 = time.time()
-    bar = progress_of(total=cfg.steps, initial=step, enabled=progress, desc=f"train {cfg.loss}")
-    metrics_fh = open(out / "metrics.jsonl", "a")
+    bar = progress_of(total=cfg.steps, initial=step, enabled=progress and main, desc=f"train {cfg.loss}")
+    metrics_fh = open(out / "metrics.jsonl" if main else os.devnull, "a")
     n_bad = 0
     stop = StopOnInterrupt()
     try:
         while step < cfg.steps:
-            if stop.requested:  # Ctrl-C: the last step is complete, so the checkpoint is consistent
+            if dist.any_true(stop.requested):  # Ctrl-C: the last step is complete, so the checkpoint is consistent
                 save()
                 raise TrainingInterrupted(step, ckpt_path)
-            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).to(device)
+            # the global batch (indices, levels, noise) from one generator; this process keeps its rows
+            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)[step_fn.rows].to(device)
             x0 = data[idx]
             g0 = None if score0 is None else score0[idx]
-            levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window, device)
-            tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale, tsm_weight=cfg.tsm_weight)
+            levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window)
+            levels = levels[step_fn.rows].to(device)
+            eps = torch.randn((cfg.batch_size, cfg.k, data.shape[1]), generator=gen)[step_fn.rows]
+            tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale, tsm_weight=cfg.tsm_weight, eps=eps)
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
-                res = dsm_only_loss(model, x0, levels, sigma_d, generator=gen, **tsm)
+                res = step_fn(dsm_only_loss, x0, levels, sigma_d, **tsm)
             else:
-                res = diffclf_loss(model, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, generator=gen, **tsm)
+                res = step_fn(diffclf_loss, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, **tsm)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(res.total):
                 n_bad += 1
@@ -376,7 +412,7 @@ def train(
                     dsm=float(res.dsm),
                     clf=None if res.clf is None else float(res.clf),
                 )
-                if monitor is not None:
+                if monitor is not None and main:
                     rec.update(monitor(step, model, ema.model) or {})
                 metrics_fh.write(json.dumps(rec) + "\n")
                 metrics_fh.flush()
@@ -391,7 +427,9 @@ def train(
         bar.close()
     wall = wall_prev + (time.time() - t0)
     summary = dict(steps=step, wall_s=wall, sec_per_step=wall / max(1, step), n_data=n, sigma_data=sigma_d)
-    atomic_write_json(out / "train_summary.json", summary)
+    if main:
+        summary.update(world_size=dist.world(), world_sizes=world_sizes)
+        atomic_write_json(out / "train_summary.json", summary)
     return TrainResult(out, ema.model, step, wall, wall / max(1, step))
 
 

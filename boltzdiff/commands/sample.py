@@ -198,6 +198,13 @@ def run_at_temperature(args) -> int:
 
 
 def run(args) -> int:
+    from boltzdiff.distributed import launched
+
+    with launched(args.device) as comm:  # torchrun/srun: the energy evaluations are shared out
+        return _run(args, comm)
+
+
+def _run(args, comm) -> int:
     import torch
 
     from boltzdiff.samplers import SMCConfig, probability_flow_ode, reverse_sde, smc
@@ -205,6 +212,8 @@ def run(args) -> int:
     from boltzdiff.targets.gmm import GaussianMixture
 
     if (Path(args.run_dir) / "pipeline.json").is_file():
+        if comm.size > 1:
+            raise ConfigError("WORLD_SIZE: a `boltzdiff run` directory is sampled by one process (use --workers)")
         return run_at_temperature(args)
     if args.n is None or args.out is None:
         raise ConfigError(
@@ -240,7 +249,7 @@ def run(args) -> int:
     if args.levels is not None and args.levels > model.grid.n:
         raise ConfigError(f"--levels: the model has {model.grid.n} levels; got {args.levels}")
     gen = torch.Generator().manual_seed(int(args.seed))
-    progress = not args.no_progress
+    progress = not args.no_progress and comm.rank == 0
     if args.sampler == "smc":
         shape = tuple(run_.system.target.event_shape)
         particles = shape if args.kernel_variance == "matrix" and len(shape) == 2 else None
@@ -263,11 +272,16 @@ def run(args) -> int:
             n_bridge=args.bridge_steps,
             bridge_mcmc=bridge,
         )
-        res = smc(model, args.n, cfg, generator=gen, target=target if args.to_target else None, progress=progress)
+        tgt = target if args.to_target else None
+        res = smc(model, args.n, cfg, generator=gen, target=tgt, progress=progress, comm=comm)
     elif args.sampler == "sde":
-        res = reverse_sde(model, args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress)
+        res = reverse_sde(
+            comm.shard_model(model), args.n, generator=gen, levels=args.levels, kernel=args.kernel, progress=progress
+        )
     else:
-        res = probability_flow_ode(model, args.n, generator=gen, levels=args.levels, progress=progress)
+        res = probability_flow_ode(
+            comm.shard_model(model), args.n, generator=gen, levels=args.levels, progress=progress
+        )
     summary = dict(
         sampler=args.sampler,
         run_dir=str(args.run_dir),
@@ -289,6 +303,8 @@ def run(args) -> int:
 
         # p^beta's mode weights in closed form (separated components; boltzdiff.samplers.tempering)
         summary["modes"] = mode_report(tempered_mixture(run_.system.target, beta), x, log_w)
+    if comm.rank != 0:  # every process holds the same result; rank 0 writes it
+        return 0
     out, js = write_outputs(args.out, x, log_w, summary)
     log.info(
         "%s: %d samples, ESS %.3f, %d model / %d target evaluations, %.1f s -> %s (+ %s)",

@@ -22,7 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train an energy model (DSM or DSM + DiffCLF)",
-        description="Train a time-dependent energy model on samples of a system.",
+        description="Train a time-dependent energy model on samples of a system (data-parallel when started "
+        "by torchrun or srun).",
     )
     p.add_argument("--system", help="system name (boltzdiff/systems/<name>), folder, or system.yaml path")
     p.add_argument("--variant", help="system variant (e.g. vacuum/implicit)")
@@ -72,12 +73,15 @@ def run(args) -> int:
     )
     cfg = resolve_train_config(args.system, args.config, over)
     check_device(cfg.device, "--device" if args.device else f"{args.config or 'config'}: device")
-    res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    log.info(
-        "trained %d steps in %.1f s (%.3f s/step); model in %s",
-        res.steps,
-        res.wall_s,
-        res.sec_per_step,
-        res.run_dir / "model.pt",
-    )
+    from boltzdiff.distributed import launched
+
+    with launched(cfg.device):  # torchrun/srun: data-parallel over the processes (docs/method.md#distributed)
+        res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        log.info(
+            "trained %d steps in %.1f s (%.3f s/step); model in %s",
+            res.steps,
+            res.wall_s,
+            res.sec_per_step,
+            res.run_dir / "model.pt",
+        )
     return 0

@@ -229,6 +229,7 @@ def smc(
     target=None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    comm=None,
 ) -> SMCResult:
     """Diffusion SMC over the levels of ``model``, optionally annealed on to the exact ``target``.
 
@@ -247,6 +248,10 @@ def smc(
         All randomness (start, kernels, resampling, MCMC) is drawn from it.
     progress : bool
         Show progress (:func:`boltzdiff.progress.progress`).
+    comm : boltzdiff.distributed.Communicator, optional
+        Processes of a torchrun/srun launch that share the run: each evaluates a block of the particles' energies
+        and all hold the same particles and generator state, so the result is the one-process result on every
+        process (docs/method.md#distributed). Default: one process.
 
     Returns
     -------
@@ -279,6 +284,8 @@ def smc(
     if torsion is not None and torsion.n_atoms * 3 != model.dim:
         raise ConfigError(f"torsion: moves for {torsion.n_atoms} atoms, but the model has dimension {model.dim}")
     n = int(n)
+    if comm is not None:
+        model, target = comm.shard_model(model), comm.shard_target(target)
     grid = model.grid
     lv = resolve_levels(grid.n, levels)
     mcmc = copy.deepcopy(mcmc) if mcmc is not None and mcmc.n_steps > 0 else None
@@ -390,6 +397,8 @@ def smc(
         mcmc = bridge_mcmc if mcmc is None else mcmc
 
     log_w = p.log_w
+    if comm is not None:
+        comm.check_same(run.log_Z(p), "log Z")
     return SMCResult(
         x=p.x,
         log_w=log_w,
