@@ -55,7 +55,7 @@ site = Path(sysconfig.get_paths()["purelib"]).resolve()
 where = Path(boltzdiff.__file__).resolve()
 assert site in where.parents, f"boltzdiff was imported from {where}, not from the venv's {site}"
 names = available_systems()
-shipped = {"alanine_dipeptide", "dw4", "gmm2_unbalanced", "gmm40_2d", "lj13", "lj55"}
+shipped = {"alanine_dipeptide", "dw4", "gmm2_unbalanced", "gmm40_2d", "lj13", "lj13_unique", "lj55", "lj55_unique"}
 assert shipped <= set(names), f"shipped systems missing from the wheel: {sorted(shipped - set(names))}"
 for name in names:
     variants = yaml.safe_load((SYSTEMS_DIR / name / "system.yaml").read_text()).get("variants") or {}

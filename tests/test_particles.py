@@ -49,11 +49,13 @@ def test_dw4_definition():
     assert t.dim == 8 and t.event_shape == (4, 2)
 
 
-@pytest.mark.parametrize("name", ["lj13", "lj55"])
+@pytest.mark.parametrize("name", ["lj13", "lj55", "lj13_unique", "lj55_unique"])
 def test_torch_lj_equals_openmm_lj(name):
     s = boltzdiff.load_system(name)
+    assert s.target.pair_sum == ("unique" if name.endswith("_unique") else "ordered")
     x = _jitter(s, 16, 0.05)
-    with OpenMMTarget(lennard_jones_openmm_system(s.target.n_particles), LJ_OPENMM_TEMPERATURE) as omm:
+    n = s.target.n_particles
+    with OpenMMTarget(lennard_jones_openmm_system(n, pair_sum=s.target.pair_sum), LJ_OPENMM_TEMPERATURE) as omm:
         assert torch.allclose(omm.energy(x), s.target.energy(x), rtol=1e-9, atol=1e-8)
         assert torch.allclose(omm.force(x), s.target.force(x), rtol=1e-7, atol=1e-6)
     # the system's own factory and temperature give the same thing
@@ -61,7 +63,7 @@ def test_torch_lj_equals_openmm_lj(name):
         assert torch.allclose(omm.energy(x), s.target.energy(x), rtol=1e-9, atol=1e-8)
 
 
-@pytest.mark.parametrize("name,scale", [("lj13", 0.05), ("dw4", 0.3)])
+@pytest.mark.parametrize("name,scale", [("lj13", 0.05), ("lj13_unique", 0.05), ("dw4", 0.3)])
 def test_force_is_minus_grad_by_finite_differences(name, scale):
     s = boltzdiff.load_system(name)
     x = _jitter(s, 3, scale, seed=1)
@@ -98,7 +100,7 @@ def test_invariance_rotation_translation_permutation(name, scale):
     assert torch.allclose(s.target.energy(-x), u, rtol=1e-10, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", ["lj13", "lj55", "dw4"])
+@pytest.mark.parametrize("name", ["lj13", "lj55", "lj13_unique", "lj55_unique", "dw4"])
 def test_load_particle_systems(name):
     s = boltzdiff.load_system(name)
     assert s.temperature == 1.0 and s.extras["reduced_units"]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from boltzdiff.analysis.free_energy import distance_histogram, wasserstein_1
+from boltzdiff.analysis.particles import find_reference_summary, run_particle_metrics
 from boltzdiff.analysis.pipeline_analysis import over_runs, runs_table_md, target_energies
 from boltzdiff.analysis.report import (
     plot_distance_histograms,
@@ -114,6 +115,8 @@ def analyze_run(
         # sample.final_resample: the particles were resampled after the bridge, so `ess` reads ~1 and the
         # bridge's weights are judged by ess_final_step
         final_resampled=over_runs(summ, "ess_before_final_resample", min) is not None,
+        # the ESS of the bridge's weights just before that final resampling (the lowest over the SMC runs)
+        ess_before_final_resample=over_runs(summ, "ess_before_final_resample", min),
         final_torsion_acceptance=over_runs(summ, "final_torsion_acceptance", np.mean),
     )
     train_summaries = [out / "train" / "train_summary.json"]
@@ -233,6 +236,17 @@ def analyze_run(
             if ref_x is not None:
                 hists["reference"] = distance_histogram(ref_x.reshape(-1, n, sd), None, bins=h_s.edges)
             figs.append(("interatomic distances", plot_distance_histograms(hists, out / "distances.png")))
+            # energy W2, distance W2 and TV against the run's reference (same ensemble only) and against the
+            # system's reference summary (boltzdiff/analysis/particles.py)
+            same = not (hot or seeded)
+            summary, why = find_reference_summary(system)
+            if why:
+                res["reference_summary_skipped"] = why
+            res.update(
+                run_particle_metrics(
+                    system, x, log_w, u, ref_x if same else None, ref_u if same else None, summary=summary
+                )
+            )
     if meta.get("source_run"):
         res["source_run"] = meta["source_run"]
     flags = sanity_flags(res)

@@ -20,6 +20,7 @@ from boltzdiff.systems.base import System
 from boltzdiff.targets.gmm import GaussianMixture
 from boltzdiff.targets.particles import (
     LJ_OPENMM_TEMPERATURE,
+    LJ_PAIR_SUMS,
     DoubleWell,
     LennardJonesCluster,
     lennard_jones_openmm_system,
@@ -32,10 +33,23 @@ MAX_SIZE = 100_000
 MAX_ELEMENTS = 10_000_000
 
 #: fields of each kind (``name`` and ``kind`` are common; ``variants`` is resolved before a builder runs)
-GAUSSIAN_MIXTURE_FIELDS = frozenset({"kind", "name", "dim", "weights", "means", "random_means", "std", "variance"})
+GAUSSIAN_MIXTURE_FIELDS = frozenset(
+    {"kind", "name", "dim", "weights", "means", "random_means", "std", "variance", "standardize"}
+)
 RANDOM_MEANS_FIELDS = frozenset({"n_components", "low", "high", "seed"})
 LENNARD_JONES_FIELDS = frozenset(
-    {"kind", "name", "n_particles", "spatial_dim", "temperature", "eps", "rm", "oscillator_scale", "initial_positions"}
+    {
+        "kind",
+        "name",
+        "n_particles",
+        "spatial_dim",
+        "temperature",
+        "eps",
+        "rm",
+        "oscillator_scale",
+        "pair_sum",
+        "initial_positions",
+    }
 )
 DOUBLE_WELL_FIELDS = frozenset(
     {"kind", "name", "n_particles", "spatial_dim", "temperature", "a", "b", "c", "d0", "initial_positions"}
@@ -68,6 +82,11 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
     Fields: ``weights`` (K numbers; default equal), ``means`` (K lists of length ``dim``, or K scalars meaning
     that value in every coordinate, which needs ``dim``) or ``random_means: {n_components, low, high, seed}``
     (uniform, with ``dim``), and ``std`` (scalar or K) or ``variance`` (scalar or K, may be 'softplus(1)').
+
+    ``standardize: true`` (default false) then applies the affine map ``x -> (x - mu) / s`` with the mixture's
+    exact mean ``mu`` and isotropic std ``s`` (:meth:`GaussianMixture.data_moments`): means become
+    ``(m_k - mu) / s`` and stds ``std_k / s``, so the mixture has mean 0 and per-coordinate variance 1 on average
+    over the coordinates (each coordinate's own variance is not forced to 1: components stay isotropic).
     """
     check_keys(spec, GAUSSIAN_MIXTURE_FIELDS, where)
     dim = get_int(spec, "dim", where, default=None, ge=1, le=MAX_SIZE)
@@ -131,8 +150,22 @@ def gaussian_mixture_from_spec(spec: dict, where: str = "system.yaml") -> Gaussi
         raise ConfigError(f"{where}: '{key}' must be positive, got {short_repr(vals)}")
     std = vals_t if key == "std" else torch.sqrt(vals_t)
     gmm = GaussianMixture(weights, means, std, name=where)  # constructor errors name the file
+    standardize = spec.get("standardize", False)
+    if not isinstance(standardize, bool):
+        raise ConfigError(f"{where}: field 'standardize' expected true or false, got {short_repr(standardize)}")
+    if standardize:
+        gmm = standardized(gmm, where)
     gmm.name = spec.get("name", "gaussian_mixture")
     return gmm
+
+
+def standardized(gmm: GaussianMixture, where: str = "standardize") -> GaussianMixture:
+    """The mixture mapped by ``x -> (x - mu) / s`` with its exact mean ``mu`` and isotropic std ``s``
+    (:meth:`GaussianMixture.data_moments`): exact mean 0 and isotropic variance 1 (float64)."""
+    mu, s = gmm.data_moments()
+    if not (math.isfinite(s) and s > 0 and bool(torch.all(torch.isfinite(mu)))):
+        raise ConfigError(f"{where}: field 'standardize': the mixture's mean or spread is not finite (std {s!r})")
+    return GaussianMixture(gmm.weights, (gmm.means - mu) / s, gmm.std / s, name=where)
 
 
 def build_gaussian_mixture(spec: dict, path: Path) -> System:
@@ -191,9 +224,23 @@ def _particles(spec: dict, path: Path, fields: frozenset, default_dim: int) -> t
     return where, n, dim, temperature
 
 
+def _pair_sum(spec: dict, where: str) -> str:
+    """``pair_sum``: ``unique`` (default; pairs ``i < j``) or ``ordered`` (``i != j``, twice the pair term)."""
+    v = spec.get("pair_sum")
+    if v is None:
+        return "unique"
+    if not isinstance(v, str) or v not in LJ_PAIR_SUMS:
+        raise ConfigError(
+            f"{where}: field 'pair_sum' expected one of {', '.join(sorted(LJ_PAIR_SUMS))}, got {short_repr(v)}"
+        )
+    return v
+
+
 def build_lennard_jones(spec: dict, path: Path) -> System:
     """Builder for ``kind: lennard_jones`` (fields: ``n_particles``, ``temperature`` (reduced), optional
-    ``eps``, ``rm``, ``oscillator_scale``, ``spatial_dim`` (3), ``initial_positions`` (file or list))."""
+    ``eps``, ``rm``, ``oscillator_scale``, ``pair_sum`` (``unique``, the default, or ``ordered``: the pair term
+    summed over ``i != j``, twice the unique-pair sum), ``spatial_dim`` (3), ``initial_positions`` (file or
+    list))."""
     where, n, dim, temperature = _particles(spec, path, LENNARD_JONES_FIELDS, 3)
     target = LennardJonesCluster(
         n,
@@ -202,13 +249,14 @@ def build_lennard_jones(spec: dict, path: Path) -> System:
         rm=get_number(spec, "rm", where, 1.0, gt=0),
         oscillator_scale=get_number(spec, "oscillator_scale", where, 1.0, ge=0),
         temperature=temperature,
+        pair_sum=_pair_sum(spec, where),
     )
     pos = _initial_positions(spec, path, (n, dim))
     extras: dict[str, Any] = {"reduced_units": True}
     if dim == 3:
         extras["openmm_temperature_K"] = LJ_OPENMM_TEMPERATURE * temperature
         extras["openmm_system_factory"] = lambda: lennard_jones_openmm_system(
-            n, target.eps, target.rm, target.oscillator_scale
+            n, target.eps, target.rm, target.oscillator_scale, pair_sum=target.pair_sum
         )
     return System(
         name=spec["name"],
@@ -340,4 +388,5 @@ __all__ = [
     "build_openmm",
     "from_openmm",
     "gaussian_mixture_from_spec",
+    "standardized",
 ]

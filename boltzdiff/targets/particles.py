@@ -4,9 +4,11 @@ Both are in **reduced units**: lengths in units of ``r_m`` (written out as nm wh
 unit), energies in units of ``kT``, and the spec's ``temperature`` is the reduced temperature ``T* = kT/eps``
 (1 for the benchmarks), so ``u(x) = U(x) / T*``.
 
-LJ-n (``eps = r_m = 1``, unique pairs ``i < j``, harmonic centre term with ``c = 1``)::
+LJ-n (``eps = r_m = 1``, harmonic centre term with ``c = 1``), with the pair sum over unique pairs
+(``pair_sum="unique"``, ``s = 1``) or over ordered pairs ``i != j`` (``pair_sum="ordered"``, ``s = 2``: every pair
+counted twice, the convention of bgflow's ``LennardJonesPotential`` and of the public LJ13/LJ55 test sets)::
 
-    U(x) = eps * sum_{i<j} [(r_m/r_ij)^12 - 2 (r_m/r_ij)^6] + c/2 * sum_i |x_i - mean(x)|^2
+    U(x) = s * eps * sum_{i<j} [(r_m/r_ij)^12 - 2 (r_m/r_ij)^6] + c/2 * sum_i |x_i - mean(x)|^2
 
 DW4 (4 particles in 2-D, ``a = 0, b = -4, c = 0.9, d0 = 4``)::
 
@@ -27,6 +29,16 @@ from boltzdiff.targets.base import Target
 #: K at which kT = 1 kJ/mol (1 / R), the temperature of the OpenMM version of LJ-n
 LJ_OPENMM_TEMPERATURE = 1.0 / 8.31446261815324e-3
 
+#: ``pair_sum`` conventions of LJ-n and the factor each puts on the unique-pair sum
+LJ_PAIR_SUMS = {"unique": 1.0, "ordered": 2.0}
+
+
+def lj_pair_factor(pair_sum: str) -> float:
+    """2 for ``"ordered"`` (sum over ``i != j``), 1 for ``"unique"`` (``i < j``); ValueError otherwise."""
+    if pair_sum not in LJ_PAIR_SUMS:
+        raise ValueError(f"pair_sum: expected one of {sorted(LJ_PAIR_SUMS)}, got {pair_sum!r}")
+    return LJ_PAIR_SUMS[pair_sum]
+
 
 class LennardJonesCluster(Target):
     """LJ-n cluster with a harmonic centre term, reduced energy ``(B,)`` (see the module docstring).
@@ -42,6 +54,8 @@ class LennardJonesCluster(Target):
         ``c`` of the harmonic term ``c/2 sum_i |x_i - mean|^2`` (0 switches it off).
     temperature : float
         Reduced temperature ``T*``; ``u = U / T*``.
+    pair_sum : {"unique", "ordered"}
+        Sum the pair term over ``i < j`` or over ``i != j`` (twice the former; bgflow's convention).
     """
 
     def __init__(
@@ -52,16 +66,19 @@ class LennardJonesCluster(Target):
         rm: float = 1.0,
         oscillator_scale: float = 1.0,
         temperature: float = 1.0,
+        pair_sum: str = "unique",
     ):
         super().__init__(n_particles * spatial_dim, (n_particles, spatial_dim))
         self.n_particles, self.spatial_dim = n_particles, spatial_dim
         self.eps, self.rm, self.oscillator_scale, self.temperature = eps, rm, oscillator_scale, temperature
+        self.pair_sum, self.pair_factor = pair_sum, lj_pair_factor(pair_sum)
 
     def pair_energy(self, x: torch.Tensor) -> torch.Tensor:
-        """LJ part ``(B,)`` (not divided by ``T*``) of ``x: (B, dim)``."""
+        """LJ part ``(B,)`` (not divided by ``T*``) of ``x: (B, dim)``, with the ``pair_sum`` convention's
+        factor."""
         r = interatomic_distances(x.reshape(-1, self.n_particles, self.spatial_dim))
         s6 = (self.rm / r) ** 6
-        return self.eps * (s6 * s6 - 2.0 * s6).sum(-1)
+        return (self.pair_factor * self.eps) * (s6 * s6 - 2.0 * s6).sum(-1)
 
     def oscillator_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Harmonic centre term ``(B,)`` (not divided by ``T*``)."""
@@ -110,11 +127,13 @@ def lennard_jones_openmm_system(
     rm_nm: float = 1.0,
     oscillator_scale: float = 1.0,
     mass: float = 1.0,
+    pair_sum: str = "unique",
 ):
     """The LJ-n energy as an OpenMM ``System`` (3-D, no cutoff), lengths in nm and energies in kJ/mol.
 
-    ``oscillator_scale`` is ``c`` in kJ/mol/nm^2. Pairs are unique (a CustomNonbondedForce counts each pair
-    once); the centre term is a CustomCentroidBondForce between each particle and the (equal-weight) centroid.
+    ``oscillator_scale`` is ``c`` in kJ/mol/nm^2. A CustomNonbondedForce counts each pair once, so
+    ``pair_sum="ordered"`` (the sum over ``i != j``) is written as unique pairs with ``eps`` doubled; the centre
+    term is a CustomCentroidBondForce between each particle and the (equal-weight) centroid.
     """
     import openmm
 
@@ -122,7 +141,7 @@ def lennard_jones_openmm_system(
     for _ in range(n_particles):
         system.addParticle(mass)
     lj = openmm.CustomNonbondedForce("eps*((rm/r)^12 - 2*(rm/r)^6)")
-    lj.addGlobalParameter("eps", eps_kjmol)
+    lj.addGlobalParameter("eps", lj_pair_factor(pair_sum) * eps_kjmol)
     lj.addGlobalParameter("rm", rm_nm)
     lj.setNonbondedMethod(openmm.CustomNonbondedForce.NoCutoff)
     for _ in range(n_particles):
