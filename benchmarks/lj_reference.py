@@ -114,23 +114,10 @@ def compare_halves(counts: np.ndarray, per_chain_total: np.ndarray) -> dict:
 
 
 def relax(target, x: torch.Tensor, n_steps: int, max_move: float = 0.01) -> torch.Tensor:
-    """Steepest descent on ``target`` from ``x: (C, n, d)``, every particle moving at most ``max_move`` per step.
+    """The reference chains' own start relaxation (boltzdiff.reference.chains.relax_starts)."""
+    from boltzdiff.reference.chains import relax_starts
 
-    A jittered start can put two particles so close that the energy's gradient is in the thousands; MALA's
-    drift then overshoots by far more than the pair distance and every proposal is rejected, so that chain never
-    moves (with the LJ13 start structure and a 0.05 jitter, 2 of 64 chains did). Relaxing the starts first
-    removes such contacts; the burn-in then heats the chains up.
-    """
-    from boltzdiff.reference.chains import _project
-
-    x = x.detach().clone()
-    for _ in range(n_steps):
-        xr = x.requires_grad_(True)
-        (g,) = torch.autograd.grad(target.energy(xr).sum(), xr)
-        step = 1e-3 * _project(g)
-        norm = step.norm(dim=-1, keepdim=True)
-        x = (x - step * torch.clamp(max_move / norm.clamp_min(1e-300), max=1.0)).detach()
-    return x
+    return relax_starts(target, x, n_steps, max_move)
 
 
 def sample(system, args) -> dict:
