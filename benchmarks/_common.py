@@ -50,7 +50,8 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
         old = yaml.safe_load(saved.read_text())
         new = cfg.to_dict()
         # fields newer than the run are absent from its config.yaml; their defaults keep the old behaviour
-        diff = sorted(k for k in old if k != "num_threads" and old[k] != new.get(k))
+        # an "auto" setting is written resolved (e.g. tsm_scale: the number it stood for)
+        diff = sorted(k for k in old if k != "num_threads" and old[k] != new.get(k) and new.get(k) != "auto")
         if diff:
             raise SystemExit(f"{out} was trained with other settings ({', '.join(diff)}); remove it or rename")
     ev_file = out / "eval.json"

@@ -172,6 +172,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="override the systems' number of steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train setting (YAML value)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default=str(RESULTS), help="the JSON file the rows are merged into")
     ap.add_argument("--chains", type=int, default=64, help="noising chains scoring the classification loss")
     ap.add_argument("--mmd-n", type=int, default=2000, help="samples per side for the MMD (0: skip)")
     ap.add_argument("--smc-n", type=int, default=2000, help="SMC particles (0: skip)")
@@ -184,14 +185,15 @@ def main(argv=None):
         for loss in args.losses.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows.append(run_one(system, loss, seed, args, over))
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
+    results = Path(args.results)
+    old = json.loads(results.read_text()) if results.exists() else {"rows": []}
     key = lambda r: (r["system"], r["loss"], r["seed"], r["steps"], json.dumps(r.get("settings", {}), sort_keys=True))  # noqa: E731
     new_keys = {key(r) for r in rows}
     merged = [r for r in old.get("rows", []) if key(r) not in new_keys] + rows
     from boltzdiff.io import atomic_write_json
 
     command = "python benchmarks/gmm_high_dim.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    atomic_write_json(RESULTS, dict(command=command, machine=machine(), commit=_commit(), rows=merged))
+    atomic_write_json(results, dict(command=command, machine=machine(), commit=_commit(), rows=merged))
     print(f"\nMachine: {machine()}")
     table(rows)
 
