@@ -65,7 +65,9 @@ def build_fixtures(fx: Path) -> None:
         (fx / name / "system.yaml").write_text(spec)
         (fx / name / "run.yaml").write_text(yaml.safe_dump(run_yaml))
         out = fx / ("prun" if name == "mix" else "drun")
-        assert main(["run", str(fx / name), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+        # untrained on purpose: its SMC may rest on one lineage, which is beside the point of these fixtures
+        args = ["run", str(fx / name), "--out", str(out), "--no-progress", "--workers", "1", "--allow-degenerate"]
+        assert main(args) == 0
     rng = np.random.default_rng(0)
     np.save(fx / "frames.npy", rng.normal(size=(5, 32)))
     np.save(fx / "gmm_frames.npy", rng.normal(size=(5, 2)))
