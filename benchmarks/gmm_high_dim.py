@@ -106,10 +106,6 @@ def run_one(system: str, loss: str, seed: int, args, over: dict) -> dict:
         "sec_per_step",
     )
     row.update({k: ev[k] for k in keep if k in ev})
-    if "clf_excess_paper" not in row:  # evaluations cached before the paper metric existed
-        n_levels = len(ev["clf_excess_per_level"])
-        row["clf_excess_paper"] = n_levels * ev["clf_excess"]
-        row["clf_excess_paper_fitted_f"] = n_levels * ev["clf_excess_fitted_f"]
     if args.mmd_n:
         row.update(mmd_row(run, args.mmd_n, seed))
     if args.smc_n:

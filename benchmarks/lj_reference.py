@@ -113,16 +113,9 @@ def compare_halves(counts: np.ndarray, per_chain_total: np.ndarray) -> dict:
     }
 
 
-def relax(target, x: torch.Tensor, n_steps: int, max_move: float = 0.01) -> torch.Tensor:
-    """The reference chains' own start relaxation (boltzdiff.reference.chains.relax_starts)."""
-    from boltzdiff.reference.chains import relax_starts
-
-    return relax_starts(target, x, n_steps, max_move)
-
-
 def sample(system, args) -> dict:
     """Run the chains; returns the rung-0 energies ``(n_saves, C)``, per-chain distance counts and statistics."""
-    from boltzdiff.reference.chains import _project, chain_step
+    from boltzdiff.reference.chains import _project, chain_step, relax_starts
     from boltzdiff.samplers.tempering import TemperedTarget
 
     target = system.target
@@ -138,7 +131,7 @@ def sample(system, args) -> dict:
     xs, us, gs = [], [], []
     for k in range(K):
         x = _project(x0 + args.init_noise * torch.randn((C, n, sd), generator=gen, dtype=torch.float64))
-        xr = relax(target, x, args.relax_steps).requires_grad_(True)
+        xr = relax_starts(target, x, args.relax_steps).requires_grad_(True)
         u = rungs[k].energy(xr)
         (g,) = torch.autograd.grad(u.sum(), xr)
         xs.append(xr.detach())

@@ -44,7 +44,7 @@ def _rungs(n_levels: int, m: int) -> list[int]:
 def score_mixture(gmm, x, log_w=None) -> float:
     from boltzdiff.samplers.diagnostics import weighted_mode_weights
 
-    w = weighted_mode_weights(gmm, x, log_w) if log_w is not None else weighted_mode_weights(gmm, x)
+    w = weighted_mode_weights(gmm, x, log_w)
     return float(np.abs(w - gmm.weights.numpy()).max())
 
 
