@@ -61,8 +61,9 @@ def train_and_eval(cfg, out: Path, n_chains: int = 32, n_samples: int = 2000, fo
             ev.get("n_chains") == n_chains
             and ev.get("n_samples", n_samples) == n_samples
             and ev.get("n_chains_fit") == 16 * n_chains
+            and "mode_offsets_per_level" in ev
         ):
-            return ev  # else: the same model, scored again (chains, samples, or f fitted on 16x the chains)
+            return ev  # else: the same model, scored again (chains, samples, f on 16x the chains, mode offsets)
     t0 = time.time()
     if not (out / "model.pt").exists():
         train(cfg, out, resume=(out / "ckpt.pt").exists(), progress=False)

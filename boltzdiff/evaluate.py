@@ -12,6 +12,12 @@
 - Mode weights at every level (the lowest one reported as ``mode_weights``): self-normalised importance weights
   ``exp(log q - log p_t)`` on exact samples, summed per component label; ``mode_weight_error_per_level`` is the
   max abs error against the exact weights at each level.
+- Mode offsets at every level: the mean of ``log q - log p_t`` over each component's exact samples, minus
+  their weight-averaged mean (``mode_offsets_per_level``, kT; its max minus min is
+  ``mode_offset_range_per_level``). A component's offset is the log-factor by which the model over-weights it,
+  up to its within-component spread; unlike the mode weights it does not saturate when one mode takes all the
+  mass, and it shows whether offsets are constant over the cleanest levels (where the classification between
+  levels cannot see them) or grow across the levels where the modes separate.
 - The DiffCLF paper's units (docs/method.md#paper-metrics): its excess classification loss is a total over the
   levels of a noising path, not a mean over its elements. ``clf_excess`` is the mean over the ``n_levels *
   n_chains`` chain elements, so ``clf_excess_paper = n_levels * clf_excess`` (exactly, on the same chains) is the
@@ -127,6 +133,8 @@ class MixtureEval:
     mode_weight_error: float
     mode_weights_per_level: list
     mode_weight_error_per_level: list
+    mode_offsets_per_level: list
+    mode_offset_range_per_level: list
     n_levels: int
     n_chains: int
     n_samples: int
@@ -151,6 +159,16 @@ def labelled_mode_weights(log_w: torch.Tensor, labels: torch.Tensor, K: int) -> 
     se = torch.sqrt(((w[:, None] ** 2) * (onehot - est[None, :]) ** 2).sum(0))
     del n
     return est.numpy(), se.numpy()
+
+
+def mode_offsets(lr: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor, weights: np.ndarray) -> list:
+    """Per component, the mean log-ratio ``lr`` over its finite samples minus the weight-average of those means
+    (kT; NaN for a component without samples)."""
+    m = np.array(
+        [float(lr[(labels == k) & ok].mean()) if ((labels == k) & ok).any() else np.nan for k in range(len(weights))]
+    )
+    have = np.isfinite(m)
+    return (m - np.sum(weights[have] * m[have]) / np.sum(weights[have])).tolist()
 
 
 def evaluate_mixture(
@@ -195,7 +213,8 @@ def evaluate_mixture(
 
     # per-level log-ratio spread, ESS and mode weights on exact samples of p_t
     K = gmm.n_components
-    stds, esss, mw_levels = [], [], []
+    stds, esss, mw_levels, offsets = [], [], [], []
+    true_w = gmm.weights.numpy()
     mw0 = se0 = None
     dtype = next(iter(model.parameters())).dtype if list(model.parameters()) else torch.get_default_dtype()
     with torch.no_grad():
@@ -210,9 +229,9 @@ def evaluate_mixture(
             esss.append(kish_ess(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64))))
             mw, se = labelled_mode_weights(torch.where(ok, lr, torch.tensor(-torch.inf, dtype=torch.float64)), lab, K)
             mw_levels.append(mw.tolist())
+            offsets.append(mode_offsets(lr, lab, ok, true_w))
             if i == 0:
                 mw0, se0 = mw, se
-    true_w = gmm.weights.numpy()
     n_lv = grid.n  # the paper's figure sums the per-element excess over the N levels of a chain
     return MixtureEval(
         clf_raw=raw,
@@ -233,6 +252,8 @@ def evaluate_mixture(
         mode_weight_error=float(np.abs(mw0 - true_w).max()),
         mode_weights_per_level=mw_levels,
         mode_weight_error_per_level=[float(np.abs(np.asarray(m) - true_w).max()) for m in mw_levels],
+        mode_offsets_per_level=offsets,
+        mode_offset_range_per_level=[float(np.nanmax(o) - np.nanmin(o)) for o in offsets],
         n_levels=n_lv,
         n_chains=n_chains,
         n_samples=n_samples,

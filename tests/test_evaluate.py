@@ -64,3 +64,22 @@ def test_fitted_f_on_more_chains_scores_the_exact_model_closer_to_the_floor():
     assert rms(default) < 0.5 * rms(same)
     assert np.abs(default).max() < 0.01
     assert evaluate_mixture(exact, gmm, n_chains=4, n_samples=20, n_samples_lowest=20).n_chains_fit == 64
+
+
+def test_mode_offsets_are_the_log_weight_ratios_where_modes_are_separate_and_zero_for_the_exact_model():
+    """A model with the right modes but weights w' gives log q - log p_t = log(w'_k / w_k) on component k's
+    samples wherever the components do not overlap (the cleanest levels), so its offsets are those log-ratios
+    minus their w-weighted mean, constant over the clean levels; the exact model's are zero."""
+    gmm = unbalanced()
+    grid = make_grid(VPSchedule(), 24, "logsnr")
+    kw = dict(n_chains=4, n_samples=400, n_samples_lowest=2000)
+    exact = evaluate_mixture(ExactMixtureEnergy(gmm, grid), gmm, **kw)
+    assert max(exact.mode_offset_range_per_level) < 1e-4
+    w, w2 = np.array([0.7, 0.3]), np.array([0.1, 0.9])
+    wrong = evaluate_mixture(ExactMixtureEnergy(gmm, grid, weights=torch.tensor(w2, dtype=torch.float64)), gmm, **kw)
+    r = np.log(w2 / w)
+    want = r - np.sum(w * r)
+    for i in range(8):  # modes 4 apart with std 0.3: separate while sigma_t is small
+        assert np.allclose(wrong.mode_offsets_per_level[i], want, atol=1e-6)
+    assert wrong.mode_offset_range_per_level[0] == pytest.approx(np.log(0.9 / 0.3) - np.log(0.1 / 0.7), abs=1e-6)
+    assert wrong.mode_offset_range_per_level[-1] < 0.05  # merged at the noisiest level: no offset to see
