@@ -85,6 +85,11 @@ class TrainConfig:
     precond_scale: float = doc_field(
         1.0, "width of the energy's Gaussian preconditioning in data standard deviations (> 0; wider suits molecules)"
     )
+    local_scale: float | str | None = doc_field(
+        None,
+        "MLP energy: the data's local width (data units; ``auto``: a mixture's smallest std; null: off); scales the "
+        "vector term <NN, x~> by a_t^2 / (alpha_t^2 local_scale^2 + sigma_t^2), not the scalar one",
+    )
     data_temperature: float | None = doc_field(
         None, "temperature (K) the training data were sampled at, for target score matching (null: the system's)"
     )
@@ -136,12 +141,15 @@ class TrainConfig:
             bad("network", " or ".join(repr(n) for n in NETWORKS))
         if self.level_sampling not in ("uniform", "local", "mixed"):
             bad("level_sampling", "'uniform', 'local' or 'mixed'")
-        for name in ("tsm_scale", "data_temperature"):
+        for name in ("tsm_scale", "local_scale", "data_temperature"):
             v = getattr(self, name)
-            if name == "tsm_scale" and v == "auto":
+            auto = name in ("tsm_scale", "local_scale")
+            if auto and v == "auto":
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
-                bad(name, "null or a positive number" + (" or 'auto'" if name == "tsm_scale" else ""))
+                bad(name, "null or a positive number" + (" or 'auto'" if auto else ""))
+        if isinstance(self.local_scale, int | float) and self.network != "mlp":
+            bad("local_scale", f"null with network {self.network!r} (it scales the MLP energy's vector term)")
         w = self.tsm_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
             bad("tsm_weight", "a number >= 0")

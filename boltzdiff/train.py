@@ -106,6 +106,7 @@ def build_model(
             input_fourier=resolve_input_fourier(cfg.input_fourier, int(mu.numel())),
             input_fourier_scale=cfg.input_fourier_scale,
             head=cfg.mlp_head,
+            local_sigma=resolve_tsm_scale(getattr(cfg, "local_scale", None), system),
         )
     n, sdim = system.target.event_shape
     if cfg.network == "pairmlp":
@@ -283,6 +284,7 @@ def train(
     system = system or load_system(cfg.system, cfg.variant)
     target = system.target
     cfg.tsm_scale = resolve_tsm_scale(cfg.tsm_scale, system)
+    cfg.local_scale = resolve_tsm_scale(cfg.local_scale, system)  # the same 'auto'
     changed = resume_changes(out, cfg) if resume else {}
     gen = torch.Generator().manual_seed(cfg.seed)
     data = training_data(target, cfg.data, cfg.n_data, gen)

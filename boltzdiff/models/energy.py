@@ -14,6 +14,9 @@ of the modes within 20 of the centre averaged 0.012 against 0.025, correlation o
 distance from the centre 0.6-0.8; benchmarks/RESULTS.md). A network with ``head = "inner+scalar"`` returns
 one more column ``g`` that is added to the energy as is, and one with ``head = "scalar"`` only ``g``
 (zero-initialised like the rest, so the Gaussian limit is unchanged).
+
+With ``local_sigma = rho`` (the data's local width) the vector term is multiplied by
+``c_t = a_t^2 / (alpha_t^2 rho^2 + sigma_t^2)`` and the scalar term is not (docs/method.md#local-scale).
 """
 
 from __future__ import annotations
@@ -44,12 +47,19 @@ class PreconditionedEnergy(LevelEnergy):
         Isotropic data standard deviation.
     time_input : {"logsnr", "t"}
         What the network sees as its noise input: the normalised log-SNR (default) or t.
-    c_scale : {"one", "a"}
-        The scale ``c_t`` of the network term.
+    local_sigma : float, optional
+        The data's local width ``rho`` (data units): the vector term is scaled by
+        ``a_t^2 / (alpha_t^2 rho^2 + sigma_t^2)``. None: unscaled.
     """
 
     def __init__(
-        self, net: nn.Module, grid: LevelGrid, mu: torch.Tensor, sigma_data: float, time_input: str = "logsnr"
+        self,
+        net: nn.Module,
+        grid: LevelGrid,
+        mu: torch.Tensor,
+        sigma_data: float,
+        time_input: str = "logsnr",
+        local_sigma: float | None = None,
     ):
         super().__init__()
         if time_input not in ("logsnr", "t"):
@@ -69,8 +79,19 @@ class PreconditionedEnergy(LevelEnergy):
         else:
             c = grid.t
         self.register_buffer("c_noise", c.to(torch.get_default_dtype()))
+        self.local_sigma = None if local_sigma is None else float(local_sigma)
+        if self.local_sigma is not None and not self.local_sigma > 0:
+            raise ConfigError(f"local_scale: expected a positive width, got {local_sigma}")
+        self.register_buffer("c_net", self._net_scale(grid), persistent=False)
         #: learned log-normalisers, gauge f[-1] = 0 (see :meth:`apply_gauge`)
         self.f = nn.Parameter(torch.zeros(grid.n))
+
+    def _net_scale(self, grid: LevelGrid) -> torch.Tensor | None:
+        """The vector term's per-level factor ``c_t`` (None: unscaled)."""
+        if self.local_sigma is None:
+            return None
+        a2 = grid.alpha**2 * self.sigma_data**2 + grid.sigma**2
+        return (a2 / (grid.alpha**2 * self.local_sigma**2 + grid.sigma**2)).to(torch.get_default_dtype())
 
     def energy(self, x: torch.Tensor, level) -> torch.Tensor:
         lv = self._levels(x, level)
@@ -88,6 +109,8 @@ class PreconditionedEnergy(LevelEnergy):
                 nn_term = out[:, 0]
             else:
                 nn_term = (out[:, : self.dim] * xt).sum(-1)
+                if self.c_net is not None:
+                    nn_term = self.c_net[lv].to(nn_term) * nn_term
                 if head == "inner+scalar":
                     nn_term = nn_term + out[:, self.dim]
         return quad + nn_term + 0.5 * self.dim * torch.log(2 * math.pi * a2)
@@ -113,6 +136,7 @@ def build_mlp_energy(
     input_fourier: int = 0,
     input_fourier_scale: float = 4.0,
     head: str = "inner",
+    local_sigma: float | None = None,
 ) -> PreconditionedEnergy:
     from boltzdiff.models.mlp import ResMLP
 
@@ -126,7 +150,7 @@ def build_mlp_energy(
         input_fourier_scale=input_fourier_scale,
         head=head,
     )
-    return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input)
+    return PreconditionedEnergy(net, grid, mu, sigma_data, time_input=time_input, local_sigma=local_sigma)
 
 
 def refine_levels(model: PreconditionedEnergy, factor: int) -> PreconditionedEnergy:
@@ -178,6 +202,9 @@ def refine_levels(model: PreconditionedEnergy, factor: int) -> PreconditionedEne
     new.c_noise = c.to(dt).to(dev)
     for name in ("alpha", "a2", "c_noise"):  # the trained levels bit for bit
         getattr(new, name)[::factor] = getattr(model, name)
+    if model.c_net is not None:
+        new.c_net = new._net_scale(grid).to(dt).to(dev)
+        new.c_net[::factor] = model.c_net
     f = model.f.detach().double()
     f_new = torch.cat([(f[:-1, None] + frac * (f[1:, None] - f[:-1, None])).reshape(-1), f[-1:]])
     new.f = torch.nn.Parameter(f_new.to(model.f.dtype).to(model.f.device), requires_grad=False)
