@@ -237,3 +237,24 @@ def test_states_with_the_same_atom_count_but_another_atom_order_are_refused(tmp_
     rc = main(["freeenergy", "alanine_dipeptide:vacuum", str(d), "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "different topologies" in err and len(err.strip().splitlines()) == 1
+
+
+def test_molecular_states_can_be_sampled_by_plain_md_and_count_no_bias_building(tmp_path):
+    """``state_method: md`` replaces the preset's metadynamics by plain MD of ``state_ns``: its frames, its MD
+    steps counted as evaluations (no bias-building run), and a bad method named before any MD runs."""
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.freeenergy.pipeline import FreeEnergySettings, _reference_evals, state_samples
+    from boltzdiff.systems import load_system
+
+    system = load_system("alanine_dipeptide", "vacuum")
+    s = FreeEnergySettings(state_ns=0.002, state_method="md")
+    x, evals = state_samples(system, tmp_path / "A", s, seed=0, progress=False)
+    prog = json.loads((tmp_path / "A" / "reference" / "progress.json").read_text())
+    assert x.shape[1] == 66 and len(x) == 8  # 2 ps, a frame every 0.25 ps (the quick preset's interval)
+    assert "metad" not in json.dumps(prog) and not (tmp_path / "A" / "reference" / "bias").exists()
+    assert evals == 2000 + len(x)
+    assert _reference_evals({"method": "metad", "build_ns": 0.4, "ns": 1.0}, 0) == 1_400_000
+    assert _reference_evals({"method": "md", "build_ns": 0.4, "ns": 1.0}, 0) == 1_000_000
+    with pytest.raises(ConfigError, match="state_method"):
+        state_samples(system, tmp_path / "B", FreeEnergySettings(state_method="remd"), seed=0, progress=False)
+    assert not (tmp_path / "B" / "reference").exists()

@@ -50,6 +50,10 @@ class FreeEnergySettings:
     state_ns : float or None
         Molecules: nanoseconds of each state's sampling after the bias is built (the preset's reference ``ns``;
         None keeps the preset's). Where the end states overlap well, their sampling limits every estimate.
+    state_method : str or None
+        Molecules: ``md`` (plain Langevin MD from the system's structure) or ``metad`` (metadynamics, then
+        frames reweighted to the state) for each state's sampling; None keeps the preset's. Plain MD gives
+        unweighted frames but no basin it cannot cross into within ``state_ns``.
     train : InterpolantTrainConfig
     """
 
@@ -62,6 +66,7 @@ class FreeEnergySettings:
     n_particles: int = 2000
     mcmc_steps: int = 3
     state_ns: float | None = None
+    state_method: str | None = None
     train: InterpolantTrainConfig = field(default_factory=InterpolantTrainConfig)
 
 
@@ -156,6 +161,12 @@ def state_samples(system, where: Path, s: FreeEnergySettings, seed: int, progres
         if not float(s.state_ns) > 0:
             raise ConfigError(f"--set state_ns: expected a positive number of nanoseconds, got {s.state_ns!r}")
         settings["reference"]["ns"] = float(s.state_ns)
+    if s.state_method is not None:
+        if s.state_method not in ("md", "metad"):
+            raise ConfigError(f"--set state_method: expected 'md' or 'metad', got {s.state_method!r}")
+        if s.state_method == "md":  # keep what plain MD understands: its length, frame interval and seed
+            ref = settings["reference"]
+            settings["reference"] = {"method": "md", **{k: ref[k] for k in ("ns", "save_every_ps", "seed") if k in ref}}
     stage_reference(system, where, settings, progress)
     x = np.load(where / "reference" / "positions.npy")
     return x.reshape(x.shape[0], -1).astype(np.float64), _reference_evals(settings["reference"], x.shape[0])
@@ -163,7 +174,8 @@ def state_samples(system, where: Path, s: FreeEnergySettings, seed: int, progres
 
 def _reference_evals(ref: dict, n_frames: int) -> int:
     step_fs = float(ref.get("timestep_fs", 1.0))
-    ps = 1000.0 * (float(ref.get("build_ns", 0.0)) + float(ref.get("ns", 1.0)))
+    build = float(ref.get("build_ns", 0.0)) if ref.get("method", "md") == "metad" else 0.0
+    ps = 1000.0 * (build + float(ref.get("ns", 1.0)))
     return int(round(ps * 1000.0 / step_fs)) + n_frames
 
 
