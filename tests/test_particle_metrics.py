@@ -219,3 +219,25 @@ def test_analyze_stage_reports_particle_metrics(tmp_path):
     (tmp_path / "lj4" / "reference_summary.json").write_text(json.dumps(summary))
     res = analyze_run(out, progress=False)
     assert "summary_energy_w1_reweighted" not in res and "pair_sum" in res["reference_summary_skipped"]
+
+
+@pytest.mark.parametrize("name", ["lj13", "lj55"])
+def test_shipped_reference_summaries_describe_their_systems_and_converged(name):
+    """The summaries shipped beside lj13/lj55 are found for the shipped systems, their histograms are normalised
+    with (almost) nothing outside, the mean lies inside the quantiles, and independent halves of the chains agree
+    (|z| < 3) with no drift between the production's halves."""
+    import boltzdiff
+    from boltzdiff.analysis.particles import find_reference_summary
+
+    summary, why = find_reference_summary(boltzdiff.load_system(name))
+    assert why is None and summary is not None and summary["system"]["name"] == name
+    assert summary["system"]["pair_sum"] == "ordered"
+    for h in ("energy_hist", "distance_hist"):
+        p = np.asarray(summary[h]["p"])
+        assert len(summary[h]["edges"]) == len(p) + 1
+        assert abs(p.sum() + summary[h]["mass_outside"] - 1) < 1e-5  # p is rounded when written
+        assert summary[h]["mass_outside"] < 1e-3
+    q = summary["energy_quantiles_kT"]
+    assert q["1%"] < q["50%"] < q["99%"] and q["5%"] < summary["mean_energy_kT"] < q["95%"]
+    assert abs(summary["halves"]["z"]) < 3 and abs(summary["drift"]["z"]) < 3
+    assert summary["mean_energy_se_kT"] < 0.01 * abs(summary["mean_energy_kT"])
