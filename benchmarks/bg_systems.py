@@ -49,9 +49,10 @@ def strict_json(v):
     return v
 
 
-def share_reference(out: Path, candidates: list[Path]) -> None:
+def share_reference(out: Path, candidates: list[Path], loss: str) -> None:
     """Both losses train on the same reference data: copy a finished reference stage of the same settings from
-    another run directory of this benchmark instead of simulating it again (it is counted for each method)."""
+    another run directory of this benchmark instead of simulating it again (it is counted for each method),
+    with that run's pipeline.json for this loss (a folder holding a stage's output without one is refused)."""
     if (out / "reference").exists():
         return
     for c in candidates:
@@ -59,6 +60,9 @@ def share_reference(out: Path, candidates: list[Path]) -> None:
         if c != out and prog.is_file() and json.loads(prog.read_text()).get("completed"):
             out.mkdir(parents=True, exist_ok=True)
             shutil.copytree(c / "reference", out / "reference")
+            meta = json.loads((c / "pipeline.json").read_text())
+            meta["settings"]["train"]["loss"] = loss
+            (out / "pipeline.json").write_text(json.dumps(meta, indent=2) + "\n")
             print(f"reference data copied from {c.relative_to(ROOT)}")
             return
 
@@ -115,7 +119,7 @@ def main() -> None:
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
     for loss in losses:
         out = WORK / f"{name}_{args.preset}_{loss}_seed{args.seed}"
-        share_reference(out, [WORK / f"{name}_{args.preset}_{lo}_seed{args.seed}" for lo in ("diffclf", "dsm")])
+        share_reference(out, [WORK / f"{name}_{args.preset}_{lo}_seed{args.seed}" for lo in ("diffclf", "dsm")], loss)
         t0 = time.perf_counter()
         res = run_pipeline(
             args.system, out, preset=args.preset, variant=args.variant, seed=args.seed, loss=loss, progress=False
