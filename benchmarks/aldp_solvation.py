@@ -3,7 +3,8 @@ F_B - F_A from the interpolant energy (``boltzdiff freeenergy``, both of its est
 alchemical lambda path, each with the target-energy evaluations it spent (end-state sampling included).
 
     python benchmarks/aldp_solvation.py [--seeds 0-2] [--mbar-repeats 3] [--ps-per-window 200] [--windows 12]
-                                        [--loss diffclf] [--table-only]
+                                        [--loss diffclf] [--table-only] [--md-bar-ns 3]
+                                        [--state-ns NS] [--state-method md|metad]
 
 Work directories: ``benchmarks/_work/solvation/`` (finished runs are kept). Writes
 ``benchmarks/results/aldp_solvation.json`` (one row per estimate and run: ``delta_f_kT, delta_f_se_kT,
@@ -62,8 +63,40 @@ def mbar_row(seed: int, args) -> dict:
     )
 
 
+def md_bar_row(seed: int, args) -> dict:
+    """A check of the baseline that shares none of its windows: long plain MD of each end state alone (after
+    0.5 ns of equilibration, so its start structure is forgotten) and BAR between the two (MBAR over lambda 0
+    and 1; u_B - u_A spreads over ~2 kT, so the end states overlap directly)."""
+    ns = args.md_bar_ns
+    f = WORK / f"bar_md_ns{ns:g}_s{seed}.json"
+    if not f.exists():
+        from boltzdiff.freeenergy.alchemical import alchemical_mbar
+
+        r = alchemical_mbar(
+            "alanine_dipeptide",
+            "vacuum",
+            "implicit",
+            [0.0, 1.0],
+            ps_per_window=1000.0 * ns,
+            save_every_ps=1.0,
+            seed=2000 + seed,
+            equilibrate_ps=500.0,
+        )
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({k: v for k, v in r.items() if not isinstance(v, np.ndarray)}, default=float))
+    r = json.loads(f.read_text())
+    return dict(
+        method="bar_plain_md_end_states",
+        seed=seed,
+        delta_f_kT=r["delta_f_kT"],
+        delta_f_se_kT=r["delta_f_se_kT"],
+        n_target_evals=r["n_target_evals"],
+        ns_per_state=ns,
+    )
+
+
 def interpolant_rows(seed: int, args) -> list[dict]:
-    tag = f"_ns{args.state_ns:g}" if args.state_ns else ""
+    tag = (f"_ns{args.state_ns:g}" if args.state_ns else "") + (f"_{args.state_method}" if args.state_method else "")
     d = WORK / f"{args.loss}{tag}_s{seed}"
     done = (d / "estimates.json").exists() and "endpoint_bar" in json.loads((d / "estimates.json").read_text())
     if not done and not args.table_only:
@@ -81,6 +114,7 @@ def interpolant_rows(seed: int, args) -> list[dict]:
             args.loss,
             "--no-progress",
             *(["--set", f"state_ns={args.state_ns}"] if args.state_ns else []),
+            *(["--set", f"state_method={args.state_method}"] if args.state_method else []),
         ]
         with open(WORK / f"{d.name}.log", "a") as fh:
             subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -184,6 +218,9 @@ def main(argv=None) -> int:
     p.add_argument("--loss", default="diffclf", choices=["diffclf", "dsm"])
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--state-ns", type=float, default=None, help="ns of each state's sampling (default: the preset's)")
+    p.add_argument("--state-method", choices=["md", "metad"], default=None, help="each state's sampling")
+    p.add_argument("--md-bar-ns", type=float, default=0.0, help="also BAR between NS of plain MD per end state")
+    p.add_argument("--md-bar-repeats", type=int, default=3)
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -192,6 +229,9 @@ def main(argv=None) -> int:
             continue
         rows.append(mbar_row(s, args))
         print(f"mbar seed {s}: {rows[-1]['delta_f_kT']:.3f} ± {rows[-1]['delta_f_se_kT']:.3f}", flush=True)
+    for s in range(args.md_bar_repeats if args.md_bar_ns > 0 else 0):
+        rows.append(md_bar_row(s, args))
+        print(f"plain-MD BAR seed {s}: {rows[-1]['delta_f_kT']:.3f} ± {rows[-1]['delta_f_se_kT']:.3f}", flush=True)
     for s in parse_seeds(args.seeds):
         rows += interpolant_rows(s, args)
     out = RESULTS / "aldp_solvation.json"
