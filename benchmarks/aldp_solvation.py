@@ -33,34 +33,31 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(int(a), int(b or a) + 1))
 
 
-def mbar_row(seed: int, args) -> dict:
-    f = WORK / f"mbar_w{args.windows}_ps{args.ps_per_window:g}_s{seed}.json"
+def _alchemical(f: Path, lambdas, ps: float, seed: int, equilibrate_ps: float) -> dict:
+    """``alchemical_mbar`` between the two states, cached in ``f`` (its scalar results)."""
     if not f.exists():
         from boltzdiff.freeenergy.alchemical import alchemical_mbar
 
-        lambdas = np.linspace(0.0, 1.0, args.windows)
         r = alchemical_mbar(
             "alanine_dipeptide",
             "vacuum",
             "implicit",
             lambdas,
-            ps_per_window=args.ps_per_window,
+            ps_per_window=ps,
             save_every_ps=1.0,
-            seed=1000 + seed,
-            equilibrate_ps=10.0,
+            seed=seed,
+            equilibrate_ps=equilibrate_ps,
         )
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps({k: v for k, v in r.items() if not isinstance(v, np.ndarray)}, default=float))
     r = json.loads(f.read_text())
-    return dict(
-        method="mbar_alchemical",
-        seed=seed,
-        delta_f_kT=r["delta_f_kT"],
-        delta_f_se_kT=r["delta_f_se_kT"],
-        n_target_evals=r["n_target_evals"],
-        windows=args.windows,
-        ps_per_window=args.ps_per_window,
-    )
+    return {k: r[k] for k in ("delta_f_kT", "delta_f_se_kT", "n_target_evals")}
+
+
+def mbar_row(seed: int, args) -> dict:
+    f = WORK / f"mbar_w{args.windows}_ps{args.ps_per_window:g}_s{seed}.json"
+    r = _alchemical(f, np.linspace(0.0, 1.0, args.windows), args.ps_per_window, 1000 + seed, 10.0)
+    return dict(method="mbar_alchemical", seed=seed, **r, windows=args.windows, ps_per_window=args.ps_per_window)
 
 
 def md_bar_row(seed: int, args) -> dict:
@@ -68,31 +65,8 @@ def md_bar_row(seed: int, args) -> dict:
     0.5 ns of equilibration, so its start structure is forgotten) and BAR between the two (MBAR over lambda 0
     and 1; u_B - u_A spreads over ~2 kT, so the end states overlap directly)."""
     ns = args.md_bar_ns
-    f = WORK / f"bar_md_ns{ns:g}_s{seed}.json"
-    if not f.exists():
-        from boltzdiff.freeenergy.alchemical import alchemical_mbar
-
-        r = alchemical_mbar(
-            "alanine_dipeptide",
-            "vacuum",
-            "implicit",
-            [0.0, 1.0],
-            ps_per_window=1000.0 * ns,
-            save_every_ps=1.0,
-            seed=2000 + seed,
-            equilibrate_ps=500.0,
-        )
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps({k: v for k, v in r.items() if not isinstance(v, np.ndarray)}, default=float))
-    r = json.loads(f.read_text())
-    return dict(
-        method="bar_plain_md_end_states",
-        seed=seed,
-        delta_f_kT=r["delta_f_kT"],
-        delta_f_se_kT=r["delta_f_se_kT"],
-        n_target_evals=r["n_target_evals"],
-        ns_per_state=ns,
-    )
+    r = _alchemical(WORK / f"bar_md_ns{ns:g}_s{seed}.json", [0.0, 1.0], 1000.0 * ns, 2000 + seed, 500.0)
+    return dict(method="bar_plain_md_end_states", seed=seed, **r, ns_per_state=ns)
 
 
 def interpolant_rows(seed: int, args) -> list[dict]:
