@@ -21,7 +21,8 @@ at the end of the bridge (the lowest of the runs). Those records replace ones wi
     python benchmarks/aldp_model_fidelity.py --from-runs benchmarks/_work/repeats/diffclf_s{0,1,2}
 
 Work directories: ``benchmarks/_work/model_fidelity/<row>_s<seed>/`` (a run whose ``eval.json`` exists is kept;
-one with only ``ckpt.pt`` resumes). Writes ``benchmarks/results/aldp_model_fidelity.json``.
+one with only ``ckpt.pt`` resumes). Writes ``benchmarks/results/aldp_model_fidelity.json``: each record
+replaces the one with the same row name and seed, the other rows' records are kept.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ ROWS: list[tuple[str, dict]] = [
     ("diffclf_torsions", {"pairmlp": {"stiffness_init": 1.0, "torsions": "cvs"}}),
     ("diffclf_k4", {"k": 4}),
     ("diffclf_levels64", {"n_levels": 64}),
+    ("diffclf_12000", {"steps": 12000}),
+    ("diffclf_12000_lr5e-4", {"steps": 12000, "lr": 5.0e-4}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 
@@ -241,6 +244,17 @@ def record_from_run(run: Path, n: int, n_runs: int) -> dict:
     return rec
 
 
+def write_merged(out: Path, new: list[dict]) -> None:
+    """Write ``new`` into the results file ``out``, replacing the records with the same (name, seed) and keeping
+    every other row's (atomically: a temporary file renamed over ``out``)."""
+    old = json.loads(out.read_text()) if out.exists() else []
+    keys = {(r["name"], r["seed"]) for r in new}
+    recs = [r for r in old if (r["name"], r["seed"]) not in keys] + new
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(recs, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
 def _fmt(v, nd=2) -> str:
     return "—" if v is None else f"{v:.{nd}f}"
 
@@ -288,11 +302,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.from_runs:
         out = Path(args.out)
-        old = json.loads(out.read_text()) if out.exists() else []
         new = [record_from_run(Path(d), args.plain_n, args.plain_runs) for d in args.from_runs]
-        keys = {(r["name"], r["seed"]) for r in new}
-        recs = [r for r in old if (r["name"], r["seed"]) not in keys] + new
-        out.write_text(json.dumps(recs, indent=1) + "\n")
+        write_merged(out, new)
         print(table(new))
         for r in new:
             print(
@@ -315,7 +326,7 @@ def main(argv=None) -> int:
         recs = [r for r in pool.map(run_job, jobs) if r is not None]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(recs, indent=1) + "\n")
+    write_merged(out, recs)
     print(table(recs))
     print(f"wrote {out} ({len(recs)} of {len(jobs)} runs)")
     return 0 if len(recs) == len(jobs) else 1
