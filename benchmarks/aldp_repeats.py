@@ -17,7 +17,8 @@ of the finished run ``<loss>_<TAG>_s<S>`` (``-`` for the untagged one) and redoe
 the same data and models, sampled differently.
 
 Work directories: ``benchmarks/_work/repeats/<loss>_s<S>/``
-(finished runs are kept, interrupted ones resume). Writes ``benchmarks/results/aldp_repeats_<loss>.json``.
+(finished runs are kept, interrupted ones resume). Writes ``benchmarks/results/aldp_repeats_<loss>.json``, merged
+by seed into the runs it already holds.
 """
 
 from __future__ import annotations
@@ -303,13 +304,22 @@ def main(argv=None) -> int:
         return 1
     tag = args.tag
     out = Path(args.out or RESULTS / f"aldp_repeats_{args.loss}{'_' + tag if tag else ''}.json")
+    command = "python benchmarks/" + Path(__file__).name + " " + " ".join(argv if argv is not None else sys.argv[1:])
+    # merged by seed into what the file holds (other seeds' runs and the commands that made them are kept)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    seeds = {r["seed"] for r in recs}
+    runs = sorted([r for r in old.get("runs", []) if r["seed"] not in seeds] + recs, key=lambda r: r["seed"])
+    commands = old.get("commands") or ([old["command"]] if old.get("command") else [])
     payload = dict(
-        command="python benchmarks/" + Path(__file__).name + " " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command=command,
+        commands=[c for c in commands if c != command] + [command],
         reference_delta_f_kT=ref["reference_delta_f_kT"],
         reference_delta_f_se_kT=ref["reference_delta_f_se_kT"],
-        runs=recs,
+        runs=runs,
     )
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, out)
     print(table(recs, ref))
     print(f"wrote {out}")
     return 0
