@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "model_fidelity"
 RESULTS = ROOT / "benchmarks" / "results"
 
+#: a row's ``data``: the run's raw metadynamics frames (``<frames dir>/metad/frames.npy``) with their log-weights
+WEIGHTED_FRAMES = "metad frames, weighted"
+
 #: (name, overrides of the recipe), in priority order
 ROWS: list[tuple[str, dict]] = [
     ("diffclf", {}),
@@ -58,6 +61,9 @@ ROWS: list[tuple[str, dict]] = [
     ("diffclf_levels64", {"n_levels": 64}),
     ("diffclf_12000", {"steps": 12000}),
     ("diffclf_12000_lr5e-4", {"steps": 12000, "lr": 5.0e-4}),
+    # every metadynamics frame beside the resampled set, each batch drawn by the frames' exact weights exp(V/kT)
+    ("diffclf_weighted_frames", {"data": WEIGHTED_FRAMES}),
+    ("dsm_weighted_frames", {"loss": "dsm", "data": WEIGHTED_FRAMES}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 
@@ -96,7 +102,11 @@ def row_config(base: dict, overrides: dict, data: Path, data_temperature: float,
     temperature (for target score matching)."""
     train = dict(base["train"])
     train.update(overrides)
-    train["data"] = str(data)
+    if overrides.get("data") == WEIGHTED_FRAMES:
+        raw = Path(data).parent / "metad"
+        train["data"], train["data_log_weights"] = str(raw / "frames.npy"), str(raw / "log_weights.npy")
+    else:
+        train["data"] = str(data)
     train["data_temperature"] = float(data_temperature)
     train["device"] = "cpu"
     if threads:
@@ -122,7 +132,7 @@ def plan(args) -> list[dict]:
         for seed in seeds:
             d = Path(args.work) / f"{name}_s{seed}"
             cfg = row_config(base, over, Path(args.frames), args.data_temperature, threads)
-            train = [*cli_prefix(), "train", "--system", "alanine_dipeptide", "--data", str(args.frames)]
+            train = [*cli_prefix(), "train", "--system", "alanine_dipeptide", "--data", cfg["train"]["data"]]
             train += ["--config", str(d / "cfg.yaml"), "--seed", str(seed), "--out", str(d / "train"), "--no-progress"]
             if (d / "train" / "ckpt.pt").exists() and not (d / "train" / "model.pt").exists():
                 train.append("--resume")

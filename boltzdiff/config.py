@@ -93,6 +93,11 @@ class TrainConfig:
     data_temperature: float | None = doc_field(
         None, "temperature (K) the training data were sampled at, for target score matching (null: the system's)"
     )
+    data_log_weights: str | None = doc_field(
+        None,
+        "per-row log-weights of ``data`` (.npy, one per row; e.g. metadynamics frames under their bias): each batch "
+        "draws rows with probability proportional to exp(log w); null: uniform",
+    )
 
     def validate(self, where: str = "config") -> TrainConfig:
         def bad(name, expect):
@@ -141,6 +146,8 @@ class TrainConfig:
             bad("network", " or ".join(repr(n) for n in NETWORKS))
         if self.level_sampling not in ("uniform", "local", "mixed"):
             bad("level_sampling", "'uniform', 'local' or 'mixed'")
+        if self.data_log_weights is not None and (not isinstance(self.data_log_weights, str) or not self.data):
+            bad("data_log_weights", "null, or a .npy path together with 'data'")
         for name in ("tsm_scale", "local_scale", "data_temperature"):
             v = getattr(self, name)
             auto = name in ("tsm_scale", "local_scale")

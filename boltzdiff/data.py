@@ -72,3 +72,38 @@ def training_data(target, data_path: str | None, n_data: int, generator: torch.G
             "(a .npy/.npz/.h5 file of configurations, e.g. from `boltzdiff simulate`)"
         )
     return target.sample(n_data, generator=generator).to(torch.get_default_dtype())
+
+
+def load_log_weights(path: str | Path, n_rows: int) -> torch.Tensor:
+    """Per-row log-weights ``(n_rows,)`` float64 of the training data from a .npy file (``data_log_weights``);
+    one-line errors for a missing file, a wrong length or non-finite values."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data_log_weights: file {p} does not exist (expected .npy with one log-weight per data row)")
+    try:
+        a = np.load(p)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data_log_weights: cannot read {p} ({e})") from None
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.shape[0] != n_rows:
+        raise ConfigError(f"data_log_weights: {p} holds {a.shape[0]} values; expected {n_rows}, one per data row")
+    if not np.isfinite(a).all():
+        raise ConfigError(f"data_log_weights: {p} has non-finite values")
+    return torch.as_tensor(a)
+
+
+def batch_indices(n: int, batch: int, generator: torch.Generator, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """``(batch,)`` row indices of one training batch: uniform over ``n`` rows, or with replacement in proportion
+    to ``probs`` ``(n,)`` (weighted data)."""
+    if probs is None:
+        return torch.randint(0, n, (batch,), generator=generator)
+    return torch.multinomial(probs, batch, replacement=True, generator=generator)
+
+
+def weighted_view(data: torch.Tensor, probs: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """``data`` itself, or (weighted data) as many rows drawn in proportion to ``probs`` from their own stream
+    of ``seed``: what statistics of the data distribution (mean, width, pair distances) are taken over."""
+    if probs is None:
+        return data
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    return data[torch.multinomial(probs, data.shape[0], replacement=True, generator=g)]

@@ -22,7 +22,7 @@ import yaml
 
 from boltzdiff import distributed as dist
 from boltzdiff.config import TrainConfig
-from boltzdiff.data import training_data
+from boltzdiff.data import batch_indices, load_log_weights, training_data, weighted_view
 from boltzdiff.errors import ConfigError
 from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text, load_yaml_mapping, torch_load
 from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
@@ -151,11 +151,11 @@ def build_model(
 
 
 def data_scores(
-    system: System, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
+    system: System, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096, mask: bool = False
+):
     """``grad log p_data`` at each training configuration, from the target's forces: data sampled at
     ``data_temperature`` follow ``exp(-u T_sys / T_data)``, so the score is ``(T_sys / T_data) force``.
-    Rows whose force is not finite are dropped (logged). Returns ``(data, score)``."""
+    Rows whose force is not finite are dropped (logged). Returns ``(data, score)`` (``mask``: and the kept rows)."""
     t_sys = system.temperature
     ratio = 1.0
     if data_temperature is not None:
@@ -172,7 +172,7 @@ def data_scores(
         log.warning("tsm: %d of %d training configurations have a non-finite force; dropped", int((~ok).sum()), len(g))
         if not ok.any():
             raise ConfigError("tsm_scale: no training configuration has a finite force")
-    return data[ok], g[ok].to(data.dtype)
+    return (data[ok], g[ok].to(data.dtype)) + ((ok,) if mask else ())
 
 
 def resolve_tsm_scale(tsm_scale, system: System) -> float | None:
@@ -291,15 +291,17 @@ def train(
     particles = is_particle_system(system) and cfg.network in ("egnn", "pairmlp")
     if particles:
         data = centre(data, target.event_shape)
-    score0 = None
+    score0, log_w = None, (None if cfg.data_log_weights is None else load_log_weights(cfg.data_log_weights, len(data)))
     if cfg.tsm_scale is not None:
-        data, score0 = data_scores(system, data, cfg.data_temperature)
-    mu, sigma_d = data_stats(data, centred=particles)
+        data, score0, ok = data_scores(system, data, cfg.data_temperature, mask=True)
+        log_w = None if log_w is None else log_w[ok]
+    probs = None if log_w is None else torch.softmax(log_w, 0)  # weighted data: batches drawn by weight
+    mu, sigma_d = data_stats(weighted_view(data, probs, cfg.seed), centred=particles)
     grid = build_grid(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, grid, mu, sigma_d, system)
     if hasattr(model.net, "set_pair_stats"):
-        model.net.set_pair_stats(data)
+        model.net.set_pair_stats(weighted_view(data, probs, cfg.seed))
     model = model.to(device)
     ema = EMA(model, cfg.ema, None if cfg.average_from is None else int(round(cfg.average_from * cfg.steps)))
     f_params = [model.f]
@@ -381,7 +383,7 @@ def train(
                 save()
                 raise TrainingInterrupted(step, ckpt_path)
             # the global batch (indices, levels, noise) from one generator; this process keeps its rows
-            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)[step_fn.rows].to(device)
+            idx = batch_indices(n, cfg.batch_size, gen, probs)[step_fn.rows].to(device)
             x0 = data[idx]
             g0 = None if score0 is None else score0[idx]
             levels = draw_levels(cfg.batch_size, grid.n, cfg.k, gen, cfg.level_sampling, cfg.level_window)
