@@ -167,7 +167,27 @@ def run_job(job: dict) -> dict | None:
             if r.returncode != 0:
                 print(f"  {job['name']} seed {job['seed']}: evaluate failed (rc {r.returncode}), see {log}")
                 return None
+    own = job.get("own_smc")
+    if own is not None and not (d / "own_smc.json").exists():
+        with open(log, "a") as fh:
+            r = subprocess.run(own, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        print(f"  {job['name']} seed {job['seed']}: model's own SMC (rc {r.returncode})")
     return record(job)
+
+
+def own_smc_command(job: dict, frames: Path, energies: Path, n: int, runs: int) -> list[str]:
+    """``boltzdiff evaluate --estimator smc`` on a job's model: its own SMC, the profile scored against
+    ``frames`` (``own_smc.json`` in the job's directory)."""
+    cmd = [*cli_prefix(), "evaluate", str(job["dir"] / "train"), "--reference", str(frames)]
+    cmd += ["--reference-energies", str(energies), "--estimator", "smc", "--smc-particles", str(n)]
+    return cmd + [
+        "--smc-runs",
+        str(runs),
+        "--seed",
+        str(job["seed"]),
+        "--model-only-out",
+        str(job["dir"] / "own_smc.json"),
+    ]
 
 
 def record(job: dict) -> dict:
@@ -185,7 +205,36 @@ def record(job: dict) -> dict:
     )
     rec.update({k: mo.get(k) for k in FIELDS})
     rec["train_wall_s"] = round(float(summ["wall_s"]), 1)
+    if job.get("heldout") is not None:
+        rec.update(heldout_scores(tdir, job["dir"] / "heldout.json", job["heldout"], job["config"].get("variant")))
+    own = job["dir"] / "own_smc.json"
+    if own.exists():
+        mo = json.loads(own.read_text())["model_only"]
+        rec.update({f"own_smc_{k}": mo.get(k) for k in FIELDS if k != "phi_grid_rad"})
+        rec.update(own_smc_delta_f_runs_kT=mo.get("delta_f_model_runs_kT"), own_smc_runs=mo.get("smc"))
     return rec
+
+
+def load_heldout(runs: list[str]) -> tuple:
+    """Frames and reduced energies of independent ``boltzdiff run`` directories' reference stages, concatenated
+    (``reference/positions.npy``, ``reference/energies.npy``): Boltzmann frames no model here was trained on."""
+    import numpy as np
+
+    xs = [np.load(Path(r) / "reference" / "positions.npy") for r in runs]
+    us = [np.load(Path(r) / "reference" / "energies.npy") for r in runs]
+    return np.concatenate(xs), np.concatenate(us)
+
+
+def heldout_scores(tdir: Path, cache: Path, heldout: tuple, variant: str | None) -> dict:
+    """The model-only figures of a trained model against the held-out frames (``heldout_*`` fields; cached)."""
+    if not cache.exists():
+        from boltzdiff.evaluate_molecule import model_only_block
+        from boltzdiff.systems import load_system
+
+        mo = model_only_block(load_system("alanine_dipeptide", variant=variant), tdir, heldout[0], heldout[1])
+        cache.write_text(json.dumps({k: mo.get(k) for k in FIELDS}))
+    mo = json.loads(cache.read_text())
+    return {f"heldout_{k}": mo.get(k) for k in FIELDS if k != "phi_grid_rad"}
 
 
 def plain_sampler(run: Path, n: int, n_runs: int, seed: int) -> dict:
@@ -309,6 +358,21 @@ def main(argv=None) -> int:
     p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="score `boltzdiff run` directories")
     p.add_argument("--plain-n", type=int, default=2000, help="particles per plain-sampler SMC run")
     p.add_argument("--plain-runs", type=int, default=2, help="independent plain-sampler SMC runs")
+    p.add_argument(
+        "--heldout-runs",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="also score each model on these independent runs' reference frames (heldout_* fields)",
+    )
+    p.add_argument(
+        "--own-smc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run each model's own SMC (no target energy) with N particles per run (own_smc_* fields)",
+    )
+    p.add_argument("--own-smc-runs", type=int, default=2, help="independent runs of --own-smc")
     args = p.parse_args(argv)
     if args.from_runs:
         out = Path(args.out)
@@ -325,6 +389,19 @@ def main(argv=None) -> int:
         return 0
 
     jobs = plan(args)
+    heldout = load_heldout(args.heldout_runs) if args.heldout_runs else None
+    frames, energies = Path(args.frames), Path(args.energies)
+    if heldout is not None:  # the own SMC's profile is scored against the held-out frames too
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        frames, energies = Path(args.work) / "heldout_frames.npy", Path(args.work) / "heldout_energies.npy"
+        import numpy as np
+
+        np.save(frames, heldout[0])
+        np.save(energies, heldout[1])
+    for job in jobs:
+        job["heldout"] = heldout
+        if args.own_smc:
+            job["own_smc"] = own_smc_command(job, frames, energies, args.own_smc, args.own_smc_runs)
     if args.dry_run:
         for job in jobs:
             cfg = write_config(job)

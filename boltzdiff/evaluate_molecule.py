@@ -7,6 +7,7 @@ the pipeline's analysis can add to ``analysis.json``; the numerics are :mod:`bol
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from boltzdiff.systems import dihedral_cvs
 
 log = logging.getLogger(__name__)
 
-ESTIMATORS = ("reweight", "chains")
+ESTIMATORS = ("reweight", "chains", "smc")
 
 
 def require_dihedral_cv(system, cv: str | None = None) -> tuple[str, list[int]]:
@@ -157,10 +158,12 @@ def model_only_block(
         Which dihedral (default ``phi``, else the first declared).
     state : ``"CV:LO:HI"`` or ``(cv, lo, hi)``, optional
         The state for ΔF when the spec has no ``states:`` (see :func:`resolve_state`).
-    estimator : {"reweight", "chains"}
-        A (default) or B (:mod:`boltzdiff.analysis.model_only`).
+    estimator : {"reweight", "chains", "smc"}
+        A (default), B (:mod:`boltzdiff.analysis.model_only`) or C: the model's own SMC from pure noise down to
+        its cleanest level (no target energy, no frames; :func:`model_smc`).
     n_chains, n_steps : int
-        Estimator B's chains (started from randomly chosen frames) and steps per chain.
+        Estimator B's chains (started from randomly chosen frames) and steps per chain; estimator C: particles
+        per SMC run and the number of independent runs.
 
     Returns
     -------
@@ -203,12 +206,14 @@ def model_only_block(
     lw_ref = lw if u_target is None else lw + ref_u - np.asarray(u_target, dtype=np.float64)
     lv = lw + ref_u - e
     block: dict = dict(
-        estimator="reweight" if estimator == "reweight" else "chains",
-        estimator_detail=(
-            "reference frames reweighted to the model's cleanest level: log v = log w + u - E_theta(x, t_0)"
-            if estimator == "reweight"
-            else f"MALA chains on E_theta(x, t_0) alone from {n_chains} reference frames, last halves"
-        ),
+        estimator=estimator,
+        estimator_detail={
+            "reweight": "reference frames reweighted to the model's cleanest level: "
+            "log v = log w + u - E_theta(x, t_0)",
+            "chains": f"MALA chains on E_theta(x, t_0) alone from {n_chains} reference frames, last halves",
+            "smc": f"the model's own SMC from noise to its cleanest level, {n_steps} runs of {n_chains} particles "
+            "(no target energy)",
+        }[estimator],
         cv=cv_name,
         n_frames=int(len(x)),
         phi_grid_rad=bin_centres(DIHEDRAL_EDGES).tolist(),
@@ -222,6 +227,33 @@ def model_only_block(
         # exp(-std^2) for Gaussian log-weights
         fin = np.isfinite(lv)
         block["log_weight_std"] = float(np.std(lv[fin])) if fin.any() else None
+    elif estimator == "smc":
+        strata = None
+        if st is not None:
+            from boltzdiff.pipeline.sample import cv_strata
+
+            strata = cv_strata(system, {"cv": st[1], "edges": [st[2], st[3]], "wrap": True})
+        runs = model_smc(model, int(n_chains), int(n_steps), int(seed), tuple(target.event_shape), strata=strata)
+        phis = [cv_values(system, xr, cv_name, reference=x) for xr, _, _ in runs]
+        lws = [lr - np.logaddexp.reduce(lr) for _, lr, _ in runs]  # each run counts once
+        phi_s, lw_s = np.concatenate(phis), np.concatenate(lws)
+        f_model, bin_ess = binned_free_energy(phi_s, lw_s, DIHEDRAL_EDGES)
+        per = [binned_free_energy(a, b, DIHEDRAL_EDGES)[0] for a, b in zip(phis, lws, strict=True)]
+        hs = dict(
+            rms_kT=aligned_rmse(per[0], per[1])["rmse_kT"] if len(per) > 1 else None,
+            per_split_kT=[],
+            split="SMC runs: first against second",
+        )
+        df_model = None
+        if st is not None:
+            scv = np.concatenate([cv_values(system, xr, st[1], reference=x) for xr, _, _ in runs])
+            df_model = state_delta_f(scv, lw_s, st[2], st[3])
+            dfs = [
+                state_delta_f(cv_values(system, xr, st[1], reference=x), b, st[2], st[3])
+                for (xr, _, _), b in zip(runs, lws, strict=True)
+            ]
+            block["delta_f_model_runs_kT"] = [_num(v) for v in dfs]
+        block.update(n_particles=int(n_chains), n_runs=len(runs), smc=[r[2] for r in runs])
     else:
         gen = torch.Generator().manual_seed(int(seed))
         rng = np.random.default_rng(seed)
@@ -258,6 +290,37 @@ def model_only_block(
         half_split_per_split_kT=[_num(v) for v in hs["per_split_kT"]],
     )
     return block
+
+
+def model_smc(
+    model, n: int, n_runs: int, seed: int, event_shape: tuple, refine: int = 2, strata=None, min_share: float = 0.3
+) -> list[tuple]:
+    """Estimator C: ``n_runs`` independent SMC runs of ``n`` particles on the model alone, from its noisiest
+    level to its cleanest through ``refine - 1`` untrained levels between every two trained ones, with the
+    curvature (matrix) reverse kernel and one MALA step per level. ``strata`` (``x -> labels``, e.g. a state
+    and the rest): every resampling keeps each stratum's total weight and at least ``min_share`` of the
+    particles in each, labelled by the particles' denoised configurations, so a light state keeps enough
+    particles to be measured (the estimate stays unbiased). Returns ``[(x (n, d) float64, log_w (n,),
+    summary dict)]``."""
+    from boltzdiff.models.energy import refine_levels
+    from boltzdiff.samplers.config import SMCConfig
+    from boltzdiff.samplers.mcmc import MCMCConfig
+    from boltzdiff.samplers.smc import smc
+
+    m = refine_levels(model, refine) if refine > 1 else model
+    particles = tuple(event_shape) if len(event_shape) == 2 else None
+    out = []
+    for r in range(n_runs):
+        cfg = SMCConfig(kernel_variance="matrix", particles=particles, mcmc=MCMCConfig("mala", 1))
+        if strata is not None:
+            cfg = dataclasses.replace(
+                cfg, bridge_strata=strata, strata_max_sigma=1e30, strata_min_share=min_share, strata_denoised=True
+            )
+        res = smc(m, n, cfg, generator=torch.Generator().manual_seed(seed + 7919 * r))
+        s = res.summary()
+        keep = {k: s.get(k) for k in ("ess", "n_resample", "n_lineages", "n_model_evals", "wall_s")}
+        out.append((res.x.detach().double().numpy(), res.log_w.detach().double().numpy(), keep))
+    return out
 
 
 def _num(v) -> float | None:
