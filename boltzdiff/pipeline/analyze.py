@@ -228,7 +228,8 @@ def analyze_run(
             )
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
             if ref_x is not None and not seeded and at_t is None:  # the model learnt the source temperature
-                res.update(_model_only(system, out, figs))
+                n_run = int(summ.get("n") or 1000) // max(1, int(summ.get("n_runs") or 1))
+                res.update(_model_only(system, out, figs, min(MODEL_ONLY_PARTICLES, n_run)))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -283,21 +284,28 @@ def analyze_run(
     return res
 
 
-def _model_only(system, out: Path, figs: list) -> dict:
-    """The learned energy alone (no target energy, no importance weights to it): the reference frames
-    reweighted to the first model's lowest level, F(CV) and ΔF against the reference's
-    (:func:`boltzdiff.evaluate_molecule.model_only_block`, docs/method.md#model-only); {} for a system without
-    a dihedral CV."""
+#: particles per run of the model-only SMC (two runs), at most the sample stage's per run
+MODEL_ONLY_PARTICLES = 500
+
+
+def _model_only(system, out: Path, figs: list, n: int) -> dict:
+    """The learned energy alone (no target energy, no importance weights to it): two SMC runs of ``n`` particles
+    on the first model, from noise to its lowest level, F(CV) and ΔF against the reference frames'
+    (:func:`boltzdiff.evaluate_molecule.model_only_block` estimator C, docs/method.md#model-only; the frames the
+    model was trained on would bias a reweighting of them); {} for a system without a dihedral CV."""
     from boltzdiff.evaluate_molecule import model_only_block, plot_model_only, reference_from_run_dir
     from boltzdiff.systems import dihedral_cvs
 
     if not dihedral_cvs(system):
         return {}
     ref_x, ref_u, u_target = reference_from_run_dir(out, system)
-    mo = model_only_block(system, out, ref_x, ref_u, u_target=u_target)
+    seed = int((read_pipeline_json(out) or {}).get("seed", 0))
+    mo = model_only_block(
+        system, out, ref_x, ref_u, u_target=u_target, estimator="smc", n_chains=max(2, n), n_steps=2, seed=seed
+    )
     figs.append(
         (
-            f"model-only F({mo['cv']}): the learned energy alone (reference frames reweighted to it) vs the reference",
+            f"model-only F({mo['cv']}): the learned energy alone (its own SMC, no target energy) vs the reference",
             plot_model_only(mo, out / "model_only.png"),
         )
     )
