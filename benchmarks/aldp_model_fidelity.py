@@ -321,8 +321,9 @@ def _fmt(v, nd=2) -> str:
 def table(records: list[dict]) -> str:
     """Markdown table: per row the median (and per-seed values) of the model-only figures."""
     lines = [
-        "| row | ΔF model (kT) | offset (kT) | F(φ) RMSE (kT) | half-split (kT) | log-w std | ESS frac |",
-        "|---|---|---|---|---|---|---|",
+        "| row | ΔF model (kT) | offset (kT) | F(φ) RMSE (kT) | half-split (kT) | log-w std | ESS frac "
+        "| held-out offset | own SMC ΔF | own SMC offset | own SMC RMSE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = [r["delta_f_reference_kT"] for r in records if r.get("delta_f_reference_kT") is not None]
     for name in dict.fromkeys(r["name"] for r in records):
@@ -337,6 +338,8 @@ def table(records: list[dict]) -> str:
         cols = [f"{name} (seeds {','.join(str(r['seed']) for r in rs)})"]
         cols += [cell("delta_f_model_kT"), cell("region_offset_kT"), cell("rmse_kT"), cell("half_split_rms_kT")]
         cols += [cell("log_weight_std"), cell("ess_fraction", 3)]
+        cols += [cell("heldout_region_offset_kT"), cell("own_smc_delta_f_model_kT"), cell("own_smc_region_offset_kT")]
+        cols += [cell("own_smc_rmse_kT")]
         lines.append("| " + " | ".join(cols) + " |")
     if ref:
         lines.append(f"\nReference ΔF of the frames: {statistics.median(ref):.2f} kT.")
