@@ -7,7 +7,6 @@ the pipeline's analysis can add to ``analysis.json``; the numerics are :mod:`bol
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -246,12 +245,9 @@ def model_only_block(
         )
         df_model = None
         if st is not None:
-            scv = np.concatenate([cv_values(system, xr, st[1], reference=x) for xr, _, _ in runs])
-            df_model = state_delta_f(scv, lw_s, st[2], st[3])
-            dfs = [
-                state_delta_f(cv_values(system, xr, st[1], reference=x), b, st[2], st[3])
-                for (xr, _, _), b in zip(runs, lws, strict=True)
-            ]
+            scvs = phis if st[1] == cv_name else [cv_values(system, xr, st[1], reference=x) for xr, _, _ in runs]
+            df_model = state_delta_f(np.concatenate(scvs), lw_s, st[2], st[3])
+            dfs = [state_delta_f(c, b, st[2], st[3]) for c, b in zip(scvs, lws, strict=True)]
             block["delta_f_model_runs_kT"] = [_num(v) for v in dfs]
         block.update(n_particles=int(n_chains), n_runs=len(runs), smc=[r[2] for r in runs])
     else:
@@ -309,13 +305,18 @@ def model_smc(
 
     m = refine_levels(model, refine) if refine > 1 else model
     particles = tuple(event_shape) if len(event_shape) == 2 else None
+    # strata at every level (no sigma cap): any labelling keeps the estimate unbiased
+    strat = {} if strata is None else dict(bridge_strata=strata, strata_max_sigma=1e30, strata_min_share=min_share)
     out = []
     for r in range(n_runs):
-        cfg = SMCConfig(kernel_variance="matrix", particles=particles, mcmc=MCMCConfig("mala", 1))
-        if strata is not None:
-            cfg = dataclasses.replace(
-                cfg, bridge_strata=strata, strata_max_sigma=1e30, strata_min_share=min_share, strata_denoised=True
-            )
+        # built per run: smc adapts the MALA step size in place
+        cfg = SMCConfig(
+            kernel_variance="matrix",
+            particles=particles,
+            mcmc=MCMCConfig("mala", 1),
+            strata_denoised=strata is not None,
+            **strat,
+        )
         res = smc(m, n, cfg, generator=torch.Generator().manual_seed(seed + 7919 * r))
         s = res.summary()
         keep = {k: s.get(k) for k in ("ess", "n_resample", "n_lineages", "n_model_evals", "wall_s")}

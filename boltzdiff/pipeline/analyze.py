@@ -229,7 +229,8 @@ def analyze_run(
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
             if ref_x is not None and not seeded and at_t is None:  # the model learnt the source temperature
                 n_run = int(summ.get("n") or 1000) // max(1, int(summ.get("n_runs") or 1))
-                res.update(_model_only(system, out, figs, min(MODEL_ONLY_PARTICLES, n_run)))
+                seed = int(meta.get("seed", 0))
+                res.update(_model_only(system, out, figs, min(MODEL_ONLY_PARTICLES, n_run), seed))
         else:
             n, sd = target.event_shape
             h_s = distance_histogram(x.reshape(-1, n, sd), log_w, bins=80)
@@ -288,7 +289,7 @@ def analyze_run(
 MODEL_ONLY_PARTICLES = 500
 
 
-def _model_only(system, out: Path, figs: list, n: int) -> dict:
+def _model_only(system, out: Path, figs: list, n: int, seed: int) -> dict:
     """The learned energy alone (no target energy, no importance weights to it): two SMC runs of ``n`` particles
     on the first model, from noise to its lowest level, F(CV) and ΔF against the reference frames'
     (:func:`boltzdiff.evaluate_molecule.model_only_block` estimator C, docs/method.md#model-only; the frames the
@@ -299,7 +300,6 @@ def _model_only(system, out: Path, figs: list, n: int) -> dict:
     if not dihedral_cvs(system):
         return {}
     ref_x, ref_u, u_target = reference_from_run_dir(out, system)
-    seed = int((read_pipeline_json(out) or {}).get("seed", 0))
     mo = model_only_block(
         system, out, ref_x, ref_u, u_target=u_target, estimator="smc", n_chains=max(2, n), n_steps=2, seed=seed
     )
