@@ -20,6 +20,9 @@ at the end of the bridge (the lowest of the runs). Those records replace ones wi
 
     python benchmarks/aldp_model_fidelity.py --from-runs benchmarks/_work/repeats/diffclf_s{0,1,2}
 
+``--pool-runs DIR ...`` gives the ``*_pooled`` rows their data: those runs' reference frames together (the same
+recipe and number of steps on several times the frames).
+
 Work directories: ``benchmarks/_work/model_fidelity/<row>_s<seed>/`` (a run whose ``eval.json`` exists is kept;
 one with only ``ckpt.pt`` resumes). Writes ``benchmarks/results/aldp_model_fidelity.json``: each record
 replaces the one with the same row name and seed, the other rows' records are kept.
@@ -46,6 +49,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 #: a row's ``data``: the run's raw metadynamics frames (``<frames dir>/metad/frames.npy``) with their log-weights
 WEIGHTED_FRAMES = "metad frames, weighted"
+#: a row's ``data``: the reference frames of the ``--pool-runs`` directories, concatenated (more data, same recipe)
+POOLED_FRAMES = "pooled frames of --pool-runs"
 
 #: (name, overrides of the recipe), in priority order
 ROWS: list[tuple[str, dict]] = [
@@ -64,6 +69,9 @@ ROWS: list[tuple[str, dict]] = [
     # every metadynamics frame beside the resampled set, each batch drawn by the frames' exact weights exp(V/kT)
     ("diffclf_weighted_frames", {"data": WEIGHTED_FRAMES}),
     ("dsm_weighted_frames", {"loss": "dsm", "data": WEIGHTED_FRAMES}),
+    # several independent runs' training frames together: does the basin offset shrink with the amount of data?
+    ("diffclf_pooled", {"data": POOLED_FRAMES}),
+    ("dsm_pooled", {"loss": "dsm", "data": POOLED_FRAMES}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 
@@ -97,12 +105,18 @@ def recipe(pipeline: Path) -> dict:
     return dict(train=train, variant=variant)
 
 
-def row_config(base: dict, overrides: dict, data: Path, data_temperature: float, threads: int | None) -> dict:
+def row_config(
+    base: dict, overrides: dict, data: Path, data_temperature: float, threads: int | None, pooled: Path | None = None
+) -> dict:
     """The ``--config`` YAML mapping of one row: the recipe, the row's overrides, the frames and their
     temperature (for target score matching)."""
     train = dict(base["train"])
     train.update(overrides)
-    if overrides.get("data") == WEIGHTED_FRAMES:
+    if overrides.get("data") == POOLED_FRAMES:
+        if pooled is None:
+            raise SystemExit("--rows: a pooled row needs --pool-runs DIR ... (runs whose reference frames to pool)")
+        train["data"] = str(pooled)
+    elif overrides.get("data") == WEIGHTED_FRAMES:
         raw = Path(data).parent / "metad"
         train["data"], train["data_log_weights"] = str(raw / "frames.npy"), str(raw / "log_weights.npy")
     else:
@@ -131,7 +145,7 @@ def plan(args) -> list[dict]:
         over = dict(ROWS[ROW_NAMES.index(name)][1])
         for seed in seeds:
             d = Path(args.work) / f"{name}_s{seed}"
-            cfg = row_config(base, over, Path(args.frames), args.data_temperature, threads)
+            cfg = row_config(base, over, Path(args.frames), args.data_temperature, threads, args.pooled)
             train = [*cli_prefix(), "train", "--system", "alanine_dipeptide", "--data", cfg["train"]["data"]]
             train += ["--config", str(d / "cfg.yaml"), "--seed", str(seed), "--out", str(d / "train"), "--no-progress"]
             if (d / "train" / "ckpt.pt").exists() and not (d / "train" / "model.pt").exists():
@@ -376,7 +390,21 @@ def main(argv=None) -> int:
         help="also run each model's own SMC (no target energy) with N particles per run (own_smc_* fields)",
     )
     p.add_argument("--own-smc-runs", type=int, default=2, help="independent runs of --own-smc")
+    p.add_argument(
+        "--pool-runs",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="the pooled rows' training data: these runs' reference frames, concatenated",
+    )
     args = p.parse_args(argv)
+    args.pooled = None
+    if args.pool_runs:
+        import numpy as np
+
+        args.pooled = Path(args.work) / "pooled_frames.npy"
+        args.pooled.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.pooled, load_heldout(args.pool_runs)[0])
     if args.from_runs:
         out = Path(args.out)
         new = [record_from_run(Path(d), args.plain_n, args.plain_runs) for d in args.from_runs]

@@ -67,3 +67,29 @@ def test_unknown_row_is_refused(tmp_path):
         assert "unknown row" in str(e)
     else:
         raise AssertionError("an unknown row was accepted")
+
+
+def test_pooled_row_trains_on_the_pooled_runs_frames(tmp_path):
+    import numpy as np
+
+    mod = _script()
+    runs = []
+    for i, n in enumerate((3, 5)):
+        d = tmp_path / f"run{i}" / "reference"
+        d.mkdir(parents=True)
+        np.save(d / "positions.npy", np.full((n, 22, 3), float(i)))
+        np.save(d / "energies.npy", np.zeros(n))
+        runs.append(str(d.parent))
+    work = tmp_path / "work"
+    argv = ["--dry-run", "--rows", "diffclf_pooled", "--seeds", "0", "--work", str(work), "--pool-runs", *runs]
+    argv += ["--pipeline", str(_pipeline(tmp_path)), "--frames", str(tmp_path / "f.npy")]
+    assert mod.main(argv) == 0
+    tr = yaml.safe_load((work / "diffclf_pooled_s0" / "cfg.yaml").read_text())["train"]
+    pooled = np.load(tr["data"])
+    assert pooled.shape == (8, 22, 3) and pooled[:3].max() == 0.0 and pooled[3:].min() == 1.0  # both runs, in order
+    try:  # a pooled row without runs to pool is refused
+        mod.main(["--dry-run", "--rows", "dsm_pooled", "--pipeline", str(_pipeline(tmp_path)), "--work", str(work)])
+    except SystemExit as e:
+        assert "--pool-runs" in str(e)
+    else:
+        raise AssertionError("a pooled row without --pool-runs was accepted")
