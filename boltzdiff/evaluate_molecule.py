@@ -234,7 +234,7 @@ def model_only_block(
             strata = cv_strata(system, {"cv": st[1], "edges": [st[2], st[3]], "wrap": True})
         runs = model_smc(model, int(n_chains), int(n_steps), int(seed), tuple(target.event_shape), strata=strata)
         phis = [cv_values(system, xr, cv_name, reference=x) for xr, _, _ in runs]
-        lws = [lr - np.logaddexp.reduce(lr) for _, lr, _ in runs]  # each run counts once
+        lws, equal = pool_runs([lr for _, lr, _ in runs], [r[2]["log_Z"] for r in runs])
         phi_s, lw_s = np.concatenate(phis), np.concatenate(lws)
         f_model, bin_ess = binned_free_energy(phi_s, lw_s, DIHEDRAL_EDGES)
         per = [binned_free_energy(a, b, DIHEDRAL_EDGES)[0] for a, b in zip(phis, lws, strict=True)]
@@ -249,6 +249,9 @@ def model_only_block(
             df_model = state_delta_f(np.concatenate(scvs), lw_s, st[2], st[3])
             dfs = [state_delta_f(c, b, st[2], st[3]) for c, b in zip(scvs, lws, strict=True)]
             block["delta_f_model_runs_kT"] = [_num(v) for v in dfs]
+            block["delta_f_model_equal_runs_kT"] = _num(
+                state_delta_f(np.concatenate(scvs), np.concatenate(equal), st[2], st[3])
+            )
         block.update(n_particles=int(n_chains), n_runs=len(runs), smc=[r[2] for r in runs])
     else:
         gen = torch.Generator().manual_seed(int(seed))
@@ -288,6 +291,21 @@ def model_only_block(
     return block
 
 
+def pool_runs(log_ws: list, log_zs: list) -> tuple[list, list]:
+    """Independent SMC runs' final log-weights, pooled two ways: ``(by_z, equal)``. ``by_z``: each run's
+    normalised weights times its normaliser estimate Z_r (the default): Z_r times a run's weighted average of f
+    is an unbiased estimate of the unnormalised integral of f, so every region's pooled mass, and their ratios,
+    converge as runs are added at any particle count. ``equal``: each run normalised to total weight one, which
+    averages the runs' ratios instead, and keeps their bias at a fixed particle count however many runs there
+    are."""
+    equal = [np.asarray(lw, dtype=np.float64) - np.logaddexp.reduce(lw) for lw in log_ws]
+    z = np.asarray(log_zs, dtype=np.float64)
+    if not np.all(np.isfinite(z)):
+        return equal, equal
+    z = z - np.logaddexp.reduce(z)
+    return [lw + zr for lw, zr in zip(equal, z, strict=True)], equal
+
+
 def model_smc(
     model, n: int, n_runs: int, seed: int, event_shape: tuple, refine: int = 2, strata=None, min_share: float = 0.3
 ) -> list[tuple]:
@@ -319,7 +337,7 @@ def model_smc(
         )
         res = smc(m, n, cfg, generator=torch.Generator().manual_seed(seed + 7919 * r))
         s = res.summary()
-        keep = {k: s.get(k) for k in ("ess", "n_resample", "n_lineages", "n_model_evals", "wall_s")}
+        keep = {k: s.get(k) for k in ("ess", "n_resample", "n_lineages", "n_model_evals", "wall_s", "log_Z")}
         out.append((res.x.detach().double().numpy(), res.log_w.detach().double().numpy(), keep))
     return out
 
