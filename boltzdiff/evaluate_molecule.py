@@ -137,6 +137,7 @@ def model_only_block(
     n_steps: int = 200,
     n_random_halves: int = 4,
     seed: int = 0,
+    smc_mcmc_steps: int = 1,
 ) -> dict:
     """The model-only F(CV) and ΔF of a trained energy against reference frames, as a JSON-ready dict.
 
@@ -210,8 +211,8 @@ def model_only_block(
             "reweight": "reference frames reweighted to the model's cleanest level: "
             "log v = log w + u - E_theta(x, t_0)",
             "chains": f"MALA chains on E_theta(x, t_0) alone from {n_chains} reference frames, last halves",
-            "smc": f"the model's own SMC from noise to its cleanest level, {n_steps} runs of {n_chains} particles "
-            "(no target energy)",
+            "smc": f"the model's own SMC from noise to its cleanest level, {n_steps} runs of {n_chains} particles, "
+            f"{smc_mcmc_steps} MALA step(s) per level (no target energy)",
         }[estimator],
         cv=cv_name,
         n_frames=int(len(x)),
@@ -232,7 +233,15 @@ def model_only_block(
             from boltzdiff.pipeline.sample import cv_strata
 
             strata = cv_strata(system, {"cv": st[1], "edges": [st[2], st[3]], "wrap": True})
-        runs = model_smc(model, int(n_chains), int(n_steps), int(seed), tuple(target.event_shape), strata=strata)
+        runs = model_smc(
+            model,
+            int(n_chains),
+            int(n_steps),
+            int(seed),
+            tuple(target.event_shape),
+            strata=strata,
+            mcmc_steps=int(smc_mcmc_steps),
+        )
         phis = [cv_values(system, xr, cv_name, reference=x) for xr, _, _ in runs]
         lws, equal = pool_runs([lr for _, lr, _ in runs], [r[2]["log_Z"] for r in runs])
         phi_s, lw_s = np.concatenate(phis), np.concatenate(lws)
@@ -307,11 +316,19 @@ def pool_runs(log_ws: list, log_zs: list) -> tuple[list, list]:
 
 
 def model_smc(
-    model, n: int, n_runs: int, seed: int, event_shape: tuple, refine: int = 2, strata=None, min_share: float = 0.3
+    model,
+    n: int,
+    n_runs: int,
+    seed: int,
+    event_shape: tuple,
+    refine: int = 2,
+    strata=None,
+    min_share: float = 0.3,
+    mcmc_steps: int = 1,
 ) -> list[tuple]:
     """Estimator C: ``n_runs`` independent SMC runs of ``n`` particles on the model alone, from its noisiest
     level to its cleanest through ``refine - 1`` untrained levels between every two trained ones, with the
-    curvature (matrix) reverse kernel and one MALA step per level. ``strata`` (``x -> labels``, e.g. a state
+    curvature (matrix) reverse kernel and ``mcmc_steps`` MALA steps per level. ``strata`` (``x -> labels``, e.g. a state
     and the rest): every resampling keeps each stratum's total weight and at least ``min_share`` of the
     particles in each, labelled by the particles' denoised configurations, so a light state keeps enough
     particles to be measured (the estimate stays unbiased). Returns ``[(x (n, d) float64, log_w (n,),
@@ -331,7 +348,7 @@ def model_smc(
         cfg = SMCConfig(
             kernel_variance="matrix",
             particles=particles,
-            mcmc=MCMCConfig("mala", 1),
+            mcmc=MCMCConfig("mala", int(mcmc_steps)),
             strata_denoised=strata is not None,
             **strat,
         )

@@ -249,6 +249,14 @@ def test_evaluate_writes_the_model_only_block_for_a_molecule(tmp_path):
     mo = json.loads((rd / "eval.json").read_text())["model_only"]
     assert mo["estimator"] == "chains" and mo["n_chains"] == 8 and mo["region_offset_kT"] is None
     assert sum(mo["bin_ess"]) == 8 * 3  # the last half's states of every chain
+    argv = ["evaluate", str(rd), "--reference", str(tmp_path / "f.npy"), "--estimator", "smc", "--state", "phi:0:2"]
+    assert main([*argv, "--smc-particles", "6", "--smc-runs", "2", "--smc-mcmc-steps", "2"]) == 0
+    mo = json.loads((rd / "eval.json").read_text())["model_only"]
+    assert mo["estimator"] == "smc" and mo["n_runs"] == 2 and "2 MALA step(s)" in mo["estimator_detail"]
+    assert all(np.isfinite(r["log_Z"]) for r in mo["smc"])  # the runs are pooled by these
+    before = (rd / "eval.json").read_text()
+    assert main([*argv, "--smc-particles", "6", "--smc-mcmc-steps", "0"]) == 2  # refused, eval.json untouched
+    assert (rd / "eval.json").read_text() == before
 
 
 def test_the_state_comes_from_the_spec_first_then_the_flag():

@@ -64,6 +64,7 @@ def register(sub) -> None:
         "smc: the model's own SMC from noise to its cleanest level (no frames, no target energy)",
     )
     g.add_argument("--smc-runs", type=int, default=2, dest="smc_runs", help="(smc) independent runs")
+    g.add_argument("--smc-mcmc-steps", type=int, default=1, dest="smc_mcmc_steps", help="(smc) MALA steps per level")
     g.add_argument(
         "--model-only-out",
         default=None,
@@ -121,8 +122,8 @@ def run_model_only(args, rd: Path, system) -> int:
     require_dihedral_cv(system, args.cv)
     if args.chains < 1 or args.chain_steps < 2:
         raise ConfigError("--chains must be >= 1 and --chain-steps >= 2")
-    if args.estimator == "smc" and (args.smc_particles < 2 or args.smc_runs < 1):
-        raise ConfigError("--smc-particles must be >= 2 and --smc-runs >= 1")
+    if args.estimator == "smc" and (args.smc_particles < 2 or args.smc_runs < 1 or args.smc_mcmc_steps < 1):
+        raise ConfigError("--smc-particles must be >= 2, --smc-runs >= 1 and --smc-mcmc-steps >= 1")
     u_target = None
     if args.reference is not None:
         f = Path(args.reference)
@@ -153,6 +154,7 @@ def run_model_only(args, rd: Path, system) -> int:
         n_chains=args.smc_particles if args.estimator == "smc" else args.chains,
         n_steps=args.smc_runs if args.estimator == "smc" else args.chain_steps,
         seed=args.seed,
+        smc_mcmc_steps=args.smc_mcmc_steps,
     )
     ev = dict(system=system.name, model_only=block)
     dest = Path(args.model_only_out) if args.model_only_out else rd / "eval.json"
