@@ -72,6 +72,9 @@ ROWS: list[tuple[str, dict]] = [
     # several independent runs' training frames together: does the basin offset shrink with the amount of data?
     ("diffclf_pooled", {"data": POOLED_FRAMES}),
     ("dsm_pooled", {"loss": "dsm", "data": POOLED_FRAMES}),
+    # energy matching: E(x, t_0) - u(x) held constant over each batch of training frames (train.energy_weight)
+    ("diffclf_energy1", {"energy_weight": 1.0}),
+    ("dsm_energy1", {"loss": "dsm", "energy_weight": 1.0}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 

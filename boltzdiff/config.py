@@ -82,6 +82,12 @@ class TrainConfig:
     tsm_weight: float = doc_field(
         1.0, "weight (>= 0) raising the score error below tsm_scale so that it no longer vanishes with the noise"
     )
+    energy_weight: float = doc_field(
+        0.0,
+        "weight (>= 0) of energy matching: the batch variance of E(x, t_0) - u(x) at the clean training frames, u "
+        "the target's reduced energy (rescaled to data_temperature), which ties the lowest level's energy "
+        "differences, between basins too, to the exact ones; 0: off",
+    )
     precond_scale: float = doc_field(
         1.0, "width of the energy's Gaussian preconditioning in data standard deviations (> 0; wider suits molecules)"
     )
@@ -160,6 +166,9 @@ class TrainConfig:
         w = self.tsm_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
             bad("tsm_weight", "a number >= 0")
+        w = self.energy_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (math.isfinite(w) and w >= 0):
+            bad("energy_weight", "a finite number >= 0")
         ps = self.precond_scale
         if isinstance(ps, bool) or not isinstance(ps, int | float) or not math.isfinite(ps) or not ps > 0:
             bad("precond_scale", "a positive number")

@@ -29,9 +29,7 @@ def load_array(path: str | Path, dim: int) -> np.ndarray:
             with np.load(p) as z:
                 keys = [k for k in ("x", "positions") if k in z] or list(z.keys())
                 if len(keys) != 1 and not any(k in z for k in ("x", "positions")):
-                    raise ConfigError(
-                        f"data: {p} holds arrays {list(z.keys())}; expected one named 'x' or 'positions'"
-                    )
+                    raise ConfigError(f"data: {p} holds arrays {list(z.keys())}; expected one named 'x' or 'positions'")
                 arr = z[keys[0]]
         elif p.suffix in (".h5", ".hdf5"):
             import h5py
@@ -49,9 +47,7 @@ def load_array(path: str | Path, dim: int) -> np.ndarray:
         raise ConfigError(f"data: cannot read {p} ({e})") from None
     arr = np.asarray(arr)
     if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != dim:
-        raise ConfigError(
-            f"data: {p} has shape {arr.shape}; expected (n, {dim}) or (n, ...) with {dim} values per row"
-        )
+        raise ConfigError(f"data: {p} has shape {arr.shape}; expected (n, {dim}) or (n, ...) with {dim} values per row")
     arr = arr.reshape(arr.shape[0], dim).astype(np.float64)
     ok = np.isfinite(arr).all(-1)
     if not ok.all():
@@ -107,3 +103,46 @@ def weighted_view(data: torch.Tensor, probs: torch.Tensor | None, seed: int) -> 
         return data
     g = torch.Generator().manual_seed(int(seed) + 7919)
     return data[torch.multinomial(probs, data.shape[0], replacement=True, generator=g)]
+
+
+def _temperature_ratio(system, data_temperature: float | None) -> float:
+    """``T_sys / T_data``: the factor from the system's reduced energy to the data's (1 without a data
+    temperature)."""
+    if data_temperature is None:
+        return 1.0
+    if system.temperature is None:
+        raise ConfigError(f"data_temperature: system {system.name!r} has no temperature to rescale to")
+    return float(system.temperature) / float(data_temperature)
+
+
+def data_scores(
+    system, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096, mask: bool = False
+):
+    """``grad log p_data`` at each training configuration, from the target's forces: data sampled at
+    ``data_temperature`` follow ``exp(-u T_sys / T_data)``, so the score is ``(T_sys / T_data) force``.
+    Rows whose force is not finite are dropped (logged). Returns ``(data, score)`` (``mask``: and the kept rows)."""
+    ratio = _temperature_ratio(system, data_temperature)
+    out = []
+    for s in range(0, data.shape[0], chunk):
+        xb = data[s : s + chunk].to(torch.float64)
+        out.append(system.target.force(xb).detach().to(torch.float64))
+    g = torch.cat(out) * ratio
+    ok = torch.isfinite(g).all(-1)
+    if not ok.all():
+        log.warning("tsm: %d of %d training configurations have a non-finite force; dropped", int((~ok).sum()), len(g))
+        if not ok.any():
+            raise ConfigError("tsm_scale: no training configuration has a finite force")
+    return (data[ok], g[ok].to(data.dtype)) + ((ok,) if mask else ())
+
+
+def data_energies(system, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096):
+    """The exact reduced energies of the training configurations, rescaled like :func:`data_scores` (data
+    sampled at ``data_temperature`` follow ``exp(-u T_sys / T_data)``): ``(F,)`` in the data's dtype."""
+    ratio = _temperature_ratio(system, data_temperature)
+    u = torch.cat(
+        [system.target.energy(data[s : s + chunk].to(torch.float64)).detach() for s in range(0, len(data), chunk)]
+    )
+    bad = int((~torch.isfinite(u)).sum())
+    if bad:
+        raise ConfigError(f"energy_weight: {bad} of {len(u)} training configurations have a non-finite energy")
+    return (u.to(torch.float64) * ratio).to(device=data.device, dtype=data.dtype)

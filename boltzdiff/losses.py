@@ -14,6 +14,7 @@ All losses are pure functions of ``(model, x0, levels, noise)``; randomness is d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -257,3 +258,21 @@ def dsm_only_loss(
         eps=None if eps is None else eps.reshape(B * k, -1),
     )
     return LossOutput(total=dsm, dsm=dsm.detach(), clf=None, n_dsm_terms=B * k, n_energy_evals=B * k)
+
+
+def with_energy_matching(loss_fn, weight: float):
+    """``loss_fn`` plus ``weight`` times the energy-matching term: the variance over the batch of
+    ``E(x0, t_0) - u0`` at the clean configurations ``x0`` with their exact reduced energies ``u0`` (keyword
+    ``u0``, ``(B,)``). Zero exactly when the lowest level's energy is the target's up to a constant, so it leaves
+    the optimum of DSM and DiffCLF where it is; DSM's scores pin energy differences only within the basins the
+    data connect, this pins them between basins too."""
+
+    def fn(model, x0, levels, sigma_data, *args, u0=None, **kwargs):
+        out = loss_fn(model, x0, levels, sigma_data, *args, **kwargs)
+        if u0 is None or not weight:
+            return out
+        r = model.energy(x0, torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)) - u0.to(x0)
+        term = ((r - r.mean()) ** 2).mean()
+        return dataclasses.replace(out, total=out.total + weight * term, n_energy_evals=out.n_energy_evals + len(x0))
+
+    return fn

@@ -22,10 +22,10 @@ import yaml
 
 from boltzdiff import distributed as dist
 from boltzdiff.config import TrainConfig
-from boltzdiff.data import batch_indices, load_log_weights, training_data, weighted_view
+from boltzdiff.data import batch_indices, data_energies, data_scores, load_log_weights, training_data, weighted_view
 from boltzdiff.errors import ConfigError
 from boltzdiff.io import atomic_save, atomic_write_json, atomic_write_text, load_yaml_mapping, torch_load
-from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss
+from boltzdiff.losses import diffclf_loss, draw_levels, dsm_only_loss, with_energy_matching
 from boltzdiff.models.energy import PreconditionedEnergy, build_mlp_energy
 from boltzdiff.noise import LevelGrid, grid_from_dict, make_grid, make_schedule
 from boltzdiff.runinfo import write_run_info
@@ -150,31 +150,6 @@ def build_model(
     return build_egnn_energy(grid, n, sdim, sigma_data, time_input=cfg.time_input, **opts)
 
 
-def data_scores(
-    system: System, data: torch.Tensor, data_temperature: float | None = None, chunk: int = 4096, mask: bool = False
-):
-    """``grad log p_data`` at each training configuration, from the target's forces: data sampled at
-    ``data_temperature`` follow ``exp(-u T_sys / T_data)``, so the score is ``(T_sys / T_data) force``.
-    Rows whose force is not finite are dropped (logged). Returns ``(data, score)`` (``mask``: and the kept rows)."""
-    t_sys = system.temperature
-    ratio = 1.0
-    if data_temperature is not None:
-        if t_sys is None:
-            raise ConfigError(f"data_temperature: system {system.name!r} has no temperature to rescale to")
-        ratio = float(t_sys) / float(data_temperature)
-    out = []
-    for s in range(0, data.shape[0], chunk):
-        xb = data[s : s + chunk].to(torch.float64)
-        out.append(system.target.force(xb).detach().to(torch.float64))
-    g = torch.cat(out) * ratio
-    ok = torch.isfinite(g).all(-1)
-    if not ok.all():
-        log.warning("tsm: %d of %d training configurations have a non-finite force; dropped", int((~ok).sum()), len(g))
-        if not ok.any():
-            raise ConfigError("tsm_scale: no training configuration has a finite force")
-    return (data[ok], g[ok].to(data.dtype)) + ((ok,) if mask else ())
-
-
 def resolve_tsm_scale(tsm_scale, system: System) -> float | None:
     """``train.tsm_scale`` as a length: ``auto`` is a Gaussian mixture's smallest component std (below the
     width of a mode the target's score is a low-variance regression target, and the lowest levels, which set
@@ -295,6 +270,7 @@ def train(
     if cfg.tsm_scale is not None:
         data, score0, ok = data_scores(system, data, cfg.data_temperature, mask=True)
         log_w = None if log_w is None else log_w[ok]
+    u0 = data_energies(system, data, cfg.data_temperature) if cfg.energy_weight else None
     probs = None if log_w is None else torch.softmax(log_w, 0)  # weighted data: batches drawn by weight
     mu, sigma_d = data_stats(weighted_view(data, probs, cfg.seed), centred=particles)
     grid = build_grid(cfg)
@@ -390,10 +366,13 @@ def train(
             levels = levels[step_fn.rows].to(device)
             eps = torch.randn((cfg.batch_size, cfg.k, data.shape[1]), generator=gen)[step_fn.rows]
             tsm = dict(score0=g0, tsm_scale=cfg.tsm_scale, tsm_weight=cfg.tsm_weight, eps=eps)
+            if u0 is not None:
+                tsm["u0"] = u0[idx]
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
-                res = step_fn(dsm_only_loss, x0, levels, sigma_d, **tsm)
+                res = step_fn(with_energy_matching(dsm_only_loss, cfg.energy_weight), x0, levels, sigma_d, **tsm)
             else:
-                res = step_fn(diffclf_loss, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, **tsm)
+                fn = with_energy_matching(diffclf_loss, cfg.energy_weight)
+                res = step_fn(fn, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, **tsm)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(res.total):
                 n_bad += 1

@@ -342,3 +342,51 @@ def test_data_scores_rescale_forces_to_the_data_temperature():
     if dw4.temperature is not None:
         _, g2 = data_scores(dw4, x, data_temperature=2 * dw4.temperature)
         torch.testing.assert_close(g2, 0.5 * f)
+
+
+def test_energy_matching_is_zero_up_to_a_constant_and_reads_a_basin_offset_exactly():
+    """The term is the batch variance of E(x, t_0) - u(x): 0 for any constant offset, and for an energy whose
+    region x_0 > 0 is shifted by delta, exactly delta^2 p (1 - p) with p the batch's share in that region."""
+    from boltzdiff.losses import LossOutput, with_energy_matching
+
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    u0 = (x0**2).sum(-1) / 2 + torch.sin(3 * x0[:, 1])
+
+    class Stub(torch.nn.Module):
+        def __init__(self, c, delta):
+            super().__init__()
+            self.c, self.delta = torch.nn.Parameter(torch.tensor(c, dtype=torch.float64)), delta
+
+        def energy(self, x, lv):
+            assert (lv == 0).all()  # the lowest level
+            return (x**2).sum(-1) / 2 + torch.sin(3 * x[:, 1]) + self.c + self.delta * (x[:, 0] > 0).double()
+
+    def base(model, x0, levels, sigma_data, **kw):
+        z = torch.zeros((), dtype=torch.float64)
+        return LossOutput(total=z, dsm=z, clf=None, n_dsm_terms=0, n_energy_evals=0)
+
+    fn = with_energy_matching(base, 2.0)
+    assert float(fn(Stub(7.5, 0.0), x0, None, 1.0, u0=u0).total) == pytest.approx(0.0, abs=1e-12)
+    p = float((x0[:, 0] > 0).double().mean())
+    out = fn(Stub(-1.0, 0.8), x0, None, 1.0, u0=u0)
+    assert float(out.total) == pytest.approx(2.0 * 0.8**2 * p * (1 - p), rel=1e-10)
+    assert out.n_energy_evals == 64
+    assert float(with_energy_matching(base, 0.0)(Stub(0.0, 0.8), x0, None, 1.0, u0=u0).total) == 0.0  # off
+    assert float(fn(Stub(0.0, 0.8), x0, None, 1.0).total) == 0.0  # no energies given: the loss as it is
+
+
+def test_data_energies_rescale_to_the_data_temperature_and_energy_weight_is_validated():
+    from boltzdiff.config import TrainConfig
+    from boltzdiff.data import data_energies
+    from boltzdiff.errors import ConfigError
+    from boltzdiff.systems import load_system
+
+    dw4 = load_system("dw4")
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    u = dw4.target.energy(x)
+    torch.testing.assert_close(data_energies(dw4, x), u)
+    if dw4.temperature is not None:
+        torch.testing.assert_close(data_energies(dw4, x, data_temperature=2 * dw4.temperature), 0.5 * u)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="energy_weight"):
+            TrainConfig(energy_weight=bad).validate()
