@@ -75,6 +75,7 @@ ROWS: list[tuple[str, dict]] = [
     # energy matching: E(x, t_0) - u(x) held constant over each batch of training frames (train.energy_weight)
     ("diffclf_energy1", {"energy_weight": 1.0}),
     ("dsm_energy1", {"loss": "dsm", "energy_weight": 1.0}),
+    ("diffclf_pooled_energy1", {"data": POOLED_FRAMES, "energy_weight": 1.0}),
 ]
 ROW_NAMES = [n for n, _ in ROWS]
 
