@@ -233,9 +233,9 @@ def record(job: dict) -> dict:
     return rec
 
 
-def load_heldout(runs: list[str]) -> tuple:
+def load_run_frames(runs: list[str]) -> tuple:
     """Frames and reduced energies of independent ``boltzdiff run`` directories' reference stages, concatenated
-    (``reference/positions.npy``, ``reference/energies.npy``): Boltzmann frames no model here was trained on."""
+    (``reference/positions.npy``, ``reference/energies.npy``): the held-out frames, or the pooled rows' data."""
     import numpy as np
 
     xs = [np.load(Path(r) / "reference" / "positions.npy") for r in runs]
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
 
         args.pooled = Path(args.work) / "pooled_frames.npy"
         args.pooled.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.pooled, load_heldout(args.pool_runs)[0])
+        np.save(args.pooled, load_run_frames(args.pool_runs)[0])
     if args.from_runs:
         out = Path(args.out)
         new = [record_from_run(Path(d), args.plain_n, args.plain_runs) for d in args.from_runs]
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
         return 0
 
     jobs = plan(args)
-    heldout = load_heldout(args.heldout_runs) if args.heldout_runs else None
+    heldout = load_run_frames(args.heldout_runs) if args.heldout_runs else None
     frames, energies = Path(args.frames), Path(args.energies)
     if heldout is not None:  # the own SMC's profile is scored against the held-out frames too
         Path(args.work).mkdir(parents=True, exist_ok=True)

@@ -271,6 +271,7 @@ def train(
         data, score0, ok = data_scores(system, data, cfg.data_temperature, mask=True)
         log_w = None if log_w is None else log_w[ok]
     u0 = data_energies(system, data, cfg.data_temperature) if cfg.energy_weight else None
+    dsm_fn, clf_fn = (with_energy_matching(f, cfg.energy_weight) for f in (dsm_only_loss, diffclf_loss))
     probs = None if log_w is None else torch.softmax(log_w, 0)  # weighted data: batches drawn by weight
     mu, sigma_d = data_stats(weighted_view(data, probs, cfg.seed), centred=particles)
     grid = build_grid(cfg)
@@ -369,10 +370,9 @@ def train(
             if u0 is not None:
                 tsm["u0"] = u0[idx]
             if cfg.loss == "dsm" or step < cfg.warmup_steps:
-                res = step_fn(with_energy_matching(dsm_only_loss, cfg.energy_weight), x0, levels, sigma_d, **tsm)
+                res = step_fn(dsm_fn, x0, levels, sigma_d, **tsm)
             else:
-                fn = with_energy_matching(diffclf_loss, cfg.energy_weight)
-                res = step_fn(fn, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, **tsm)
+                res = step_fn(clf_fn, x0, levels, sigma_d, lambda_clf=cfg.lambda_clf, **tsm)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(res.total):
                 n_bad += 1
