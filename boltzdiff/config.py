@@ -273,6 +273,8 @@ class SampleConfig:
     )
     final_mcmc_steps: int = doc_field(0, "sweeps at the exact target after the bridge")
     final_resample: bool = doc_field(False, "resample once after the bridge, before the final sweeps")
+    final_hmc_steps: int = doc_field(0, "HMC trajectories at the exact target after the sweeps (slow modes)")
+    final_hmc_leapfrog: int = doc_field(20, "leapfrog steps per final HMC trajectory")
     refine: int | None = doc_field(1, "levels per trained level step (refine - 1 untrained levels between two)")
 
     @classmethod
@@ -321,6 +323,9 @@ class SampleConfig:
                 f"sample.final_resample: expected true or false, and true only with sample.final_mcmc_steps > 0, "
                 f"got {self.final_resample!r}"
             )
+        for name, least in (("final_hmc_steps", 0), ("final_hmc_leapfrog", 1)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < least:
+                raise ConfigError(f"sample.{name}: expected an integer >= {least}, got {getattr(self, name)!r}")
         refine = self.refine or 1
         if not _is_int(refine) or refine < 1:
             raise ConfigError(

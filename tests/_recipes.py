@@ -55,9 +55,9 @@ ALDP_PAIRMLP_TRAIN = {
 ALDP_HOT_REFERENCE = {"ns": 0.02, "save_every_ps": 0.05, "temperature": 500.0}
 
 
-def tiny_aldp_run(reference: dict, final_mcmc_steps: int) -> dict:
+def tiny_aldp_run(reference: dict, final_mcmc_steps: int, final_hmc_steps: int = 0) -> dict:
     """run.yaml of an alanine-dipeptide `boltzdiff run` in seconds: a tiny EGNN, two SMC runs of 16 particles
-    with torsion + MALA sweeps after the bridge, and the given ``reference`` settings."""
+    with torsion + MALA sweeps (and HMC trajectories) after the bridge, and the given ``reference`` settings."""
     return {
         "train": {
             **TINY_TRAIN,
@@ -76,6 +76,8 @@ def tiny_aldp_run(reference: dict, final_mcmc_steps: int) -> dict:
                     "n_runs": 2,
                     "torsion": {"bonds": "cvs"},
                     "final_mcmc_steps": final_mcmc_steps,
+                    "final_hmc_steps": final_hmc_steps,
+                    "final_hmc_leapfrog": 3,
                 },
             }
         },

@@ -159,7 +159,9 @@ def test_com_restraint_only_touches_the_centre_of_mass():
 def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     """MD -> EGNN (DSM warm-up + DiffCLF) -> SMC bridged to the OpenMM energy -> free-energy analysis."""
     sysdir = make_system(
-        tmp_path, "alanine_dipeptide", tiny_aldp_run({"ns": 0.004, "save_every_ps": 0.05}, final_mcmc_steps=3)
+        tmp_path,
+        "alanine_dipeptide",
+        tiny_aldp_run({"ns": 0.004, "save_every_ps": 0.05}, final_mcmc_steps=3, final_hmc_steps=2),
     )
     out = tmp_path / "run"
     assert main(["run", str(sysdir), "--out", str(out), "--no-progress", "--allow-degenerate"]) == 0
@@ -174,7 +176,10 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert smc["n_runs"] == 2 and len(smc["runs"]) == 2 and smc["n"] == 32
     # three torsion + MALA sweeps at the target after the bridge, each one target evaluation per particle twice
     assert res["n_final_mcmc"] == 3 and 0.0 <= res["final_torsion_acceptance"] <= 1.0
-    assert all(r["n_target_evals"] >= 16 * (1 + 2 * 2 + 1 + 3 * 2) for r in smc["runs"])
+    # then two HMC trajectories of three leapfrog steps each
+    assert res["n_final_hmc"] == 2 and 0.0 <= res["final_hmc_acceptance"] <= 1.0
+    assert all(r["n_final_hmc"] == 2 and r["final_hmc_acceptance"] is not None for r in smc["runs"])
+    assert all(r["n_target_evals"] >= 16 * (1 + 2 * 2 + 1 + 3 * 2 + 2 * 3) for r in smc["runs"])
     assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
     with np.load(out / "samples.npz") as z:
         assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32

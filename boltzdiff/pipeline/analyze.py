@@ -118,6 +118,9 @@ def analyze_run(
         # the ESS of the bridge's weights just before that final resampling (the lowest over the SMC runs)
         ess_before_final_resample=over_runs(summ, "ess_before_final_resample", min),
         final_torsion_acceptance=over_runs(summ, "final_torsion_acceptance", np.mean),
+        # HMC trajectories at the target after the sweeps (sample.final_hmc_steps), mean acceptance over runs
+        n_final_hmc=int(over_runs(summ, "n_final_hmc", max) or 0),
+        final_hmc_acceptance=over_runs(summ, "final_hmc_acceptance", np.mean),
     )
     train_summaries = [out / "train" / "train_summary.json"]
     if (out / "train_models").is_dir():  # train.n_models > 1: the further models' training
@@ -274,6 +277,11 @@ def analyze_run(
                 else ""
             )
             + "; they leave the target invariant, so the weights stay as the bridge made them."
+        )
+    if res.get("n_final_hmc"):
+        notes += (
+            f" Then {res['n_final_hmc']} HMC trajectories at the exact target"
+            f" ({res['final_hmc_acceptance']:.0%} accepted) relaxed the slow modes that MALA steps barely move."
         )
     write_report_md(
         out / "report.md",

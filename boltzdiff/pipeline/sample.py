@@ -217,6 +217,8 @@ def build_sampler(system: System, run_dir: Path, settings: dict, model: int = 0)
         bridge_torsion_steps=torsion_steps,
         final_mcmc_steps=final_steps if target is not None else 0,
         final_resample=s.final_resample and target is not None,
+        final_hmc_steps=s.final_hmc_steps if target is not None else 0,
+        final_hmc_leapfrog=s.final_hmc_leapfrog,
     )
     return SamplerInputs(model=run.model, target=target, config=cfg, n=int(s.n), n_runs=int(s.n_runs))
 

@@ -52,6 +52,10 @@ class SMCConfig:
     final_resample: bool = doc_field(
         False, "with final_mcmc_steps: resample once by the weights after the bridge, before the sweeps"
     )
+    final_hmc_steps: int = doc_field(
+        0, "HMC trajectories at the exact target after the sweeps (identity mass; relax slow modes); needs a target"
+    )
+    final_hmc_leapfrog: int = doc_field(20, "leapfrog steps per final HMC trajectory (>= 1)")
 
     def validate(self) -> SMCConfig:
         """Check every setting that needs neither the model nor the target; a bad one is a one-line
@@ -80,6 +84,11 @@ class SMCConfig:
             raise ConfigError(
                 f"bridge_torsion_steps, final_mcmc_steps: expected integers >= 0, got {self.bridge_torsion_steps}, "
                 f"{self.final_mcmc_steps}"
+            )
+        if int(self.final_hmc_steps) < 0 or int(self.final_hmc_leapfrog) < 1:
+            raise ConfigError(
+                f"final_hmc_steps, final_hmc_leapfrog: expected integers >= 0 and >= 1, got {self.final_hmc_steps}, "
+                f"{self.final_hmc_leapfrog}"
             )
         if int(self.bridge_torsion_steps) and self.torsion is None:
             raise ConfigError("bridge_torsion_steps: torsion moves need the molecule's rotatable bonds (torsion=...)")

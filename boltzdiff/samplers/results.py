@@ -98,6 +98,9 @@ class SMCResult:
         without them).
     n_final_mcmc : int
         Sweeps at the exact target after the bridge (``smc(final_mcmc_steps=...)``).
+    n_final_hmc, final_hmc_acceptance : int, float or None
+        HMC trajectories at the exact target after the sweeps (``smc(final_hmc_steps=...)``) and their mean
+        acceptance (None without them).
     ess_before_final_resample : float or None
         With ``smc(final_resample=True)``: the normalised ESS of the bridge's weights just before the particles
         were resampled for the sweeps (None without that resampling).
@@ -129,6 +132,8 @@ class SMCResult:
     torsion_acceptance: float | None = None
     final_torsion_acceptance: float | None = None
     n_final_mcmc: int = 0
+    n_final_hmc: int = 0
+    final_hmc_acceptance: float | None = None
     ess_before_final_resample: float | None = None
 
     @property
@@ -160,5 +165,7 @@ class SMCResult:
             torsion_acceptance=self.torsion_acceptance,
             final_torsion_acceptance=self.final_torsion_acceptance,
             n_final_mcmc=int(self.n_final_mcmc),
+            n_final_hmc=int(self.n_final_hmc),
+            final_hmc_acceptance=self.final_hmc_acceptance,
             ess_before_final_resample=self.ess_before_final_resample,
         )

@@ -98,6 +98,7 @@ class _Run:
         self.acc_trace: list[float] = []
         self.torsion_acc: list[float] = []  # acceptance of each round of torsion moves on the bridge
         self.final_torsion_acc: list[float] = []  # ... and at the target after it
+        self.final_hmc_acc: list[float] = []  # the HMC trajectories' acceptance at the target
         self.progress = progress
         #: when set (on the bridge, see ``smc(bridge_strata=...)``), resampling keeps each stratum's weight
         self.strata = None
@@ -270,7 +271,7 @@ def smc(
     n_bridge, bridge_mcmc, bridge_cess, max_bridge = cfg.n_bridge, cfg.bridge_mcmc, cfg.bridge_cess, cfg.max_bridge
     bridge_strata, strata_max_sigma, strata_denoised = cfg.bridge_strata, cfg.strata_max_sigma, cfg.strata_denoised
     strata_min_share, torsion, bridge_torsion_steps = cfg.strata_min_share, cfg.torsion, cfg.bridge_torsion_steps
-    final_mcmc_steps, final_resample = cfg.final_mcmc_steps, cfg.final_resample
+    final_mcmc_steps, final_resample, final_hmc = cfg.final_mcmc_steps, cfg.final_resample, int(cfg.final_hmc_steps)
     if int(n) < 1:
         raise ConfigError(f"n: expected a number of particles >= 1, got {n}")
     if particles is not None and (len(particles) != 2 or int(particles[0]) * int(particles[1]) != model.dim):
@@ -279,8 +280,8 @@ def smc(
         raise ConfigError(f"target: dimension {target.dim} differs from the model's {model.dim}")
     if target is not None and int(n_bridge) < 1:
         raise ConfigError(f"n_bridge: expected an integer >= 1, got {n_bridge}")
-    if int(final_mcmc_steps) and target is None:
-        raise ConfigError("final_mcmc_steps: sweeps at the exact target need a target")
+    if (int(final_mcmc_steps) or final_hmc) and target is None:
+        raise ConfigError("final_mcmc_steps, final_hmc_steps: moves at the exact target need a target")
     if torsion is not None and torsion.n_atoms * 3 != model.dim:
         raise ConfigError(f"torsion: moves for {torsion.n_atoms} atoms, but the model has dimension {model.dim}")
     n = int(n)
@@ -394,6 +395,18 @@ def smc(
                     run.torsion_move(p, dens, torsion, final=True)
                 run.rejuvenate(p, dens, one, scale)
             bridge_mcmc.step_size = one.step_size
+        if final_hmc:
+            dens = TargetDensity(target, counter)
+            if not int(final_mcmc_steps):
+                p.state = dens.evaluate(p.x)
+            # MALA of step h is one leapfrog step of size sqrt(2h): the trajectories start from the adapted step
+            eps = bridge_mcmc.step_size if bridge_mcmc.kind == "hmc" else math.sqrt(2.0 * bridge_mcmc.step_size)
+            hmc = MCMCConfig("hmc", n_steps=1, step_size=eps, n_leapfrog=int(cfg.final_hmc_leapfrog))
+            alive = torch.isfinite(p.log_w)
+            for _ in _progress(range(final_hmc), progress, "HMC at the target"):
+                r = run_mcmc(dens, p.x, hmc, generator, state=p.state, scale=scale, alive=alive)
+                p.x, p.state = r.x, r.state
+                run.final_hmc_acc.append(r.acceptance)
         mcmc = bridge_mcmc if mcmc is None else mcmc
 
     log_w = p.log_w
@@ -420,6 +433,8 @@ def smc(
         torsion_acceptance=_mean_or_none(run.torsion_acc),
         final_torsion_acceptance=_mean_or_none(run.final_torsion_acc),
         n_final_mcmc=int(final_mcmc_steps) if target is not None else 0,
+        n_final_hmc=final_hmc if target is not None else 0,
+        final_hmc_acceptance=_mean_or_none(run.final_hmc_acc),
         ess_before_final_resample=ess_bridge,
         lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
