@@ -5,7 +5,8 @@ bias, reweighted by exp(+V/kT). A finite step samples a slightly different distr
 takes each data set's frames (already resampled by their weights, so they stand for the MD's Boltzmann
 ensemble) and moves every frame with HMC trajectories at the exact reduced energy u. The trajectories are
 Metropolis-corrected (boltzdiff.samplers.mcmc.hmc_step), so they relax the frames towards exp(-u) and towards
-nothing else. What moves is the MD's error, measured on the same frames before and after:
+nothing else. Per data set, what moves is the MD's error plus the frames' own sampling noise; averaged over data
+sets, the error. Both readings use the same frames before and after:
 
 * the mean reduced energy <u>, after every trajectory (the shift over the second half of them is the figure);
 * ΔF of the phi > 0 basin, from each frame's phi-rotation integral (boltzdiff.analysis.torsion_rb), before and
@@ -13,6 +14,7 @@ nothing else. What moves is the MD's error, measured on the same frames before a
   its other coordinates, so it sees whatever those coordinates carry.
 
     python benchmarks/aldp_integrator_bias.py DATA_DIR... [--trajectories 20] [--leapfrog 20] [--frames 4000]
+    python benchmarks/aldp_integrator_bias.py [DATA_DIR...] --combine A.json B.json ...   # pool earlier sets
 
 DATA_DIR: a `boltzdiff run` directory (its ``reference/positions.npy``) or a folder holding ``positions.npy``.
 Writes ``benchmarks/results/aldp_integrator_bias.json`` and ``.png``.
@@ -88,6 +90,8 @@ def one_set(system, d: Path, n_frames: int, n_traj: int, leapfrog: int, seed: in
         delta_f_frames_kT=df0,
         delta_f_relaxed_kT=df1,
         delta_f_shift_kT=df1 - df0,
+        trajectories=int(n_traj),
+        leapfrog=int(leapfrog),
         hmc_acceptance=float(np.mean(acc)),
         hmc_step=float(cfg.step_size),
         wall_s=time.perf_counter() - t0,
@@ -120,20 +124,25 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("data", nargs="+", type=Path)
+    p.add_argument("data", nargs="*", type=Path)
+    p.add_argument("--combine", nargs="+", type=Path, default=[], help="earlier outputs whose sets to pool in")
     p.add_argument("--trajectories", type=int, default=20)
     p.add_argument("--leapfrog", type=int, default=20)
     p.add_argument("--frames", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "aldp_integrator_bias.json")
     a = p.parse_args(argv)
-    if a.trajectories < 2 or a.leapfrog < 1 or a.frames < 2:
-        print("aldp_integrator_bias: expected --trajectories >= 2, --leapfrog >= 1, --frames >= 2", file=sys.stderr)
+    if a.trajectories < 2 or a.leapfrog < 1 or a.frames < 2 or not (a.data or a.combine):
+        print(
+            "aldp_integrator_bias: expected DATA_DIR or --combine, --trajectories >= 2, --leapfrog >= 1, --frames >= 2",
+            file=sys.stderr,
+        )
         return 2
     from boltzdiff.systems import load_system
 
     system = load_system("alanine_dipeptide", "implicit")
-    sets = []
+    earlier = [json.loads(f.read_text()) for f in a.combine]
+    sets = [s for e in earlier for s in e["sets"]]
     for d in a.data:
         s = one_set(system, d, a.frames, a.trajectories, a.leapfrog, a.seed)
         sets.append(s)
@@ -149,8 +158,8 @@ def main(argv=None) -> int:
     res = dict(
         what="paired shift of 1 fs Langevin MD frames when HMC at the exact u relaxes them",
         integrator="LangevinMiddleIntegrator, 1 fs, friction 1/ps, no constraints (boltzdiff.reference.metad)",
-        trajectories=a.trajectories,
-        leapfrog=a.leapfrog,
+        trajectories=sorted({int(s.get("trajectories", len(s["shift_trace_kT"]))) for s in sets}),
+        leapfrog=sorted({int(s.get("leapfrog", a.leapfrog)) for s in sets}),
         mean_u_shift_kT=float(np.mean(du)),
         mean_u_shift_se_kT=sem(du),
         # the relaxed frames' mean energy, over the data sets: the exact target's <u> as these frames read it
@@ -159,7 +168,9 @@ def main(argv=None) -> int:
         delta_f_shift_kT=float(np.mean(dfs)),
         delta_f_shift_se_kT=sem(dfs),
         sets=sets,
-        command="python benchmarks/aldp_integrator_bias.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        # the runs that made the pooled sets, then this one
+        commands=[c for e in earlier for c in e.get("commands", [e.get("command")]) if c]
+        + ["python benchmarks/aldp_integrator_bias.py " + " ".join(sys.argv[1:] if argv is None else argv)],
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1) + "\n")
