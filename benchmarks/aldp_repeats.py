@@ -73,6 +73,11 @@ def data_evals(run: Path) -> int:
     return int(round(ps * 1000.0 / step_fs)) + n_frames
 
 
+def _run_commit(run: Path) -> str | None:
+    info = run / "run_info.json"
+    return json.loads(info.read_text()).get("git_commit") if info.exists() else None
+
+
 def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> dict:
     a = json.loads((run / "analysis.json").read_text())
     mo = a.get("model_only") or {}
@@ -99,6 +104,9 @@ def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> 
         sample_wall_s=a.get("sample_wall_s"),
         wall_s=wall_s,
         sanity_ok=(a.get("sanity") or {}).get("ok"),
+        # which recipe made the run: its commit, and the HMC trajectories after the sweeps (0 before they existed)
+        commit=_run_commit(run),
+        n_final_hmc=int(a.get("n_final_hmc") or 0),
     )
     if rec["mean_energy_kT"] is not None and rec["reference_mean_energy_kT"] is not None:
         rec["mean_energy_diff_kT"] = rec["mean_energy_kT"] - rec["reference_mean_energy_kT"]

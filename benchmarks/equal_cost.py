@@ -329,20 +329,27 @@ def cmd_report(args) -> int:
             )
         )
     names = {"diffclf": "generator (DiffCLF)", "dsm": "generator (DSM-only)"}
-    for stem, recs in gen.items():
+    for stem, all_recs in gen.items():
         loss, _, tag = stem.partition("_")
-        name = names[loss] + (f", {tag}" if tag else "")
-        rows.append(
-            row(
-                name,
-                T0,
-                [r["n_target_evals"] for r in recs],
-                [r["delta_f_kT"] for r in recs],
-                ref0,
-                seeds=[r["seed"] for r in recs],
-                lr=recs[0].get("lr"),
+        # one row per recipe: runs made before the HMC trajectories after the sweeps existed are kept apart
+        by_hmc: dict[int, list] = {}
+        for r in all_recs:
+            by_hmc.setdefault(int(r.get("n_final_hmc") or 0), []).append(r)
+        for n_hmc, recs in sorted(by_hmc.items(), reverse=True):
+            name = names[loss] + (f", {tag}" if tag else "")
+            if len(by_hmc) > 1:
+                name += f", {n_hmc} HMC trajectories after the sweeps" if n_hmc else ", no HMC after the sweeps"
+            rows.append(
+                row(
+                    name,
+                    T0,
+                    [r["n_target_evals"] for r in recs],
+                    [r["delta_f_kT"] for r in recs],
+                    ref0,
+                    seeds=[r["seed"] for r in recs],
+                    lr=recs[0].get("lr"),
+                )
             )
-        )
     for t in temps[1:]:
         ref_t = refs[t]["delta_f_kT"]
         for stem, recs in gen.items():
