@@ -183,6 +183,16 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
     with np.load(out / "samples.npz") as z:
         assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32
+        # <u>'s error bar is the jackknife over the two runs: half the difference of their own weighted means
+        from boltzdiff.systems import load_system
+
+        u = load_system(str(sysdir)).target.energy(torch.as_tensor(z["x"])).double().numpy()
+        lw = np.where(np.isfinite(u), z["log_w"], -np.inf)
+        w = [np.exp(lw[r] - lw[r].max()) for r in (slice(0, 16), slice(16, 32))]
+        means = [
+            np.sum(wr * np.nan_to_num(u[r], posinf=0.0)) / wr.sum() for wr, r in zip(w, (slice(0, 16), slice(16, 32)))
+        ]
+        assert res["mean_energy_se_kT"] == pytest.approx(abs(means[0] - means[1]) / 2, rel=1e-6)
         # lineage labels are distinct across the runs, and each run's labels number its own lineages
         lin = z["lineage"]
         assert set(lin[:16]).isdisjoint(lin[16:]) and lin[:16].max() < 16 <= lin[16:].min()

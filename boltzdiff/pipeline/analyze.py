@@ -23,7 +23,7 @@ from boltzdiff.analysis.report import (
     write_report_md,
 )
 from boltzdiff.analysis.sanity import energy_range, sanity_flags
-from boltzdiff.analysis.weights import clean_log_weights, pool_runs, weighted_mean
+from boltzdiff.analysis.weights import clean_log_weights, jackknife_over_runs, pool_runs, weighted_mean
 from boltzdiff.errors import ConfigError
 from boltzdiff.io import load_json, load_npy, load_npz
 from boltzdiff.pipeline.analyze_molecule import analyze_molecule, states_note
@@ -141,7 +141,11 @@ def analyze_run(
         log.warning("analyze: %d samples have non-finite target energy; weight set to zero", (~finite).sum())
         log_w = np.where(finite, log_w, -np.inf)
         res["n_zero_weight"] += int((~finite & np.isfinite(cw.log_w_n)).sum())
-    res["mean_energy_kT"] = weighted_mean(np.where(finite, u, 0.0), log_w)
+    u_f = np.where(finite, u, 0.0)
+    res["mean_energy_kT"] = weighted_mean(u_f, log_w)
+    if run_of is not None:  # its error bar: the jackknife over the independent SMC runs, as for ΔF
+        se = jackknife_over_runs(lambda m: weighted_mean(u_f[m], log_w[m]), run_of)[1]
+        res["mean_energy_se_kT"] = se if np.isfinite(se) else None
     res["ess"] = kish_ess(log_w)
 
     if kind == "analytic":
