@@ -385,9 +385,10 @@ def smc(
         if int(final_mcmc_steps) and final_resample:
             ess_bridge = kish_ess(p.log_w)
             run.resample(p, stratified=False)  # the sweeps mix the strata; equal weights for all
-        if int(final_mcmc_steps):
+        if int(final_mcmc_steps) or final_hmc:  # the moves at the exact target share its density and state
             dens = TargetDensity(target, counter)
             p.state = dens.evaluate(p.x)
+        if int(final_mcmc_steps):
             one = copy.deepcopy(bridge_mcmc)
             one.n_steps = min(1, int(one.n_steps))
             for _ in _progress(range(int(final_mcmc_steps)), progress, "MCMC at the target"):
@@ -396,9 +397,6 @@ def smc(
                 run.rejuvenate(p, dens, one, scale)
             bridge_mcmc.step_size = one.step_size
         if final_hmc:
-            dens = TargetDensity(target, counter)
-            if not int(final_mcmc_steps):
-                p.state = dens.evaluate(p.x)
             # MALA of step h is one leapfrog step of size sqrt(2h): the trajectories start from the adapted step
             eps = bridge_mcmc.step_size if bridge_mcmc.kind == "hmc" else math.sqrt(2.0 * bridge_mcmc.step_size)
             hmc = MCMCConfig("hmc", n_steps=1, step_size=eps, n_leapfrog=int(cfg.final_hmc_leapfrog))
@@ -433,7 +431,7 @@ def smc(
         torsion_acceptance=_mean_or_none(run.torsion_acc),
         final_torsion_acceptance=_mean_or_none(run.final_torsion_acc),
         n_final_mcmc=int(final_mcmc_steps) if target is not None else 0,
-        n_final_hmc=final_hmc if target is not None else 0,
+        n_final_hmc=final_hmc,
         final_hmc_acceptance=_mean_or_none(run.final_hmc_acc),
         ess_before_final_resample=ess_bridge,
         lineage=lineage_labels(run.parents, p.x.shape[0]),
