@@ -275,6 +275,7 @@ class SampleConfig:
     final_resample: bool = doc_field(False, "resample once after the bridge, before the final sweeps")
     final_hmc_steps: int = doc_field(0, "HMC trajectories at the exact target after the sweeps (slow modes)")
     final_hmc_leapfrog: int = doc_field(20, "leapfrog steps per final HMC trajectory")
+    final_hmc_average: int = doc_field(0, "<u> from each particle's energy averaged over the last k HMC states")
     refine: int | None = doc_field(1, "levels per trained level step (refine - 1 untrained levels between two)")
 
     @classmethod
@@ -326,6 +327,12 @@ class SampleConfig:
         for name, least in (("final_hmc_steps", 0), ("final_hmc_leapfrog", 1)):
             if not _is_int(getattr(self, name)) or getattr(self, name) < least:
                 raise ConfigError(f"sample.{name}: expected an integer >= {least}, got {getattr(self, name)!r}")
+        k = self.final_hmc_average
+        if not _is_int(k) or not 0 <= k <= self.final_hmc_steps:
+            raise ConfigError(
+                f"sample.final_hmc_average: expected an integer from 0 to sample.final_hmc_steps="
+                f"{self.final_hmc_steps}, got {k!r}"
+            )
         refine = self.refine or 1
         if not _is_int(refine) or refine < 1:
             raise ConfigError(

@@ -78,6 +78,7 @@ def tiny_aldp_run(reference: dict, final_mcmc_steps: int, final_hmc_steps: int =
                     "final_mcmc_steps": final_mcmc_steps,
                     "final_hmc_steps": final_hmc_steps,
                     "final_hmc_leapfrog": 3,
+                    "final_hmc_average": final_hmc_steps,
                 },
             }
         },

@@ -179,10 +179,13 @@ def test_alanine_dipeptide_end_to_end_tiny(tmp_path):
     # then two HMC trajectories of three leapfrog steps each
     assert res["n_final_hmc"] == 2 and 0.0 <= res["final_hmc_acceptance"] <= 1.0
     assert all(r["n_final_hmc"] == 2 and r["final_hmc_acceptance"] is not None for r in smc["runs"])
+    # <u> from each particle's energy averaged over both HMC states, the final states' own mean beside it
+    assert res["mean_energy_states"] == 2 and np.isfinite(res["mean_energy_final_states_kT"])
     assert all(r["n_target_evals"] >= 16 * (1 + 2 * 2 + 1 + 3 * 2 + 2 * 3) for r in smc["runs"])
     assert smc["n_target_evals"] == sum(r["n_target_evals"] for r in smc["runs"])
     with np.load(out / "samples.npz") as z:
         assert z["run"].tolist() == [0] * 16 + [1] * 16 and z["x"].shape[0] == 32
+        assert z["u_average"].shape == (32,)
         # <u>'s error bar is the jackknife over the two runs: half the difference of their own weighted means
         from boltzdiff.systems import load_system
 

@@ -142,9 +142,14 @@ def analyze_run(
         log_w = np.where(finite, log_w, -np.inf)
         res["n_zero_weight"] += int((~finite & np.isfinite(cw.log_w_n)).sum())
     u_f = np.where(finite, u, 0.0)
-    res["mean_energy_kT"] = weighted_mean(u_f, log_w)
+    u_avg = _u_average(out, finite)
+    if u_avg is not None:  # sample.final_hmc_average: the energies averaged over the last HMC states
+        res["mean_energy_final_states_kT"] = weighted_mean(u_f, log_w)
+        res["mean_energy_states"] = int(summ.get("n_final_hmc_average") or 0)
+    u_m = u_f if u_avg is None else u_avg
+    res["mean_energy_kT"] = weighted_mean(u_m, log_w)
     if run_of is not None:  # its error bar: the jackknife over the independent SMC runs, as for ΔF
-        se = jackknife_over_runs(lambda m: weighted_mean(u_f[m], log_w[m]), run_of)[1]
+        se = jackknife_over_runs(lambda m: weighted_mean(u_m[m], log_w[m]), run_of)[1]
         res["mean_energy_se_kT"] = se if np.isfinite(se) else None
     res["ess"] = kish_ess(log_w)
 
@@ -287,6 +292,11 @@ def analyze_run(
             f" Then {res['n_final_hmc']} HMC trajectories at the exact target"
             f" ({res['final_hmc_acceptance']:.0%} accepted) relaxed the slow modes that MALA steps barely move."
         )
+    if res.get("mean_energy_states"):
+        notes += (
+            f" The mean energy averages each particle's energy over its states after the last"
+            f" {res['mean_energy_states']} of them (final states alone: {res['mean_energy_final_states_kT']:.3f} kT)."
+        )
     write_report_md(
         out / "report.md",
         f"boltzdiff run: {system.name} ({meta.get('preset')})",
@@ -333,6 +343,18 @@ def _model_labels(out: Path) -> np.ndarray | None:
     """Which trained model each particle was sampled from (``samples.npz`` ``model``; None with one model)."""
     z = load_npz(out / "samples.npz", "the sample stage's particles")
     return np.asarray(z["model"]) if "model" in z else None
+
+
+def _u_average(out: Path, finite: np.ndarray) -> np.ndarray | None:
+    """The sample stage's per-particle energies averaged over the last HMC states (0 where the final state's
+    energy is not finite), or None where the stage kept none."""
+    z = load_npz(out / "samples.npz", "the sample stage's particles")
+    if "u_average" not in z:
+        return None
+    u = np.asarray(z["u_average"], dtype=np.float64)
+    if u.shape != finite.shape:
+        raise ConfigError(f"{out / 'samples.npz'}: u_average has shape {u.shape}, expected {finite.shape}")
+    return np.where(finite & np.isfinite(u), u, 0.0)
 
 
 def _lineage(out: Path) -> np.ndarray | None:

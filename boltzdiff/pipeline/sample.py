@@ -159,6 +159,7 @@ class FinishedRun:
     summary: dict
     ess_trace: torch.Tensor
     lineage: torch.Tensor | None = None  # None in runs checkpointed before lineages were recorded
+    u_average: torch.Tensor | None = None  # energies averaged over the last HMC states (sample.final_hmc_average)
 
 
 @dataclasses.dataclass
@@ -219,6 +220,7 @@ def build_sampler(system: System, run_dir: Path, settings: dict, model: int = 0)
         final_resample=s.final_resample and target is not None,
         final_hmc_steps=s.final_hmc_steps if target is not None else 0,
         final_hmc_leapfrog=s.final_hmc_leapfrog,
+        final_hmc_average=s.final_hmc_average if target is not None else 0,
     )
     return SamplerInputs(model=run.model, target=target, config=cfg, n=int(s.n), n_runs=int(s.n_runs))
 
@@ -244,6 +246,7 @@ def run_smc(inputs: SamplerInputs, r: int, seed: int, progress: bool) -> Finishe
         summary=res.summary(),
         ess_trace=res.ess_trace.detach().cpu(),
         lineage=None if res.lineage is None else res.lineage.cpu(),
+        u_average=None if res.u_average is None else res.u_average.cpu(),
     )
 
 
@@ -413,6 +416,8 @@ def stage_sample(system: System, out: Path, settings: dict, progress: bool, seed
     if all(res.lineage is not None for res in results):  # distinct labels across runs
         m = n // n_runs
         extra["lineage"] = np.concatenate([res.lineage.numpy() + k * m for k, res in enumerate(results)])
+    if all(res.u_average is not None for res in results):
+        extra["u_average"] = torch.cat([res.u_average for res in results]).numpy()
     save_npz(f, dict(x=x.numpy(), log_w=log_w.numpy(), **extra))
     atomic_write_json(out / "samples.json", summary)
     if part_dir.is_dir():

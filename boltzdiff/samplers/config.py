@@ -56,6 +56,9 @@ class SMCConfig:
         0, "HMC trajectories at the exact target after the sweeps (identity mass; relax slow modes); needs a target"
     )
     final_hmc_leapfrog: int = doc_field(20, "leapfrog steps per final HMC trajectory (>= 1)")
+    final_hmc_average: int = doc_field(
+        0, "average each particle's target energy over the states after the last k final HMC trajectories (0: none)"
+    )
 
     def validate(self) -> SMCConfig:
         """Check every setting that needs neither the model nor the target; a bad one is a one-line
@@ -89,6 +92,11 @@ class SMCConfig:
             raise ConfigError(
                 f"final_hmc_steps, final_hmc_leapfrog: expected integers >= 0 and >= 1, got {self.final_hmc_steps}, "
                 f"{self.final_hmc_leapfrog}"
+            )
+        if not 0 <= int(self.final_hmc_average) <= int(self.final_hmc_steps):
+            raise ConfigError(
+                f"final_hmc_average: expected an integer from 0 to final_hmc_steps={self.final_hmc_steps}, got "
+                f"{self.final_hmc_average}"
             )
         if int(self.bridge_torsion_steps) and self.torsion is None:
             raise ConfigError("bridge_torsion_steps: torsion moves need the molecule's rotatable bonds (torsion=...)")

@@ -101,6 +101,11 @@ class SMCResult:
     n_final_hmc, final_hmc_acceptance : int, float or None
         HMC trajectories at the exact target after the sweeps (``smc(final_hmc_steps=...)``) and their mean
         acceptance (None without them).
+    u_average : (n,) float64 tensor or None
+        With ``smc(final_hmc_average=k)``: each particle's target energy averaged over its states after the last
+        ``k`` final HMC trajectories. Every such state, with the particle's weight, is a sample of the target, so
+        ``sum w u_average / sum w`` estimates the mean energy with less variance than the final states alone.
+        ``n_final_hmc_average`` is that ``k`` (0 without).
     ess_before_final_resample : float or None
         With ``smc(final_resample=True)``: the normalised ESS of the bridge's weights just before the particles
         were resampled for the sweeps (None without that resampling).
@@ -135,6 +140,8 @@ class SMCResult:
     n_final_hmc: int = 0
     final_hmc_acceptance: float | None = None
     ess_before_final_resample: float | None = None
+    u_average: torch.Tensor | None = None
+    n_final_hmc_average: int = 0
 
     @property
     def weights(self) -> torch.Tensor:
@@ -167,5 +174,6 @@ class SMCResult:
             n_final_mcmc=int(self.n_final_mcmc),
             n_final_hmc=int(self.n_final_hmc),
             final_hmc_acceptance=self.final_hmc_acceptance,
+            n_final_hmc_average=int(self.n_final_hmc_average),
             ess_before_final_resample=self.ess_before_final_resample,
         )

@@ -260,6 +260,7 @@ def smc(
     """
     t0 = time.perf_counter()
     ess_bridge = None  # the bridge's final ESS, where final_resample resets the weights after it
+    u_average = None  # each particle's target energy averaged over the last final HMC states (final_hmc_average)
     cfg = (SMCConfig() if cfg is None else cfg).validate()
     levels, kernel, ess_threshold, resampler = cfg.levels, cfg.kernel, cfg.ess_threshold, cfg.resampler
     kernel_variance, particles, hessian_samples, mcmc = (
@@ -401,10 +402,14 @@ def smc(
             eps = bridge_mcmc.step_size if bridge_mcmc.kind == "hmc" else math.sqrt(2.0 * bridge_mcmc.step_size)
             hmc = MCMCConfig("hmc", n_steps=1, step_size=eps, n_leapfrog=int(cfg.final_hmc_leapfrog))
             alive = torch.isfinite(p.log_w)
-            for _ in _progress(range(final_hmc), progress, "HMC at the target"):
+            n_avg = int(cfg.final_hmc_average)
+            for k in _progress(range(final_hmc), progress, "HMC at the target"):
                 r = run_mcmc(dens, p.x, hmc, generator, state=p.state, scale=scale, alive=alive)
                 p.x, p.state = r.x, r.state
                 run.final_hmc_acc.append(r.acceptance)
+                if k >= final_hmc - n_avg:  # every state of a target-invariant chain is a sample with its weight
+                    u_k = -p.state.log_prob.detach().double()
+                    u_average = u_k / n_avg if u_average is None else u_average + u_k / n_avg
         mcmc = bridge_mcmc if mcmc is None else mcmc
 
     log_w = p.log_w
@@ -434,6 +439,8 @@ def smc(
         n_final_hmc=final_hmc,
         final_hmc_acceptance=_mean_or_none(run.final_hmc_acc),
         ess_before_final_resample=ess_bridge,
+        u_average=u_average,
+        n_final_hmc_average=0 if u_average is None else int(cfg.final_hmc_average),
         lineage=lineage_labels(run.parents, p.x.shape[0]),
         step_size=None if (mcmc is None) else float(mcmc.step_size),
         wall_s=time.perf_counter() - t0,
