@@ -115,6 +115,10 @@ def record(run: Path, seed: int, loss: str, wall_s: float | None, ref: dict) -> 
         # against the independent metadynamics replicates' pooled mean (equal_cost.json), not the run's own
         # 1.4 ns of frames, whose mean scatters by ~0.25 kT from seed to seed
         rec["mean_energy_diff_long_ref_kT"] = rec["mean_energy_kT"] - long_e
+    md_e = ref.get("md_mean_energy_kT")
+    if rec["mean_energy_kT"] is not None and md_e is not None:
+        # against plain MD without bias or reweighting (benchmarks/aldp_reference_energy.py)
+        rec["mean_energy_diff_md_ref_kT"] = rec["mean_energy_kT"] - md_e
     rec["n_target_evals"] = rec["n_sample_evals"] + rec["n_data_evals"]
     rec.update(alternative_estimates(a, ref["reference_delta_f_kT"]))
     return rec
@@ -238,7 +242,7 @@ def _wall(w) -> str:
 
 def table(recs: list[dict], ref: dict) -> str:
     lines = [
-        "| seed | ΔF (kT) | \\|err\\| | ⟨u⟩ − ⟨u⟩_frames / _replicates | ESS (bridge end) "
+        "| seed | ΔF (kT) | \\|err\\| | ⟨u⟩ − ⟨u⟩_frames / _replicates / _plain MD | ESS (bridge end) "
         "| model alone ΔF / offset / RMSE "
         "| evals (data + sampling) | wall |",
         "|---|---|---|---|---|---|---|---|",
@@ -247,7 +251,8 @@ def table(recs: list[dict], ref: dict) -> str:
         lines.append(
             f"| {r['seed']} | {r['delta_f_kT']:.2f} ± {r['delta_f_se_kT']:.2f} | {r['abs_error_kT']:.2f} | "
             f"{r.get('mean_energy_diff_kT', float('nan')):+.2f} / "
-            f"{r.get('mean_energy_diff_long_ref_kT', float('nan')):+.2f} | "
+            f"{r.get('mean_energy_diff_long_ref_kT', float('nan')):+.2f} / "
+            f"{r.get('mean_energy_diff_md_ref_kT', float('nan')):+.2f} | "
             f"{r['ess']:.2f} ({r['ess_bridge_end']:.2f}) | "
             f"{r['model_only_delta_f_kT']:.2f} / {r['model_only_offset_kT']:+.2f} / {r['model_only_rmse_kT']:.2f} | "
             f"{r['n_data_evals'] / 1e6:.2f} M + {r['n_sample_evals'] / 1e6:.2f} M | "
@@ -258,13 +263,15 @@ def table(recs: list[dict], ref: dict) -> str:
     n_in = sum(r["abs_error_kT"] <= tol for r in recs)
     n_e = sum(abs(r.get("mean_energy_diff_kT", 9.9)) <= 0.3 for r in recs)
     n_el = sum(abs(r.get("mean_energy_diff_long_ref_kT", 9.9)) <= 0.3 for r in recs)
+    n_md = sum(abs(r.get("mean_energy_diff_md_ref_kT", 9.9)) <= 0.3 for r in recs)
     sd = statistics.stdev(dfs) if len(dfs) > 1 else 0.0
     lines.append(
         f"\n{len(recs)} runs: mean ΔF {statistics.mean(dfs):.2f}, SD {sd:.2f}, "
         f"RMS error {statistics.mean([(x - ref['reference_delta_f_kT']) ** 2 for x in dfs]) ** 0.5:.2f} kT "
         f"(reference {ref['reference_delta_f_kT']:.3f} ± {ref['reference_delta_f_se_kT']:.3f}); "
         f"{n_in}/{len(recs)} within {tol} kT; mean energy within 0.3 kT of the run's own frames in {n_e}/{len(recs)}, "
-        f"of the metadynamics replicates' ({ref.get('mean_energy_kT') or float('nan'):.2f}) in {n_el}/{len(recs)}."
+        f"of the metadynamics replicates' ({ref.get('mean_energy_kT') or float('nan'):.2f}) in {n_el}/{len(recs)}, "
+        f"of plain MD's ({ref.get('md_mean_energy_kT') or float('nan'):.2f}) in {n_md}/{len(recs)}."
     )
     for key, label in (
         ("abs_error_mean_of_runs_kT", "the plain mean of the SMC runs"),
@@ -299,6 +306,9 @@ def main(argv=None) -> int:
         ref["mean_energy_kT"] = (json.loads(ec.read_text()).get("references", {}).get("300") or {}).get(
             "mean_energy_kT"
         )
+    md = RESULTS / "aldp_reference_energy.json"
+    if md.exists():
+        ref["md_mean_energy_kT"] = json.loads(md.read_text())["mean_energy_kT"]
     recs = []
     for seed in parse_seeds(args.seeds):
         d = run_dir_of(args, seed)
