@@ -147,3 +147,35 @@ def test_analysis_reads_the_mean_energy_from_the_averaged_energies(tmp_path):
     np.savez(out / "samples.npz", **z, u_average=u_avg[:10])
     with pytest.raises(ConfigError, match="samples.npz: u_average"):
         analyze_run(out, progress=False)
+
+
+def test_final_hmc_average_leaves_out_the_centre_of_mass_gauge():
+    """On a particle target made proper by a centre-of-mass restraint (what the sample stage hands SMC), the
+    averaged energy is the physical one: with k = 1 exactly the inner target's energy of the final state, which
+    the analysis recomputes; the restraint alone would add ~1.5 kT (a mean of 3/2 for three COM coordinates)."""
+    from boltzdiff.targets.base import ComRestrained, Target
+
+    class Pair(Target):
+        def __init__(self):
+            super().__init__(6, (2, 3))
+
+        def _energy(self, x):
+            return StiffGaussian().energy(x)
+
+    inner = Pair()
+    target = ComRestrained(inner, 1.0)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(target.energy(x) - target.gauge_energy(x), inner.energy(x))
+    assert torch.equal(inner.gauge_energy(x), torch.zeros(5, dtype=torch.float64))
+    from boltzdiff.samplers import MCMCConfig, SMCConfig, smc
+
+    cfg = SMCConfig(
+        bridge_cess=0.9,
+        bridge_mcmc=MCMCConfig("mala", n_steps=2, step_size=0.05),
+        final_hmc_steps=2,
+        final_hmc_leapfrog=5,
+        final_hmc_average=1,
+    )
+    r = smc(_model(), 200, cfg, target=target, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(r.u_average, inner.energy(r.x), rtol=1e-12, atol=1e-12)
+    assert float((target.energy(r.x) - r.u_average).mean()) > 0.5

@@ -102,7 +102,8 @@ class SMCResult:
         HMC trajectories at the exact target after the sweeps (``smc(final_hmc_steps=...)``) and their mean
         acceptance (None without them).
     u_average : (n,) float64 tensor or None
-        With ``smc(final_hmc_average=k)``: each particle's target energy averaged over its states after the last
+        With ``smc(final_hmc_average=k)``: each particle's physical target energy (without a gauge term,
+        :meth:`~boltzdiff.targets.base.Target.gauge_energy`) averaged over its states after the last
         ``k`` final HMC trajectories. Every such state, with the particle's weight, is a sample of the target, so
         ``sum w u_average / sum w`` estimates the mean energy with less variance than the final states alone.
         ``n_final_hmc_average`` is that ``k`` (0 without).

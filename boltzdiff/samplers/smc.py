@@ -58,6 +58,7 @@ from boltzdiff.samplers.sde import (
     reverse_kernel,
 )
 from boltzdiff.samplers.torsion import torsion_step
+from boltzdiff.targets.base import gauge_of
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,8 @@ def smc(
                 p.x, p.state = r.x, r.state
                 run.final_hmc_acc.append(r.acceptance)
                 if k >= final_hmc - n_avg:  # every state of a target-invariant chain is a sample with its weight
-                    u_k = -p.state.log_prob.detach().double()
+                    # the physical energy: without a gauge term such as a restraint on the centre of mass
+                    u_k = -p.state.log_prob.detach().double() - gauge_of(target, p.x.detach())
                     u_average = u_k / n_avg if u_average is None else u_average + u_k / n_avg
         mcmc = bridge_mcmc if mcmc is None else mcmc
 

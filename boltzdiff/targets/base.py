@@ -72,6 +72,11 @@ class Target:
         """``-energy(x)``, shape ``(B,)``."""
         return -self.energy(x)
 
+    def gauge_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of ``energy(x)`` that only fixes a gauge, such as :class:`ComRestrained`'s restraint on the
+        centre of mass, ``(B,)`` float64: zero here. ``energy - gauge_energy`` is the physical energy."""
+        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+
     def force(self, x: torch.Tensor) -> torch.Tensor:
         """``-grad_x energy(x)`` with the shape of ``x`` (kT per unit length)."""
         with torch.enable_grad():
@@ -122,6 +127,12 @@ class WrappedTarget(Target):
         return self.flatten(self.obj.sample(n))
 
 
+def gauge_of(target, x: torch.Tensor) -> torch.Tensor:
+    """``target.gauge_energy(x)`` (float64), or zeros for an energy object without one (e.g. a bgflow energy)."""
+    g = getattr(target, "gauge_energy", None)
+    return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) if g is None else g(x).double()
+
+
 def as_target(obj: Any, dim: int | None = None) -> Target:
     """Return ``obj`` if it is a :class:`Target`, else wrap a bgflow-style energy object."""
     if isinstance(obj, Target):
@@ -148,10 +159,16 @@ class ComRestrained(Target):
             raise ConfigError("ComRestrained: needs a particle target with event_shape (n, spatial_dim)")
         self.inner, self.var = target, float(var)
 
-    def _energy(self, x):
+    def _com_term(self, x):
         n, s = self.event_shape
         com = x.reshape(x.shape[0], n, s).mean(1)
-        return self.inner.energy(x) + n * (com**2).sum(-1) / (2 * self.var)
+        return n * (com**2).sum(-1) / (2 * self.var)
+
+    def _energy(self, x):
+        return self.inner.energy(x) + self._com_term(x)
+
+    def gauge_energy(self, x):
+        return self._com_term(self.flatten(x).double()) + gauge_of(self.inner, x)
 
 
 class HandRestricted(Target):
@@ -182,6 +199,9 @@ class HandRestricted(Target):
         self.ref = torch.as_tensor([float(v) for v in reference_sign])
         if not self.quads or self.ref.numel() != len(self.quads):
             raise ConfigError(f"HandRestricted: expected one reference sign per chiral centre, got {reference_sign!r}")
+
+    def gauge_energy(self, x):
+        return gauge_of(self.inner, x)
 
     def _energy(self, x):
         u = self.inner.energy(x)
