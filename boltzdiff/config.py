@@ -276,6 +276,7 @@ class SampleConfig:
     final_hmc_steps: int = doc_field(0, "HMC trajectories at the exact target after the sweeps (slow modes)")
     final_hmc_leapfrog: int = doc_field(20, "leapfrog steps per final HMC trajectory")
     final_hmc_average: int = doc_field(0, "<u> from each particle's energy averaged over the last k HMC states")
+    combine_runs: str = doc_field("pooled", "ΔF of n_runs > 1: pooled by their normalising constants, or mean")
     refine: int | None = doc_field(1, "levels per trained level step (refine - 1 untrained levels between two)")
 
     @classmethod
@@ -333,6 +334,8 @@ class SampleConfig:
                 f"sample.final_hmc_average: expected an integer from 0 to sample.final_hmc_steps="
                 f"{self.final_hmc_steps}, got {k!r}"
             )
+        if self.combine_runs not in ("pooled", "mean"):
+            raise ConfigError(f"sample.combine_runs: expected 'pooled' or 'mean', got {self.combine_runs!r}")
         refine = self.refine or 1
         if not _is_int(refine) or refine < 1:
             raise ConfigError(

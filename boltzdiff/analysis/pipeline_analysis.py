@@ -50,8 +50,17 @@ def runs_table_md(res: dict) -> str | None:
         return "-" if v is None or not np.isfinite(v) else (f"{v}" if isinstance(v, int) else f"{v:.3g}")
 
     over = "trained models" if models else "runs"
+    pooled = "delta_f_pooled_kT" in res  # sample.combine_runs: mean reports the mean of runs as ΔF
+    key = "delta_f_pooled" if pooled else "delta_f"
+    f_p, se_p = res.get(f"{key}_kT"), res.get(f"{key}_se_kT")
+    head = (
+        f"ΔF {cell(res.get('delta_f_kT'))} ± {cell(res.get('delta_f_se_kT'))} kT is the plain mean of the runs "
+        f"(SD / √runs); pooled, "
+        if pooled
+        else "pooled "
+    )
     lines = [
-        f"Independent SMC runs (pooled ΔF {cell(res.get('delta_f_kT'))} ± {cell(res.get('delta_f_se_kT'))} kT, "
+        f"Independent SMC runs ({head}ΔF {cell(f_p)} ± {cell(se_p)} kT, "
         f"each run weighted by its normalising-constant estimate; the error bar is the jackknife over {over}):",
         "",
         "| run | " + " | ".join(cols) + " |",

@@ -182,3 +182,15 @@ def top_lineage_share(log_w, lineage) -> float:
         return float("nan")
     _, inv = np.unique(lin, return_inverse=True)
     return float(np.bincount(inv, weights=normalized_weights(lw)).max())
+
+
+def mean_of_runs(values) -> tuple[float, float]:
+    """The plain mean of independent runs' estimates and its standard error (SD over runs / sqrt(R), ddof 1):
+    each run counted once, where pooling by normalising constants lets the run with the largest estimate of Z
+    decide. NaN for the error with fewer than two finite values; ValueError with none."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("mean_of_runs: no finite run estimate")
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se

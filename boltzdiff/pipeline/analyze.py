@@ -23,7 +23,13 @@ from boltzdiff.analysis.report import (
     write_report_md,
 )
 from boltzdiff.analysis.sanity import energy_range, sanity_flags
-from boltzdiff.analysis.weights import clean_log_weights, jackknife_over_runs, pool_runs, weighted_mean
+from boltzdiff.analysis.weights import (
+    clean_log_weights,
+    jackknife_over_runs,
+    mean_of_runs,
+    pool_runs,
+    weighted_mean,
+)
 from boltzdiff.errors import ConfigError
 from boltzdiff.io import load_json, load_npy, load_npz
 from boltzdiff.pipeline.analyze_molecule import analyze_molecule, states_note
@@ -238,6 +244,9 @@ def analyze_run(
                     progress=progress,
                 )
             )
+            combine = ((meta.get("settings") or {}).get("sample") or {}).get("combine_runs", "pooled")
+            if combine == "mean" and len(res.get("delta_f_runs_kT") or []) > 1:
+                _mean_of_runs_headline(res)
             res["n_target_evals"] += int(res.get("rao_blackwell_evals", 0))
             if ref_x is not None and not seeded and at_t is None:  # the model learnt the source temperature
                 n_run = int(summ.get("n") or 1000) // max(1, int(summ.get("n_runs") or 1))
@@ -343,6 +352,15 @@ def _model_labels(out: Path) -> np.ndarray | None:
     """Which trained model each particle was sampled from (``samples.npz`` ``model``; None with one model)."""
     z = load_npz(out / "samples.npz", "the sample stage's particles")
     return np.asarray(z["model"]) if "model" in z else None
+
+
+def _mean_of_runs_headline(res: dict) -> None:
+    """``sample.combine_runs: mean``: ΔF becomes the plain mean of the independent SMC runs' ΔF, its error the
+    SD over runs / sqrt(R); the pooled estimate stays beside it (``delta_f_pooled_kT``)."""
+    res["delta_f_pooled_kT"], res["delta_f_pooled_se_kT"] = res["delta_f_kT"], res["delta_f_se_kT"]
+    res["delta_f_kT"], res["delta_f_se_kT"] = mean_of_runs(res["delta_f_runs_kT"])
+    res["delta_f_se_method"] = f"SD over {len(res['delta_f_runs_kT'])} independent SMC runs / sqrt(runs)"
+    res["delta_f_combine"] = "mean of runs"
 
 
 def _u_average(out: Path, finite: np.ndarray) -> np.ndarray | None:
