@@ -34,16 +34,6 @@ SAVE_PS = 0.2
 STATE_START = "alanine-dipeptide-phi-pos.pdb"  # in the system's folder: a structure inside the phi > 0 basin
 
 
-def dihedral(x: np.ndarray, idx: list[int]) -> np.ndarray:
-    """Dihedral angles (radians) of frames ``x (F, n, 3)`` over atoms ``idx``."""
-    p0, p1, p2, p3 = (x[:, i] for i in idx)
-    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
-    b1n = b1 / np.linalg.norm(b1, axis=1, keepdims=True)
-    v = b0 - (b0 * b1n).sum(1, keepdims=True) * b1n
-    w = b2 - (b2 * b1n).sum(1, keepdims=True) * b1n
-    return np.arctan2((np.cross(b1n, v) * w).sum(1), (v * w).sum(1))
-
-
 def one_replica(job: dict) -> dict:
     os.environ.setdefault("OPENMM_CPU_THREADS", "1")
     from boltzdiff.reference.md import MDConfig, run_md
@@ -80,10 +70,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "aldp_reference_energy.json"))
     a = ap.parse_args(argv)
     from boltzdiff.systems import load_system
+    from boltzdiff.systems.base import dihedral_of
 
     system = load_system("alanine_dipeptide", "implicit")
     lo, hi = system.spec["states"]["phi_pos"]["phi"]
-    phi_idx = system.spec["cvs"]["phi"]
     ref = json.loads((RESULTS / "aldp_reference_implicit_metad.json").read_text())
     dF, dF_se = ref["reference_delta_f_kT"], ref["reference_delta_f_se_kT"]
     jobs = [
@@ -99,7 +89,7 @@ def main(argv=None) -> int:
     for r in done:
         keep = slice(int(round(BURN_IN_PS / SAVE_PS)), None)  # the minimised start warms up within picoseconds
         r["positions"], r["energies"] = r["positions"][keep], r["energies"][keep]
-        phi = dihedral(r["positions"], phi_idx)
+        phi = dihedral_of(system, r["positions"], "phi")
         inside = (phi >= lo) & (phi <= hi)
         row = dict(name=r["name"], ns=r["ns"], n_frames=int(len(phi)), fraction_in_state=float(inside.mean()))
         for flag in (False, True):
